@@ -1,0 +1,82 @@
+"""What every parameter-efficient method tells the rest of the system.
+
+A `Method` is plain data: which modules it hooks into the frozen T5 (see the hooks
+described in `prompt_tuning/models/t5.py`), which parameter paths it trains, how its
+parameters are initialized from the frozen model, and what it exports after training.
+The trainer, the checkpointer and the entry points only talk to this interface.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import Transformer
+
+Params = Dict[str, Any]  # nested dict of arrays, T5X layout
+
+
+def flatten(params: Params) -> Dict[str, Any]:
+  """`{'encoder': {'prompt': {'prompt': x}}}` → `{'encoder/prompt/prompt': x}`."""
+  return flax.traverse_util.flatten_dict(params, sep="/")
+
+
+def unflatten(flat: Dict[str, Any]) -> Params:
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def matches(path: str, patterns: Sequence[str]) -> bool:
+  """True when a `/`-joined parameter path fully matches any regex (T5X semantics)."""
+  return any(re.fullmatch(p, path) for p in patterns)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A tuning method: hooks into the frozen model plus what it trains.
+
+  Attributes:
+    name: short name used in logs and `MODEL_DIR/config.json` (`prompt`, `prefix`,
+      `lopa`, `model`, `design`).
+    prompt: module for the encoder-input hook (lives at `encoder/prompt/…`).
+    prefix: module for the per-layer key/value hook (lives at `prefix/…`).
+    trainable: regexes over `/`-joined parameter paths; everything else is frozen
+      (no gradient, no optimizer state).
+    initialize: optional `(rng, params, config) -> params` run once after loading
+      the frozen model, e.g. to fill the prompt from vocabulary embeddings.
+    export: optional `(params) -> {name: np.ndarray}` of what to save as numpy
+      after training (e.g. the `[P, H]` prompt, or folded prefixes). Defaults to the
+      trainable parameters by path.
+    inference: optional `() -> Method` giving the method used at inference time
+      (e.g. prefix tuning without its reparametrization MLP); defaults to itself.
+  """
+  name: str
+  prompt: Optional[nn.Module] = None
+  prefix: Optional[nn.Module] = None
+  trainable: Tuple[str, ...] = ()
+  initialize: Optional[Callable[[jax.Array, Params, T5Config], Params]] = None
+  export: Optional[Callable[[Params], Dict[str, np.ndarray]]] = None
+  inference: Optional[Callable[[], "Method"]] = None
+
+  def build(self, config: T5Config) -> Transformer:
+    """The Flax module for this method on a frozen T5 of `config`."""
+    return Transformer(config, prompt=self.prompt, prefix=self.prefix)
+
+  def is_trainable(self, path: str) -> bool:
+    return matches(path, self.trainable)
+
+  def trainable_mask(self, params: Params) -> Params:
+    """A tree of bools, True where the parameter is trained."""
+    return unflatten({k: self.is_trainable(k) for k in flatten(params)})
+
+  def exported(self, params: Params) -> Dict[str, np.ndarray]:
+    """What to write as `.npy` files after training (name → array)."""
+    if self.export is not None:
+      return self.export(params)
+    return {k.replace("/", "."): np.asarray(v) for k, v in flatten(params).items()
+            if self.is_trainable(k)}

@@ -1,0 +1,95 @@
+"""The one frozen configuration dataclass of the T5.1.1 network, with named presets.
+
+Gin binds this dataclass (e.g. `configs/models/t5_1_1_base.gin` binds
+`T5Config.preset` or its fields), never the individual layers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict
+
+import jax.numpy as jnp
+
+T5_VOCAB_SIZE = 32128  # 32,000 SentencePiece pieces + 100 extra ids, padded to 128.
+MT5_VOCAB_SIZE = 250112
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyperparameters of a T5.1.1 encoder-decoder.
+
+  Attributes:
+    vocab_size: rows of the input embedding table and columns of the logits.
+    emb_dim: H, the model width (T5's d_model).
+    num_heads: attention heads per layer.
+    head_dim: width of one head (T5's d_kv); num_heads * head_dim need not be H.
+    mlp_dim: hidden width of the gated-GELU MLP (T5's d_ff).
+    num_encoder_layers / num_decoder_layers: stack depths.
+    relative_attention_num_buckets / relative_attention_max_distance: T5's
+      bucketed relative position bias, one table per stack shared by its layers.
+    dropout_rate: used only when `enable_dropout=True`.
+    dtype: activation dtype (`bfloat16` on accelerators); params stay `float32`.
+    layer_norm_epsilon: RMS norm epsilon.
+  """
+  vocab_size: int = T5_VOCAB_SIZE
+  emb_dim: int = 512
+  num_heads: int = 6
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.1
+  dtype: Any = jnp.float32
+  layer_norm_epsilon: float = 1e-6
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> Dict[str, Any]:
+    out = dataclasses.asdict(self)
+    out["dtype"] = jnp.dtype(self.dtype).name
+    return out
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> "T5Config":
+    values = dict(values)
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ValueError(f"Unknown T5Config fields {sorted(unknown)}; known fields are "
+                       f"{[f.name for f in dataclasses.fields(cls)]}.")
+    if "dtype" in values and isinstance(values["dtype"], str):
+      values["dtype"] = jnp.dtype(values["dtype"]).type
+    return cls(**values)
+
+
+def _t5_1_1(emb_dim, num_heads, mlp_dim, num_layers, vocab_size=T5_VOCAB_SIZE):
+  return T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=num_heads,
+                  head_dim=64, mlp_dim=mlp_dim, num_encoder_layers=num_layers,
+                  num_decoder_layers=num_layers)
+
+
+# T5 1.1 sizes as in the released (LM-adapted) checkpoints.
+PRESETS: Dict[str, T5Config] = {
+    # A few-thousand-parameter-per-layer model for tests; the real vocabulary.
+    "tiny": T5Config(emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                     num_encoder_layers=2, num_decoder_layers=2,
+                     relative_attention_num_buckets=32,
+                     relative_attention_max_distance=128),
+    "small": _t5_1_1(512, 6, 1024, 8),
+    "base": _t5_1_1(768, 12, 2048, 12),
+    "large": _t5_1_1(1024, 16, 2816, 24),
+    "xl": _t5_1_1(2048, 32, 5120, 24),
+    "xxl": _t5_1_1(4096, 64, 10240, 24),
+}
+# mT5 shares the T5 1.1 architecture with a 250,112-row vocabulary.
+for _name in ("small", "base", "large", "xl", "xxl"):
+  PRESETS[f"mt5_{_name}"] = PRESETS[_name].replace(vocab_size=MT5_VOCAB_SIZE)
+
+
+def preset(name: str, **overrides) -> T5Config:
+  """Returns the named preset (`tiny`, `small`, …, `xxl`, `mt5_base`, …)."""
+  if name not in PRESETS:
+    raise ValueError(f"Unknown T5 preset {name!r}; choose one of {sorted(PRESETS)}.")
+  return PRESETS[name].replace(**overrides)

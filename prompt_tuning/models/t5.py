@@ -1,0 +1,237 @@
+"""The T5.1.1 encoder-decoder, with parameter paths exactly as in T5X checkpoints.
+
+  token_embedder/embedding                         [vocab, H]
+  encoder/relpos_bias/rel_embedding                [N, buckets]
+  encoder/layers_i/pre_attention_layer_norm/scale  [H]
+  encoder/layers_i/attention/{query,key,value}/kernel  [H, N*D];  out/kernel [N*D, H]
+  encoder/layers_i/pre_mlp_layer_norm/scale        [H]
+  encoder/layers_i/mlp/{wi_0,wi_1}/kernel [H, F];  mlp/wo/kernel [F, H]
+  encoder/encoder_norm/scale                       [H]
+  decoder/layers_i/{pre_self_attention_layer_norm, self_attention,
+                    pre_cross_attention_layer_norm, encoder_decoder_attention,
+                    pre_mlp_layer_norm, mlp}/…
+  decoder/decoder_norm/scale, decoder/relpos_bias/rel_embedding
+  decoder/logits_dense/kernel                      [H, vocab]
+
+Parameter-efficient methods (`prompt_tuning/methods/`) enter through two hooks, so
+that this file stays the frozen network and nothing else:
+  * `prompt`: a module living at `encoder/prompt/…` that rewrites the embedded
+    encoder input and its mask, `(x [B, T, H], mask [B, T]) -> ([B, T', H], [B, T'])`
+    (prompt tuning, prompt banks, LoPA). If it has `needs_encoder_features = True`,
+    the encoder first runs on the un-prompted input and the prompt receives the
+    masked mean of that output as `features [B, H]`.
+  * `prefix`: a module living at `prefix/…` returning per-layer key/value prefixes,
+    `{'encoder' | 'decoder': (keys, values) each [L, P, N, D]}` (prefix tuning).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
+                                         RelativePositionBiases, RMSNorm)
+
+Array = jax.Array
+Prefixes = Dict[str, Tuple[Array, Array]]
+
+
+def _layer_prefix(prefixes: Optional[Prefixes], stack: str, layer: int, batch: int):
+  """Slices layer `layer` of a stack's prefixes and broadcasts to `[B, P, N, D]`."""
+  if not prefixes or stack not in prefixes:
+    return None
+  keys, values = prefixes[stack]
+  expand = lambda a: jnp.broadcast_to(a[layer][None], (batch,) + a.shape[1:])
+  return expand(keys), expand(values)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, mask, bias, prefix=None, deterministic=True):
+    """x [B, T, H], mask [B, 1, 1, T], bias [1, N, T, T] → [B, T, H]."""
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
+    y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype, cfg.dropout_rate,
+                           name="attention")(y, y, mask, bias, prefix=prefix,
+                                             deterministic=deterministic)
+    x = x + dropout(y, deterministic=deterministic)
+    y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
+    y = GatedMlp(cfg.mlp_dim, cfg.dtype, cfg.dropout_rate, name="mlp")(y, deterministic)
+    return x + dropout(y, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, encoded, self_mask, cross_mask, bias, prefix=None,
+               deterministic=True, decode=False):
+    """x [B, T, H], encoded [B, S, H], self_mask [B, 1, T, T] or None,
+    cross_mask [B, 1, 1, S], bias [1, N, T, T] → [B, T, H]."""
+    cfg = self.config
+    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    attention = lambda name: MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype,
+                                                cfg.dropout_rate, name=name)
+    norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name=name)
+    y = norm("pre_self_attention_layer_norm")(x)
+    y = attention("self_attention")(y, y, self_mask, bias, prefix=prefix,
+                                    decode=decode, deterministic=deterministic)
+    x = x + dropout(y, deterministic=deterministic)
+    y = norm("pre_cross_attention_layer_norm")(x)
+    y = attention("encoder_decoder_attention")(y, encoded, cross_mask,
+                                               deterministic=deterministic)
+    x = x + dropout(y, deterministic=deterministic)
+    y = norm("pre_mlp_layer_norm")(x)
+    y = GatedMlp(cfg.mlp_dim, cfg.dtype, cfg.dropout_rate, name="mlp")(y, deterministic)
+    return x + dropout(y, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+  prompt: Optional[nn.Module] = None
+
+  def setup(self):
+    cfg = self.config
+    self.relpos_bias = RelativePositionBiases(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, bidirectional=True, dtype=cfg.dtype)
+    self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+    self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+  def __call__(self, tokens: Array, *, use_prompt: bool = True,
+               features: Optional[Array] = None, prompt_index: Optional[Array] = None,
+               prefixes: Optional[Prefixes] = None,
+               deterministic: bool = True) -> Tuple[Array, Array]:
+    """tokens [B, T] → (encoded [B, T', H], mask [B, T'] bool); T' = T + P with a prompt.
+
+    The prompt is inserted before input dropout; the relative position buckets then
+    span all T' positions, and the returned mask is the one cross-attention uses.
+    """
+    x = self.shared_embedding(tokens)  # [B, T, H]
+    mask = tokens > 0
+    if self.prompt is not None and use_prompt:
+      x, mask = self.prompt(x, mask, features=features, prompt_index=prompt_index,
+                            deterministic=deterministic)
+    x = self.dropout(x.astype(self.config.dtype), deterministic=deterministic)
+    length = x.shape[1]
+    bias = self.relpos_bias(length, length)  # [1, N, T', T']
+    attention_mask = mask[:, None, None, :]  # keys only; padded queries are ignored
+    for i, layer in enumerate(self.layers):
+      x = layer(x, attention_mask, bias, _layer_prefix(prefixes, "encoder", i,
+                                                       x.shape[0]), deterministic)
+    x = self.encoder_norm(x)
+    return self.dropout(x, deterministic=deterministic), mask
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  def setup(self):
+    cfg = self.config
+    self.relpos_bias = RelativePositionBiases(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        cfg.num_heads, bidirectional=False, dtype=cfg.dtype)
+    self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+    self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
+    self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), cfg.dtype)
+
+  def __call__(self, encoded: Array, encoder_mask: Array, tokens: Array, *,
+               prefixes: Optional[Prefixes] = None, deterministic: bool = True,
+               decode: bool = False,
+               max_decode_length: Optional[int] = None) -> Array:
+    """encoded [B, S, H], encoder_mask [B, S], tokens [B, T] → logits [B, T, vocab] f32.
+
+    With `decode=True` tokens is `[B, 1]`, the next position is read from the cache,
+    and `max_decode_length` (the cache length) sizes the position bias.
+    """
+    batch, length = tokens.shape
+    x = self.dropout(self.shared_embedding(tokens), deterministic=deterministic)
+    if decode:
+      bias_length = max_decode_length or length
+      bias = self.relpos_bias(bias_length, bias_length)  # sliced per step in attention
+      self_mask = None  # the cache masks future positions
+    else:
+      bias = self.relpos_bias(length, length)
+      causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+      self_mask = jnp.broadcast_to(causal, (batch, 1, length, length))
+    cross_mask = encoder_mask[:, None, None, :]
+    for i, layer in enumerate(self.layers):
+      x = layer(x, encoded, self_mask, cross_mask, bias,
+                _layer_prefix(prefixes, "decoder", i, batch), deterministic, decode)
+    x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
+    return self.logits_dense(x).astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+  """T5.1.1 encoder-decoder with optional method hooks (`prompt`, `prefix`).
+
+  `apply({'params': p}, encoder_input_tokens, decoder_input_tokens,
+  decoder_target_tokens, enable_dropout=False)` returns logits `[B, T_dec, vocab]`.
+  """
+  config: T5Config
+  prompt: Optional[nn.Module] = None
+  prefix: Optional[nn.Module] = None
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype)
+    # The prompt module must live at `encoder/prompt/…` (as in T5X prompt tuning).
+    # Flax adopts a module passed as a field into the module that holds the field,
+    # so hand the encoder a detached copy; this module never calls its own.
+    prompt = self.prompt.clone(parent=None) if self.prompt is not None else None
+    self.encoder = Encoder(cfg, self.token_embedder, prompt)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  def _prefixes(self, deterministic: bool) -> Optional[Prefixes]:
+    return self.prefix(deterministic=deterministic) if self.prefix is not None else None
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
+             prompt_index: Optional[Array] = None) -> Tuple[Array, Array]:
+    """encoder_input_tokens [B, T] → (encoded [B, T', H], encoder_mask [B, T'])."""
+    deterministic = not enable_dropout
+    features = None
+    if self.prompt is not None and getattr(self.prompt, "needs_encoder_features", False):
+      plain, plain_mask = self.encoder(encoder_input_tokens, use_prompt=False,
+                                       deterministic=True)
+      weights = plain_mask[..., None].astype(jnp.float32)
+      features = (jnp.sum(plain.astype(jnp.float32) * weights, axis=1) /
+                  jnp.maximum(jnp.sum(weights, axis=1), 1.0))  # [B, H]
+      features = jax.lax.stop_gradient(features)
+    return self.encoder(encoder_input_tokens, features=features,
+                        prompt_index=prompt_index,
+                        prefixes=self._prefixes(deterministic),
+                        deterministic=deterministic)
+
+  def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
+             enable_dropout: bool = False, decode: bool = False,
+             max_decode_length: Optional[int] = None) -> Array:
+    """Logits `[B, T, vocab]` for decoder inputs given the encoder output."""
+    deterministic = not enable_dropout
+    return self.decoder(encoded, encoder_mask, decoder_input_tokens,
+                        prefixes=self._prefixes(deterministic),
+                        deterministic=deterministic, decode=decode,
+                        max_decode_length=max_decode_length)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Optional[Array] = None,
+               enable_dropout: bool = False,
+               prompt_index: Optional[Array] = None) -> Array:
+    """Teacher-forced logits `[B, T_dec, vocab]` (float32).
+
+    `decoder_target_tokens` is accepted for T5X compatibility; without packing the
+    causal mask alone is exact for every non-padding target position.
+    """
+    del decoder_target_tokens
+    encoded, encoder_mask = self.encode(encoder_input_tokens, enable_dropout,
+                                        prompt_index)
+    return self.decode(encoded, encoder_mask, decoder_input_tokens, enable_dropout)
