@@ -1,0 +1,85 @@
+"""Teacher-forced sequence loss: cross-entropy plus T5X's z-loss.
+
+Definitions follow T5X (`t5x/losses.py`):
+
+  per token:   ce = logsumexp(logits) - logits[target]
+               z  = z_loss * logsumexp(logits) ** 2
+  per batch:   loss = sum_t w_t * (ce_t + z_t) / normalizer
+
+where `w_t` are the decoder loss weights (1 on real target tokens, 0 on padding) and
+the normalizer is, by default, the number of real target tokens in the (global)
+batch (T5X's `SpecialLossNormalizingFactor.NUM_REAL_TARGET_TOKENS`). A float
+normalizer (T5X finetune's constant `LOSS_NORMALIZING_FACTOR`) or `None` (a plain
+sum) are also accepted. The z-loss keeps `log Z` near 0 and is part of the loss
+that is differentiated and reported, as in T5X.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+Normalizer = Union[None, float, str]
+
+
+def token_cross_entropy(logits: Array, targets: Array,
+                        z_loss: float = 0.0) -> Tuple[Array, Array]:
+  """Per-token losses.
+
+  Args:
+    logits: `[B, T, V]` (any float dtype; computed in float32).
+    targets: `[B, T]` integer token ids.
+    z_loss: coefficient of the `log(Z)^2` auxiliary term.
+
+  Returns:
+    (ce + z, z), both `[B, T]` float32: the total per-token loss (cross-entropy plus
+    the z-loss term) and the z-loss term alone.
+  """
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)  # [B, T]
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  z_term = z_loss * jnp.square(log_z)
+  return log_z - target_logit + z_term, z_term
+
+
+def normalizer_value(weights: Array, loss_normalizing_factor: Normalizer) -> Array:
+  """The divisor of the summed loss: real-token count, a constant, or 1 (sum)."""
+  if loss_normalizing_factor is None:
+    return jnp.asarray(1.0, jnp.float32)
+  if isinstance(loss_normalizing_factor, str):
+    if loss_normalizing_factor != NUM_REAL_TARGET_TOKENS:
+      raise ValueError(
+          f"Unknown loss_normalizing_factor {loss_normalizing_factor!r}; use "
+          f"{NUM_REAL_TARGET_TOKENS!r}, a number, or None (sum).")
+    return jnp.maximum(jnp.sum(weights.astype(jnp.float32)), 1.0)
+  return jnp.asarray(loss_normalizing_factor, jnp.float32)
+
+
+def weighted_cross_entropy(
+    logits: Array, targets: Array, weights: Optional[Array], *, z_loss: float = 1e-4,
+    loss_normalizing_factor: Normalizer = NUM_REAL_TARGET_TOKENS,
+) -> Tuple[Array, Array, Array]:
+  """Batch loss as in T5X's `compute_weighted_cross_entropy` (no label smoothing).
+
+  Args:
+    logits: `[B, T, V]` decoder logits.
+    targets: `[B, T]` target ids (`decoder_target_tokens`).
+    weights: `[B, T]` loss weights (`decoder_loss_weights`); None means
+      `targets > 0`.
+    z_loss: z-loss coefficient (T5X default 1e-4).
+    loss_normalizing_factor: see the module docstring.
+
+  Returns:
+    (loss, z_loss_part, weight_sum): scalar float32 loss (z-loss included), the
+    z-loss part of it (same normalization) and the number of weighted tokens.
+  """
+  if weights is None:
+    weights = targets > 0
+  weights = weights.astype(jnp.float32)
+  total, z_term = token_cross_entropy(logits, targets, z_loss)
+  norm = normalizer_value(weights, loss_normalizing_factor)
+  return (jnp.sum(total * weights) / norm, jnp.sum(z_term * weights) / norm,
+          jnp.sum(weights))

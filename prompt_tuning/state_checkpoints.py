@@ -1,0 +1,206 @@
+"""What a training run writes to `MODEL_DIR`, and how it is read back.
+
+  MODEL_DIR/
+    config.json                      the run's identity: initial checkpoint, model
+                                     config, method, trainable regexes, task, …
+    config.gin                       the operative gin config (for people)
+    checkpoint_<step>/               orbax: trainable params + optimizer state + step
+                                     (`state`) and the data position (`data`)
+    numpy_checkpoints/checkpoint_<step>/<name>.npy   `Method.exported(params)`
+    best/<name>.npy + best/best.json the export at the best evaluation so far
+
+The frozen model is never re-saved: `config.json` records where it came from.
+Orbax writes each checkpoint to a temporary directory and renames it when complete,
+so a preempted save never leaves a half-written `checkpoint_<step>`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG_JSON = "config.json"
+NUMPY_DIR = "numpy_checkpoints"
+BEST_DIR = "best"
+BEST_JSON = "best.json"
+STEP_PREFIX = "checkpoint"
+
+
+# ------------------------------------------------------------------------------------
+# Orbax training state.
+# ------------------------------------------------------------------------------------
+
+
+class StateCheckpointer:
+  """Saves and restores `{'step', 'trainable', 'opt_state'}` + data position.
+
+  All processes call `save` / `restore` (orbax coordinates multi-host writes).
+  """
+
+  def __init__(self, model_dir: str, keep: Optional[int] = 1):
+    self.directory = pathlib.Path(model_dir).absolute()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, step_prefix=STEP_PREFIX, create=True,
+        enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> List[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Mapping[str, Any], batches_consumed: int) -> None:
+    """Writes checkpoint `step` (blocking; atomic)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(dict(state)),
+        data=ocp.args.JsonSave({"batches_consumed": int(batches_consumed)})),
+                      force=True)
+    self.manager.wait_until_finished()
+    logging.info("Saved checkpoint %s/%s_%d.", self.directory, STEP_PREFIX, step)
+
+  def restore(self, step: int, abstract_state: Mapping[str, Any]
+              ) -> Tuple[Dict[str, Any], int]:
+    """Restores into `abstract_state` (`jax.ShapeDtypeStruct`s with shardings).
+
+    Returns:
+      (state, batches_consumed).
+    """
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(dict(abstract_state)),
+        data=ocp.args.JsonRestore()))
+    return restored["state"], int(restored["data"]["batches_consumed"])
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+# ------------------------------------------------------------------------------------
+# Numpy exports (host 0 only).
+# ------------------------------------------------------------------------------------
+
+
+def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
+                 extra: Optional[Mapping[str, Any]] = None,
+                 extra_name: str = BEST_JSON) -> None:
+  """Writes `<name>.npy` per array into `directory`, replacing it atomically."""
+  directory = pathlib.Path(directory)
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp",
+                                      dir=directory.parent))
+  for name, value in arrays.items():
+    np.save(tmp / f"{name}.npy", np.asarray(value))
+  if extra is not None:
+    (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
+  if directory.exists():
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    tmp.rename(directory)
+
+
+def read_arrays(directory: str) -> Dict[str, np.ndarray]:
+  """`{name: array}` from a directory of `.npy` files."""
+  directory = pathlib.Path(directory)
+  files = sorted(directory.glob("*.npy"))
+  if not files:
+    raise FileNotFoundError(f"No .npy files in {directory}.")
+  return {f.name[:-len(".npy")]: np.load(f) for f in files}
+
+
+def numpy_checkpoint_dir(model_dir: str, step: int) -> pathlib.Path:
+  return pathlib.Path(model_dir) / NUMPY_DIR / f"{STEP_PREFIX}_{step}"
+
+
+def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
+                keep: Optional[int] = None) -> pathlib.Path:
+  """Writes `numpy_checkpoints/checkpoint_<step>/` and keeps the newest `keep`."""
+  path = numpy_checkpoint_dir(model_dir, step)
+  write_arrays(str(path), arrays)
+  if keep:
+    for old in numpy_steps(model_dir)[:-keep]:
+      shutil.rmtree(numpy_checkpoint_dir(model_dir, old), ignore_errors=True)
+  return path
+
+
+def numpy_steps(model_dir: str) -> List[int]:
+  root = pathlib.Path(model_dir) / NUMPY_DIR
+  if not root.is_dir():
+    return []
+  steps = [int(m.group(1)) for p in root.iterdir()
+           if (m := re.fullmatch(rf"{STEP_PREFIX}_(\d+)", p.name))]
+  return sorted(steps)
+
+
+def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
+                record: Mapping[str, Any]) -> pathlib.Path:
+  path = pathlib.Path(model_dir) / BEST_DIR
+  write_arrays(str(path), arrays, extra=record)
+  return path
+
+
+def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
+  path = pathlib.Path(model_dir) / BEST_DIR / BEST_JSON
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+# ------------------------------------------------------------------------------------
+# The run's identity (config.json).
+# ------------------------------------------------------------------------------------
+
+# Fields of config.json that must match to resume in the same MODEL_DIR (the others,
+# e.g. train_steps or eval_period, may change between restarts).
+IDENTITY_FIELDS = ("initial_checkpoint_path", "model_config", "method", "trainable",
+                   "task", "task_feature_lengths", "batch_size", "seed")
+
+
+def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
+                              write: bool = True) -> None:
+  """Writes `config.json`, or refuses when `MODEL_DIR` holds a different run.
+
+  Raises:
+    ValueError: naming the fields that differ and how to resume or start fresh.
+  """
+  path = pathlib.Path(model_dir) / CONFIG_JSON
+  record = json.loads(json.dumps(record, default=str))  # normalize tuples etc.
+  if path.exists():
+    old = json.loads(path.read_text())
+    diffs = [f"  {k}: {old.get(k)!r} in {path} vs {record.get(k)!r} now"
+             for k in IDENTITY_FIELDS if old.get(k) != record.get(k)]
+    if diffs:
+      raise ValueError(
+          f"MODEL_DIR {model_dir} was used by a run with a different configuration:\n"
+          + "\n".join(diffs) + "\nTo resume that run, rerun it with its original "
+          f"gin files and flags (see {pathlib.Path(model_dir) / 'config.gin'}); to "
+          "start fresh, pass a new --gin.MODEL_DIR=... or delete the directory.")
+    return
+  if write:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_run_config(model_dir: str) -> Dict[str, Any]:
+  path = pathlib.Path(model_dir) / CONFIG_JSON
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {model_dir} is not a training "
+                            "MODEL_DIR written by prompt_tuning.train.")
+  return json.loads(path.read_text())
+
+
+def is_host0() -> bool:
+  return jax.process_index() == 0
