@@ -1,0 +1,130 @@
+"""Model checkpoints in and out: T5X, Hugging Face and this project's own format.
+
+  config, params = checkpoints.load(path, config=None)
+
+`path` may be local or `gs://`. The format is detected (`detect_format`):
+
+  t5x          a `checkpoint_<step>` directory with a `checkpoint` msgpack file, the
+               file itself, or a model directory of `checkpoint_<step>/` (latest).
+  huggingface  `config.json` + `model.safetensors` (or its sharded index, or
+               `pytorch_model.bin`, which needs torch).
+  native       `config.json` + `params/` (orbax), written by `save`.
+
+`params` is a nested dict of float32 numpy arrays with exactly the tree of
+`Transformer(config).init(...)['params']` (T5X paths, no prompt/prefix). With
+`config=None` the config comes from the checkpoint (for T5X, which stores none,
+sizes are inferred from shapes and the rest are `T5Config` defaults); a given config
+must agree with the checkpoint's sizes or `ConfigMismatchError` lists each field.
+Tensors are checked against the model before any large read and read one at a time
+(`tree.materialize`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from etils import epath
+
+from prompt_tuning.checkpoints import huggingface, native, t5x
+from prompt_tuning.checkpoints.errors import (CheckpointError, CheckpointNotFoundError,
+                                              ConfigMismatchError,
+                                              MissingDependencyError,
+                                              ParameterMismatchError,
+                                              UnknownCheckpointFormatError)
+from prompt_tuning.checkpoints.huggingface import save_huggingface
+from prompt_tuning.checkpoints.native import save
+from prompt_tuning.checkpoints.tree import (Params, expected_shapes, materialize,
+                                            resolve_config)
+from prompt_tuning.models.config import T5Config
+
+__all__ = [
+    "load", "save", "save_huggingface", "detect_format", "expected_shapes",
+    "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
+    "MissingDependencyError", "ParameterMismatchError",
+    "UnknownCheckpointFormatError",
+]
+
+FORMATS = ("t5x", "huggingface", "native")
+
+_EXPECTED_FILES = (
+    "  t5x: a `checkpoint` msgpack file (in the directory, or in its "
+    "`checkpoint_<step>/` subdirectories)\n"
+    "  huggingface: `config.json` plus `model.safetensors`, "
+    "`model.safetensors.index.json`, `pytorch_model.bin` or "
+    "`pytorch_model.bin.index.json`\n"
+    "  native: `config.json` plus an orbax checkpoint directory `params/` "
+    "(written by prompt_tuning.checkpoints.save)")
+
+
+def detect_format(path) -> str:
+  """Returns 't5x', 'huggingface' or 'native' for the checkpoint at `path`.
+
+  Raises:
+    CheckpointNotFoundError: `path` does not exist.
+    UnknownCheckpointFormatError: no format matches; says what each one expects.
+  """
+  path = epath.Path(path)
+  if not path.exists():
+    raise CheckpointNotFoundError(f"No checkpoint at {path}: the path does not exist.")
+  if path.is_file():
+    if path.name == t5x.MSGPACK_FILE:
+      return "t5x"
+    raise UnknownCheckpointFormatError(
+        f"{path} is a file; pass the checkpoint directory. Tried formats "
+        f"{', '.join(FORMATS)}, which expect:\n{_EXPECTED_FILES}")
+  if t5x.is_checkpoint_dir(path):
+    return "t5x"
+  if huggingface.is_huggingface_dir(path):
+    return "huggingface"
+  if native.is_native_dir(path):
+    return "native"
+  if t5x.latest_step_dir(path) is not None:
+    return "t5x"
+  try:
+    found = sorted(p.name for p in path.iterdir())
+  except OSError:
+    found = []
+  shown = ", ".join(found[:20]) + (", …" if len(found) > 20 else "")
+  hint = ""
+  if "config.json" in found:
+    hint = ("\n`config.json` is present but neither Hugging Face weights nor a "
+            "native `params/` directory were found next to it.")
+  raise UnknownCheckpointFormatError(
+      f"Unrecognized checkpoint directory {path} (contains: {shown or 'nothing'}). "
+      f"Tried formats {', '.join(FORMATS)}, which expect:\n{_EXPECTED_FILES}{hint}")
+
+
+def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
+  """Loads a frozen T5.1.1 from a T5X, Hugging Face or native checkpoint.
+
+  Args:
+    path: checkpoint location (local or gs://), see the module docstring.
+    config: the intended model config, or None to take it from the checkpoint.
+      Its size fields must match the checkpoint; `dropout_rate`, `dtype` (and for
+      T5X, which stores neither, `relative_attention_max_distance` and
+      `layer_norm_epsilon`) are taken from it.
+
+  Returns:
+    (config, params): params is a nested dict of float32 numpy arrays in the
+    layout of `Transformer(config).init(...)['params']`.
+
+  Raises:
+    CheckpointNotFoundError, UnknownCheckpointFormatError, ConfigMismatchError,
+    ParameterMismatchError (every missing tensor / wrong shape, expected vs found),
+    MissingDependencyError (a `.bin`-only directory without torch).
+  """
+  fmt = detect_format(path)
+  path = epath.Path(path)
+  if fmt == "t5x":
+    checkpoint_dir, source = t5x.read_source(path)
+    found = t5x.infer_config_fields(source)
+    config = resolve_config(str(checkpoint_dir), found, config, runtime=None)
+    return config, materialize(str(checkpoint_dir), source, config)
+  if fmt == "huggingface":
+    hf = huggingface.read_hf_config(path)
+    found, runtime = huggingface.config_fields(hf, path)
+    config = resolve_config(str(path), found, config, runtime)
+    source, describe = huggingface.read_source(path, config, hf)
+    return config, materialize(str(path), source, config, describe_missing=describe)
+  found, runtime = native.config_fields(native.read_config_dict(path), path)
+  config = resolve_config(str(path), found, config, runtime)
+  return config, materialize(str(path), native.read_source(path), config)

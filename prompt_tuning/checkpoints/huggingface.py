@@ -1,0 +1,370 @@
+"""Reads and writes Hugging Face T5 directories (`T5ForConditionalGeneration`).
+
+A directory holds `config.json` and the weights in one of (first found wins):
+  model.safetensors | model.safetensors.index.json (sharded) |
+  pytorch_model.bin | pytorch_model.bin.index.json (sharded).
+
+safetensors files are read here directly (8-byte header length, a JSON header of
+`{name: {dtype, shape, data_offsets}}`, then raw little-endian data): one tensor at a
+time through `etils.epath`, so any path epath opens works and bfloat16 files need no
+framework. `.bin` files need torch and are read with `torch.load(weights_only=True)`
+(plain tensors only, never arbitrary pickled objects), memory-mapped when possible.
+
+Names map to T5X paths as follows (`{s}` encoder/decoder, torch `Linear` weights
+are `[out, in]` and are transposed to T5X's `[in, out]` kernels):
+  shared.weight (or {s}.embed_tokens.weight)       → token_embedder/embedding
+  {s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight [buckets, N]
+                                                   → {s}/relpos_bias/rel_embedding ᵀ
+  encoder.block.i.layer.0.SelfAttention.{q,k,v,o}  → encoder/layers_i/attention/
+                                                     {query,key,value,out}/kernel ᵀ
+  encoder.block.i.layer.0.layer_norm               → …/pre_attention_layer_norm/scale
+  encoder.block.i.layer.1.DenseReluDense.{wi_0,wi_1,wo} → …/mlp/…/kernel ᵀ
+  encoder.block.i.layer.1.layer_norm               → …/pre_mlp_layer_norm/scale
+  decoder.block.i.layer.0 (self), .layer.1 (EncDecAttention), .layer.2 (MLP)
+  {s}.final_layer_norm.weight                      → {s}/{s}_norm/scale
+  lm_head.weight [vocab, H]                        → decoder/logits_dense/kernel ᵀ
+
+Tied output embeddings. T5 1.1 (`tie_word_embeddings: false`) stores its own
+`lm_head.weight` and does not rescale. Original-T5-style configs tie the output
+layer to `shared` and scale the decoder output by `d_model**-0.5`; transformers 5
+records that scaling as `scale_decoder_outputs` (and always writes
+`tie_word_embeddings: true`). Both are supported exactly: when `lm_head.weight` is
+absent the kernel is `shared.weight` transposed, and a scaled checkpoint has the
+scale folded into the kernel (`(x * s) @ W = x @ (s * W)`), so our untied network
+computes the same logits. Only the gated-GELU MLP (`feed_forward_proj:
+"gated-gelu"`, T5 1.1 / mT5) is supported.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+from etils import epath
+
+from prompt_tuning.checkpoints.errors import (CheckpointError, MissingDependencyError)
+from prompt_tuning.checkpoints.tree import LazyTensor, Params, Source
+from prompt_tuning.models.config import T5Config
+
+CONFIG_FILE = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX)
+
+_EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight",
+                    "decoder.embed_tokens.weight")
+_ATTENTION = (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
+_MLP = ("wi_0", "wi_1", "wo")
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16",
+                       "BF16": "bfloat16"}
+
+
+def is_huggingface_dir(path: epath.Path) -> bool:
+  return (path / CONFIG_FILE).is_file() and any((path / f).is_file()
+                                                for f in WEIGHT_FILES)
+
+
+# ----------------------------------------------------------------- config
+
+def read_hf_config(path: epath.Path) -> Dict[str, Any]:
+  return json.loads((path / CONFIG_FILE).read_text())
+
+
+def config_fields(hf: Dict[str, Any], path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(architecture fields, run-time defaults) of `T5Config` from a HF `config.json`.
+
+  Raises:
+    CheckpointError: for a non-T5 model or a non-gated (original T5) MLP.
+  """
+  model_type = hf.get("model_type", "t5")
+  if model_type not in ("t5", "mt5"):
+    raise CheckpointError(f"{path}/{CONFIG_FILE} has model_type {model_type!r}; only "
+                          "'t5' and 'mt5' (T5.1.1 architecture) are supported.")
+  activation = hf.get("feed_forward_proj", "relu")
+  if activation != "gated-gelu":
+    raise CheckpointError(
+        f"{path}/{CONFIG_FILE} has feed_forward_proj={activation!r}; only T5.1.1 "
+        "checkpoints (feed_forward_proj='gated-gelu', e.g. google/t5-v1_1-* or "
+        "google/t5-*-lm-adapt) are supported, not original T5 ('relu').")
+  num_layers = hf["num_layers"]
+  found = {
+      "vocab_size": hf["vocab_size"],
+      "emb_dim": hf["d_model"],
+      "num_heads": hf["num_heads"],
+      "head_dim": hf["d_kv"],
+      "mlp_dim": hf["d_ff"],
+      "num_encoder_layers": num_layers,
+      "num_decoder_layers": hf.get("num_decoder_layers") or num_layers,
+      "relative_attention_num_buckets": hf.get("relative_attention_num_buckets", 32),
+      "relative_attention_max_distance": hf.get("relative_attention_max_distance",
+                                                128),
+      "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-6),
+  }
+  runtime = {"dropout_rate": hf.get("dropout_rate", 0.1)}
+  return found, runtime
+
+
+def _output_scale(hf: Dict[str, Any]) -> float:
+  """The factor HF applies to the decoder output before `lm_head` (1 for T5 1.1)."""
+  if "scale_decoder_outputs" in hf:  # transformers >= 5
+    scaled = bool(hf["scale_decoder_outputs"])
+  else:  # transformers < 5: tied embeddings imply scaling
+    scaled = hf.get("tie_word_embeddings", True) is not False
+  return hf["d_model"] ** -0.5 if scaled else 1.0
+
+
+# ----------------------------------------------------------------- safetensors
+
+def _safetensors_header(file: epath.Path) -> Dict[str, Tuple[str, tuple, int, int]]:
+  """`{name: (dtype, shape, start, end)}` with absolute byte offsets in `file`."""
+  with file.open("rb") as f:
+    (length,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(length))
+  entries = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    start, end = info["data_offsets"]
+    entries[name] = (info["dtype"], tuple(info["shape"]), 8 + length + start,
+                     8 + length + end)
+  return entries
+
+
+def _safetensors_reader(file: epath.Path, name: str, dtype: str, shape: tuple,
+                        start: int, end: int) -> Callable[[], np.ndarray]:
+  if dtype not in _SAFETENSORS_DTYPES:
+    raise CheckpointError(f"{file}: tensor {name} has dtype {dtype}; expected one of "
+                          f"{sorted(_SAFETENSORS_DTYPES)}.")
+
+  def read() -> np.ndarray:
+    buffer = bytearray(end - start)  # writable, so no copy is needed below
+    with file.open("rb") as f:
+      f.seek(start)
+      view, done = memoryview(buffer), 0
+      while done < len(buffer):
+        got = f.readinto(view[done:])
+        if not got:
+          raise CheckpointError(f"{file}: tensor {name} is truncated.")
+        done += got
+    np_dtype = _SAFETENSORS_DTYPES[dtype]
+    if np_dtype == "bfloat16":
+      import ml_dtypes  # pylint: disable=g-import-not-at-top
+      np_dtype = ml_dtypes.bfloat16
+    return np.frombuffer(buffer, dtype=np.dtype(np_dtype).newbyteorder("<")
+                         ).reshape(shape)
+  return read
+
+
+def _safetensors_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray],
+                                                  str]]:
+  tensors = {}
+  for file in files:
+    for name, (dtype, shape, start, end) in _safetensors_header(file).items():
+      tensors[name] = (shape, _safetensors_reader(file, name, dtype, shape, start,
+                                                  end), f"{file.name}:{name}")
+  return tensors
+
+
+# ----------------------------------------------------------------- torch .bin
+
+def _torch_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray], str]]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise MissingDependencyError(
+        f"{files[0].parent} holds only PyTorch weights ({files[0].name}); reading "
+        "them needs torch (`pip install torch`, or the project's `test` extra). "
+        "Alternatively convert the directory to model.safetensors.") from e
+  tensors = {}
+  for file in files:
+    try:
+      state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+      with file.open("rb") as f:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for non-tensor content
+      raise CheckpointError(f"{file} could not be read with torch.load(weights_only="
+                            f"True): {e}") from e
+
+    def reader(name, state=state):
+      def read():
+        tensor = state.pop(name)  # drop the state dict's reference as we go
+        if tensor.dtype != torch.float32:
+          tensor = tensor.float()
+        return tensor.numpy()
+      return read
+
+    for name, tensor in state.items():
+      tensors[name] = (tuple(tensor.shape), reader(name), f"{file.name}:{name}")
+  return tensors
+
+
+# ----------------------------------------------------------------- mapping
+
+def _weight_files(path: epath.Path):
+  for index, single in ((SAFETENSORS_INDEX, SAFETENSORS), (TORCH_BIN_INDEX, TORCH_BIN)):
+    if (path / single).is_file():
+      return single, [path / single]
+    if (path / index).is_file():
+      weight_map = json.loads((path / index).read_text())["weight_map"]
+      return single, [path / f for f in sorted(set(weight_map.values()))]
+  raise CheckpointError(f"{path} has no weights: expected one of {list(WEIGHT_FILES)}.")
+
+
+def name_map(config: T5Config) -> Dict[str, Tuple[str, bool]]:
+  """`{T5X path: (HF name, transpose)}` for every parameter but the embedding and
+  `decoder/logits_dense/kernel` (which have fallbacks, see `read_source`)."""
+  names: Dict[str, Tuple[str, bool]] = {}
+  for stack in ("encoder", "decoder"):
+    names[f"{stack}/relpos_bias/rel_embedding"] = (
+        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True)
+    names[f"{stack}/{stack}_norm/scale"] = (f"{stack}.final_layer_norm.weight", False)
+  for i in range(config.num_encoder_layers):
+    hf, ours = f"encoder.block.{i}.layer", f"encoder/layers_{i}"
+    for short, long in _ATTENTION:
+      names[f"{ours}/attention/{long}/kernel"] = (f"{hf}.0.SelfAttention.{short}.weight",
+                                                  True)
+    names[f"{ours}/pre_attention_layer_norm/scale"] = (f"{hf}.0.layer_norm.weight",
+                                                       False)
+    for w in _MLP:
+      names[f"{ours}/mlp/{w}/kernel"] = (f"{hf}.1.DenseReluDense.{w}.weight", True)
+    names[f"{ours}/pre_mlp_layer_norm/scale"] = (f"{hf}.1.layer_norm.weight", False)
+  for i in range(config.num_decoder_layers):
+    hf, ours = f"decoder.block.{i}.layer", f"decoder/layers_{i}"
+    for short, long in _ATTENTION:
+      names[f"{ours}/self_attention/{long}/kernel"] = (
+          f"{hf}.0.SelfAttention.{short}.weight", True)
+      names[f"{ours}/encoder_decoder_attention/{long}/kernel"] = (
+          f"{hf}.1.EncDecAttention.{short}.weight", True)
+    names[f"{ours}/pre_self_attention_layer_norm/scale"] = (f"{hf}.0.layer_norm.weight",
+                                                            False)
+    names[f"{ours}/pre_cross_attention_layer_norm/scale"] = (
+        f"{hf}.1.layer_norm.weight", False)
+    for w in _MLP:
+      names[f"{ours}/mlp/{w}/kernel"] = (f"{hf}.2.DenseReluDense.{w}.weight", True)
+    names[f"{ours}/pre_mlp_layer_norm/scale"] = (f"{hf}.2.layer_norm.weight", False)
+  return names
+
+
+def _lazy(entry, transpose: bool, scale: float = 1.0) -> LazyTensor:
+  shape, read, where = entry
+  if transpose:
+    shape = tuple(reversed(shape))
+
+  def load():
+    array = read()
+    if transpose:
+      array = array.T
+    if scale != 1.0:
+      array = array.astype(np.float32) * np.float32(scale)
+    return array
+  return LazyTensor(shape, load, where + (" (transposed)" if transpose else "")
+                    + (f" (× {scale:.6g})" if scale != 1.0 else ""))
+
+
+def read_source(path, config: T5Config, hf: Dict[str, Any]
+                ) -> Tuple[Source, Callable[[str], str]]:
+  """Describes the HF weights as T5X paths (no tensor data read).
+
+  Returns:
+    (`{T5X path: LazyTensor}`, a function naming the HF tensor(s) a T5X path
+    would come from, for error messages).
+  """
+  path = epath.Path(path)
+  kind, files = _weight_files(path)
+  tensors = (_safetensors_tensors(files) if kind == SAFETENSORS
+             else _torch_tensors(files))
+  names = name_map(config)
+  source: Source = {ours: _lazy(tensors[hf_name], transpose)
+                    for ours, (hf_name, transpose) in names.items()
+                    if hf_name in tensors}
+  embedding = next((n for n in _EMBEDDING_NAMES if n in tensors), None)
+  if embedding:
+    source["token_embedder/embedding"] = _lazy(tensors[embedding], False)
+  head = "lm_head.weight" if "lm_head.weight" in tensors else embedding
+  if head and head != "lm_head.weight" and hf.get("tie_word_embeddings") is False:
+    # transformers 5 ties a missing lm_head to `shared` whatever the config says;
+    # follow it, but say so (transformers 4 would have initialized it randomly).
+    logging.warning("%s: config says tie_word_embeddings=false but there is no "
+                    "lm_head.weight; using %s (tied), as transformers 5 does.",
+                    path, head)
+  if head:
+    source["decoder/logits_dense/kernel"] = _lazy(tensors[head], True,
+                                                  _output_scale(hf))
+  hf_names = {ours: hf_name for ours, (hf_name, _) in names.items()}
+  hf_names["token_embedder/embedding"] = " or ".join(_EMBEDDING_NAMES)
+  hf_names["decoder/logits_dense/kernel"] = "lm_head.weight or shared.weight (tied)"
+
+  def describe_missing(name: str) -> str:
+    return f"{hf_names.get(name, '?')} in {', '.join(f.name for f in files)}"
+  return source, describe_missing
+
+
+# ----------------------------------------------------------------- writing
+
+def to_hf_config(config: T5Config) -> Dict[str, Any]:
+  """A transformers `T5Config` dict for an untied T5.1.1 model of `config`."""
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "vocab_size": config.vocab_size,
+      "d_model": config.emb_dim,
+      "d_kv": config.head_dim,
+      "d_ff": config.mlp_dim,
+      "num_heads": config.num_heads,
+      "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers,
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance": config.relative_attention_max_distance,
+      "dropout_rate": config.dropout_rate,
+      "layer_norm_epsilon": config.layer_norm_epsilon,
+      "feed_forward_proj": "gated-gelu",
+      "tie_word_embeddings": False,
+      "scale_decoder_outputs": False,
+      "is_encoder_decoder": True,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "decoder_start_token_id": 0,
+      "dtype": "float32",
+  }
+
+
+def save_huggingface(path, params: Params, config: T5Config) -> epath.Path:
+  """Writes `config.json` + `model.safetensors` loadable by
+  `transformers.T5ForConditionalGeneration.from_pretrained` (untied, T5.1.1).
+
+  Holds one transposed copy of the weights while writing (safetensors writes from
+  an in-memory dict). Returns the directory.
+  """
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  path = epath.Path(path)
+  if "://" in str(path):
+    raise CheckpointError(f"save_huggingface writes local directories only, not "
+                          f"{path}.")
+  path.mkdir(parents=True, exist_ok=True)
+  flat = {"/".join(k): v for k, v in _flatten_params(params).items()}
+  tensors = {}
+  for ours, (hf_name, transpose) in name_map(config).items():
+    array = np.asarray(flat[ours], dtype=np.float32)
+    tensors[hf_name] = np.ascontiguousarray(array.T if transpose else array)
+  tensors["shared.weight"] = np.ascontiguousarray(
+      np.asarray(flat["token_embedder/embedding"], np.float32))
+  tensors["lm_head.weight"] = np.ascontiguousarray(
+      np.asarray(flat["decoder/logits_dense/kernel"], np.float32).T)
+  save_file(tensors, str(path / SAFETENSORS), metadata={"format": "pt"})
+  (path / CONFIG_FILE).write_text(json.dumps(to_hf_config(config), indent=2))
+  return path
+
+
+def _flatten_params(tree, prefix=()) -> Dict[tuple, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten_params(value, prefix + (key,)))
+    else:
+      flat[prefix + (key,)] = value
+  return flat

@@ -1,0 +1,159 @@
+"""What every checkpoint reader shares: the expected parameter tree, the config
+check, and the streaming assembly of tensors into that tree.
+
+A reader (`t5x.py`, `huggingface.py`, `native.py`) does not load arrays itself. It
+describes the checkpoint as a `Source`: T5X parameter path → `LazyTensor`, a shape
+plus a function that reads that one tensor. `materialize` then checks every shape
+against the model *before* reading anything and reads tensors one at a time, so
+errors come before any large read and memory holds the growing result plus a single
+tensor in flight (see `materialize`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.checkpoints.errors import ConfigMismatchError, ParameterMismatchError
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import Transformer
+
+Params = Dict[str, Any]  # nested dict of float32 numpy arrays, T5X layout
+Shape = Tuple[int, ...]
+
+# T5Config fields that describe the stored weights' architecture. A config given by
+# the caller must agree with the checkpoint on every one of these that the format
+# records; the others (dropout_rate, dtype) are run-time choices.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_encoder_layers",
+    "num_decoder_layers", "relative_attention_num_buckets",
+    "relative_attention_max_distance", "layer_norm_epsilon")
+
+
+@dataclasses.dataclass
+class LazyTensor:
+  """One tensor of a checkpoint, not yet read.
+
+  Attributes:
+    shape: the shape `read()` returns (after any transposition).
+    read: reads the tensor; returns an array of `shape` in any float dtype.
+    source: human-readable origin for error messages (file and tensor name).
+  """
+  shape: Shape
+  read: Callable[[], np.ndarray]
+  source: str = ""
+
+
+Source = Dict[str, LazyTensor]  # '/'-joined T5X parameter path → tensor
+
+
+def _init_inputs():
+  tokens = jnp.ones((1, 4), jnp.int32)
+  return tokens, tokens
+
+
+@functools.lru_cache(maxsize=16)
+def expected_shapes(config: T5Config) -> Dict[str, Shape]:
+  """`{path: shape}` of `Transformer(config).init(...)['params']`, computed abstractly
+  (`jax.eval_shape`, no memory), in sorted path order."""
+  model = Transformer(config.replace(dtype=jnp.float32))
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), *_init_inputs())["params"])
+  flat = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(
+              nn.unbox(abstract))[0]}
+  return dict(sorted(flat.items()))
+
+
+def resolve_config(path: str, found: Mapping[str, Any],
+                   config: Optional[T5Config],
+                   runtime: Optional[Mapping[str, Any]] = None) -> T5Config:
+  """The config to build the model with.
+
+  Args:
+    path: the checkpoint, for messages.
+    found: architecture fields the checkpoint records or implies.
+    config: the caller's config, or None.
+    runtime: non-architecture defaults recorded by the checkpoint (e.g. the Hugging
+      Face `dropout_rate`); used only when `config` is None.
+
+  Returns:
+    `config` itself when it agrees with `found`; with no config, `T5Config`
+    defaults overridden by `runtime` and `found`.
+
+  Raises:
+    ConfigMismatchError: listing every field where `config` and `found` differ.
+  """
+  if config is None:
+    return T5Config(**{**dict(runtime or {}), **dict(found)})
+  mismatches = [(field, getattr(config, field), value)
+                for field, value in found.items() if getattr(config, field) != value]
+  if mismatches:
+    raise ConfigMismatchError(path, mismatches)
+  return config
+
+
+def _set(tree: Params, path: str, value: np.ndarray) -> None:
+  *parents, leaf = path.split("/")
+  for key in parents:
+    tree = tree.setdefault(key, {})
+  tree[leaf] = value
+
+
+def materialize(path: str, source: Source, config: T5Config,
+                describe_missing: Optional[Callable[[str], str]] = None,
+                ignore_unexpected: Sequence[str] = ()) -> Params:
+  """Checks `source` against `config`'s parameter tree, then reads it tensor by tensor.
+
+  Memory: tensors are read in path order; each is converted to a C-contiguous
+  float32 array, placed into the result, and its `LazyTensor` is dropped from
+  `source` (so the reader's buffer for it can be freed) before the next one is
+  read. Peak memory is therefore the final parameters plus one tensor in flight
+  (two when a dtype conversion or transposition needs a copy), never two copies of
+  the model. `tests/test_checkpoints_common.py` measures this with tracemalloc.
+
+  Args:
+    path: the checkpoint, for messages.
+    source: the reader's description; consumed (entries are popped) as it is read.
+    config: the model the parameters are for.
+    describe_missing: maps a missing parameter path to where the reader looked
+      for it (e.g. the Hugging Face tensor name), for the error message.
+    ignore_unexpected: prefixes of tensors that may be present but are not
+      parameters of the frozen T5 (they are skipped without a warning).
+
+  Returns:
+    The nested parameter dict, exactly the tree of `Transformer(config).init`.
+
+  Raises:
+    ParameterMismatchError: listing every missing tensor and every wrong shape.
+  """
+  expected = expected_shapes(config)
+  missing = [(name, shape, describe_missing(name) if describe_missing else "")
+             for name, shape in expected.items() if name not in source]
+  wrong = [(name, shape, tuple(source[name].shape), source[name].source)
+           for name, shape in expected.items()
+           if name in source and tuple(source[name].shape) != shape]
+  if missing or wrong:
+    raise ParameterMismatchError(path, missing, wrong)
+  unexpected = [name for name in source if name not in expected and
+                not any(name.startswith(p) for p in ignore_unexpected)]
+  if unexpected:
+    logging.warning("Checkpoint %s: ignoring %d tensor(s) that are not parameters of "
+                    "the T5.1.1 model: %s", path, len(unexpected), sorted(unexpected))
+
+  params: Params = {}
+  for name, shape in expected.items():
+    tensor = source.pop(name)
+    array = np.ascontiguousarray(tensor.read(), dtype=np.float32)
+    del tensor
+    if array.shape != shape:  # the reader's declared shape was wrong
+      raise ParameterMismatchError(path, [], [(name, shape, array.shape, "data")])
+    _set(params, name, array)
+    del array
+  return params
