@@ -179,16 +179,26 @@ def _torch_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray], st
         f"{files[0].parent} holds only PyTorch weights ({files[0].name}); reading "
         "them needs torch (`pip install torch`, or the project's `test` extra). "
         "Alternatively convert the directory to model.safetensors.") from e
-  tensors = {}
-  for file in files:
+  def load(file):
     try:
-      state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-      with file.open("rb") as f:
-        state = torch.load(f, map_location="cpu", weights_only=True)
+      try:
+        return torch.load(str(file), map_location="cpu", weights_only=True,
+                          mmap=True)
+      except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
+        if "mmap" not in str(e) and "zip" not in str(e):
+          raise
+        with file.open("rb") as f:
+          return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for non-tensor content
       raise CheckpointError(f"{file} could not be read with torch.load(weights_only="
-                            f"True): {e}") from e
+                            f"True), which accepts plain tensors only: {e}") from e
+
+  tensors = {}
+  for file in files:
+    state = load(file)
+    if not isinstance(state, dict):
+      raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state "
+                            "dict of tensors.")
 
     def reader(name, state=state):
       def read():
