@@ -31,6 +31,50 @@ def unflatten(flat: Dict[str, Any]) -> Params:
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
+def get_param(params: Params, path: str) -> Any:
+  """The (unboxed) array at a `/`-joined path; KeyError names the missing path."""
+  node = params
+  for key in path.split("/"):
+    if not hasattr(node, "keys") or key not in node:
+      raise KeyError(f"No parameter at {path!r} (missing {key!r}).")
+    node = node[key]
+  return nn.unbox(node)
+
+
+def with_params(params: Params, updates: Dict[str, Any]) -> Params:
+  """A copy of `params` with each `/`-joined path in `updates` set (subtrees too).
+
+  The input tree is not modified; intermediate dicts are created as needed.
+  """
+  out = _copy_dicts(params)
+  for path, value in updates.items():
+    node = out
+    *parents, leaf = path.split("/")
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  return out
+
+
+def without_params(params: Params, path: str) -> Params:
+  """A copy of `params` without the subtree at `path` (no error when absent)."""
+  out = _copy_dicts(params)
+  node = out
+  *parents, leaf = path.split("/")
+  for key in parents:
+    if key not in node:
+      return out
+    node = node[key]
+  node.pop(leaf, None)
+  return out
+
+
+def _copy_dicts(tree):
+  if hasattr(tree, "items") and not isinstance(tree, nn.meta.AxisMetadata):
+    return {k: _copy_dicts(v) for k, v in tree.items()}
+  return tree
+
+
 def matches(path: str, patterns: Sequence[str]) -> bool:
   """True when a `/`-joined parameter path fully matches any regex (T5X semantics)."""
   return any(re.fullmatch(p, path) for p in patterns)
@@ -54,6 +98,8 @@ class Method:
       trainable parameters by path.
     inference: optional `() -> Method` giving the method used at inference time
       (e.g. prefix tuning without its reparametrization MLP); defaults to itself.
+    fold: optional `(params) -> params` turning trained parameters into those of
+      `inference()` (e.g. evaluating the prefix MLP once); defaults to identity.
   """
   name: str
   prompt: Optional[nn.Module] = None
@@ -62,6 +108,7 @@ class Method:
   initialize: Optional[Callable[[jax.Array, Params, T5Config], Params]] = None
   export: Optional[Callable[[Params], Dict[str, np.ndarray]]] = None
   inference: Optional[Callable[[], "Method"]] = None
+  fold: Optional[Callable[[Params], Params]] = None
 
   def build(self, config: T5Config) -> Transformer:
     """The Flax module for this method on a frozen T5 of `config`."""
@@ -73,6 +120,14 @@ class Method:
   def trainable_mask(self, params: Params) -> Params:
     """A tree of bools, True where the parameter is trained."""
     return unflatten({k: self.is_trainable(k) for k in flatten(params)})
+
+  def inference_method(self) -> "Method":
+    """The method to decode with (after `fold`); this method when not given."""
+    return self.inference() if self.inference is not None else self
+
+  def inference_params(self, params: Params) -> Params:
+    """Trained parameters → parameters of `inference_method()`."""
+    return self.fold(params) if self.fold is not None else params
 
   def exported(self, params: Params) -> Dict[str, np.ndarray]:
     """What to write as `.npy` files after training (name → array)."""

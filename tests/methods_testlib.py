@@ -1,0 +1,70 @@
+"""Shared pieces of the method / optimizer / export tests (tests/test_methods_*.py,
+tests/test_optim*.py, tests/test_export*.py): a tiny config, random parameters
+without compiling `init`, a batch and the teacher-forced loss.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.models.config import preset
+
+VOCAB = 128
+
+
+def tiny_config(**overrides):
+  """H=32, 4 heads of 8, MLP 64, 2+2 layers, a 128-token vocabulary."""
+  return preset("tiny", vocab_size=VOCAB, dropout_rate=0.0, **overrides)
+
+
+def batch(seed: int = 0, size: int = 2, inputs: int = 7, targets: int = 4):
+  """(encoder tokens [B, T] padded at the end, decoder inputs, targets [B, T_dec])."""
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(2, VOCAB, size=(size, inputs))
+  for b in range(size):  # different lengths, padding at the end
+    enc[b, inputs - 1 - (b % 3):] = 0
+  tgt = rng.randint(2, VOCAB, size=(size, targets))
+  tgt[0, -1] = 0  # one padded target position
+  dec = np.concatenate([np.zeros((size, 1), int), tgt[:, :-1]], axis=1)
+  return jnp.asarray(enc), jnp.asarray(dec), jnp.asarray(tgt)
+
+
+def abstract_params(model, enc, dec):
+  """Shapes and dtypes of `model`'s (unboxed) parameters, without running init."""
+  return jax.eval_shape(
+      lambda: nn.unbox(model.init(jax.random.PRNGKey(0), enc, dec)["params"]))
+
+
+def random_params(model, enc, dec, seed: int = 0):
+  """Parameters of `model` drawn in numpy (no XLA compile of `init`).
+
+  Kernels ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1²), other vectors and the
+  relative-position tables ~ N(0, 0.1²), the token embedding ~ N(0, 1).
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, shape):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['scale']"):
+      values = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif name.endswith("['embedding']") and "token_embedder" in name:
+      values = rng.standard_normal(shape)
+    elif len(shape) >= 2 and "rel_embedding" not in name:
+      values = rng.standard_normal(shape) / np.sqrt(shape[0])
+    else:
+      values = 0.1 * rng.standard_normal(shape)
+    return jnp.asarray(values, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: draw(path, leaf.shape), abstract_params(model, enc, dec))
+
+
+def loss(model, params, enc, dec, tgt, **kwargs):
+  """Cross-entropy averaged over the real (non-padding) target tokens."""
+  logits = model.apply({"params": params}, enc, dec, **kwargs)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  token = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+  weights = (tgt > 0).astype(jnp.float32)
+  return jnp.sum(token * weights) / jnp.sum(weights)
