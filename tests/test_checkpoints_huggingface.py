@@ -250,3 +250,24 @@ def test_loading_streams_from_the_file(tmp_path):
   assert params["decoder"]["layers_3"]["mlp"]["wo"]["kernel"].shape == (512, 64)
   # Read buffer + transposed copy of one tensor on top of the result.
   assert peak <= result_bytes + 2 * largest + 512 * 1024, (peak, result_bytes)
+
+
+def test_unmapped_tensors_are_reported_and_skipped(saved, caplog):
+  path, params = saved
+  tensors = load_file(str(path / "model.safetensors"))
+  tensors["encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"] = (
+      np.ones((32, 4), np.float32))
+  save_file(tensors, str(path / "model.safetensors"))
+  with caplog.at_level("WARNING"):
+    _, loaded = checkpoints.load(path)
+  _assert_same(loaded, params)
+  assert "encoder.block.1.layer.0.SelfAttention.relative_attention_bias" in caplog.text
+
+
+def test_incomplete_config_json_names_the_missing_keys(saved):
+  path, _ = saved
+  hf_config = json.loads((path / "config.json").read_text())
+  del hf_config["d_kv"], hf_config["d_ff"]
+  (path / "config.json").write_text(json.dumps(hf_config))
+  with pytest.raises(checkpoints.CheckpointError, match=r"lacks \['d_kv', 'd_ff'\]"):
+    checkpoints.load(path)

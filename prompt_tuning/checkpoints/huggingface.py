@@ -29,9 +29,10 @@ Tied output embeddings. T5 1.1 (`tie_word_embeddings: false`) stores its own
 layer to `shared` and scale the decoder output by `d_model**-0.5`; transformers 5
 records that scaling as `scale_decoder_outputs` (and always writes
 `tie_word_embeddings: true`). Both are supported exactly: when `lm_head.weight` is
-absent the kernel is `shared.weight` transposed, and a scaled checkpoint has the
+absent the kernel is `shared.weight` transposed (as transformers 5 does even for a
+config that says untied; a warning is logged then), and a scaled checkpoint has the
 scale folded into the kernel (`(x * s) @ W = x @ (s * W)`), so our untied network
-computes the same logits. Only the gated-GELU MLP (`feed_forward_proj:
+computes the same logits (tests/test_hf_parity.py checks all three variants). Only the gated-GELU MLP (`feed_forward_proj:
 "gated-gelu"`, T5 1.1 / mT5) is supported.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 from etils import epath
@@ -90,6 +91,11 @@ def config_fields(hf: Dict[str, Any], path) -> Tuple[Dict[str, Any], Dict[str, A
         f"{path}/{CONFIG_FILE} has feed_forward_proj={activation!r}; only T5.1.1 "
         "checkpoints (feed_forward_proj='gated-gelu', e.g. google/t5-v1_1-* or "
         "google/t5-*-lm-adapt) are supported, not original T5 ('relu').")
+  required = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
+  absent = [key for key in required if key not in hf]
+  if absent:
+    raise CheckpointError(f"{path}/{CONFIG_FILE} lacks {absent}; a T5 config.json "
+                          f"has all of {list(required)}.")
   num_layers = hf["num_layers"]
   found = {
       "vocab_size": hf["vocab_size"],
@@ -305,6 +311,12 @@ def read_source(path, config: T5Config, hf: Dict[str, Any]
   if head:
     source["decoder/logits_dense/kernel"] = _lazy(tensors[head], True,
                                                   _output_scale(hf))
+  used = {hf_name for hf_name, _ in names.values()} | set(_EMBEDDING_NAMES) | {
+      "lm_head.weight"}
+  unused = sorted(set(tensors) - used)
+  if unused:
+    logging.warning("%s: ignoring %d tensor(s) that are not parameters of the T5.1.1 "
+                    "model: %s", path, len(unused), unused)
   hf_names = {ours: hf_name for ours, (hf_name, _) in names.items()}
   hf_names["token_embedder/embedding"] = " or ".join(_EMBEDDING_NAMES)
   hf_names["decoder/logits_dense/kernel"] = "lm_head.weight or shared.weight (tied)"

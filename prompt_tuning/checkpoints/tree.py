@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -107,8 +107,7 @@ def _set(tree: Params, path: str, value: np.ndarray) -> None:
 
 
 def materialize(path: str, source: Source, config: T5Config,
-                describe_missing: Optional[Callable[[str], str]] = None,
-                ignore_unexpected: Sequence[str] = ()) -> Params:
+                describe_missing: Optional[Callable[[str], str]] = None) -> Params:
   """Checks `source` against `config`'s parameter tree, then reads it tensor by tensor.
 
   Memory: tensors are read in path order; each is converted to a C-contiguous
@@ -124,8 +123,6 @@ def materialize(path: str, source: Source, config: T5Config,
     config: the model the parameters are for.
     describe_missing: maps a missing parameter path to where the reader looked
       for it (e.g. the Hugging Face tensor name), for the error message.
-    ignore_unexpected: prefixes of tensors that may be present but are not
-      parameters of the frozen T5 (they are skipped without a warning).
 
   Returns:
     The nested parameter dict, exactly the tree of `Transformer(config).init`.
@@ -141,8 +138,7 @@ def materialize(path: str, source: Source, config: T5Config,
            if name in source and tuple(source[name].shape) != shape]
   if missing or wrong:
     raise ParameterMismatchError(path, missing, wrong)
-  unexpected = [name for name in source if name not in expected and
-                not any(name.startswith(p) for p in ignore_unexpected)]
+  unexpected = [name for name in source if name not in expected]
   if unexpected:
     logging.warning("Checkpoint %s: ignoring %d tensor(s) that are not parameters of "
                     "the T5.1.1 model: %s", path, len(unexpected), sorted(unexpected))
