@@ -44,24 +44,38 @@ class Summaries:
       self._writers[name] = tf.summary.create_file_writer(str(self.model_dir / name))
     return self._writers[name]
 
+  def _write(self, split: str, step: int, values: Mapping[str, Any], plugin: str,
+             dtype) -> None:
+    """Writes tensors tagged for a TensorBoard plugin ('scalars' or 'text').
+
+    Uses `tf.summary.write` with the plugin's metadata, which is what
+    `tf.summary.scalar` / `text` write, without needing the tensorboard package.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin),
+        data_class=(summary_pb2.DATA_CLASS_SCALAR if plugin == "scalars"
+                    else summary_pb2.DATA_CLASS_TENSOR))
+    with self._writer(split).as_default():
+      for name, value in values.items():
+        tf.summary.write(name, tf.constant(value, dtype=dtype), step=step,
+                         metadata=metadata)
+    self._writer(split).flush()
+
   def scalars(self, step: int, values: Mapping[str, float], split: str = "train") -> None:
     if not self.enabled:
       return
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with self._writer(split).as_default():
-      for name, value in values.items():
-        if value is not None and np.ndim(value) == 0:
-          tf.summary.scalar(name, float(value), step=step)
-    self._writer(split).flush()
+    values = {k: float(v) for k, v in values.items()
+              if v is not None and np.ndim(v) == 0}
+    self._write(split, step, values, "scalars", tf.float32)
 
   def texts(self, step: int, values: Mapping[str, str], split: str = "eval") -> None:
     if not self.enabled:
       return
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with self._writer(split).as_default():
-      for name, value in values.items():
-        tf.summary.text(name, value, step=step)
-    self._writer(split).flush()
+    self._write(split, step, values, "text", tf.string)
 
   def record(self, step: int, task: str, metrics: Mapping[str, Any],
              **extra: Any) -> None:

@@ -1,0 +1,177 @@
+r"""Evaluate a frozen T5 + trained method parameters: `python -m prompt_tuning.eval`.
+
+Either a released prompt file (through the from-file prompt initializer) …
+
+  python -m prompt_tuning.eval \
+    --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_eval.gin \
+    --gin.PROMPT_FILE="'rte.npy'" \
+    --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" \
+    --gin.INITIAL_CHECKPOINT_PATH="'gs://…/t5_1_1_lm100k_base/checkpoint_1100000'"
+
+… or a trained MODEL_DIR (its `best/` export by default, `latest`, or a step); the
+frozen model and its config then come from `MODEL_DIR/config.json`:
+
+  python -m prompt_tuning.eval --gin_file=runs/prompt_eval.gin \
+    --gin.MODEL_DIR="'/tmp/rte_prompt'" --gin.MIXTURE_OR_TASK_NAME=... 
+
+Prints a table and appends one line per task to `<output_dir>/metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import gin
+import jax
+from absl import logging
+
+from prompt_tuning import cli, evaluation, initial_params
+from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning import summaries as summaries_lib
+from prompt_tuning.methods.base import Method
+from prompt_tuning.models.config import T5Config
+
+EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+
+
+def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.Path:
+  """The numpy export of a training MODEL_DIR: 'best', 'latest' or a step."""
+  if checkpoint == "best":
+    path = pathlib.Path(model_dir) / ckpt.BEST_DIR
+    if path.is_dir():
+      return path
+    logging.warning("%s has no best/ export (no evaluation ran); using the latest.",
+                    model_dir)
+    checkpoint = "latest"
+  steps = ckpt.numpy_steps(model_dir)
+  if not steps:
+    raise FileNotFoundError(f"{model_dir} has no numpy exports under "
+                            f"{ckpt.NUMPY_DIR}/; was it written by prompt_tuning.train?")
+  step = steps[-1] if checkpoint == "latest" else int(checkpoint)
+  if step not in steps:
+    raise FileNotFoundError(f"No export for step {step} in {model_dir}/"
+                            f"{ckpt.NUMPY_DIR}; available steps: {steps}.")
+  return ckpt.numpy_checkpoint_dir(model_dir, step)
+
+
+def load_trained(method: Method, model_config: Optional[T5Config],
+                 initial_checkpoint_path: Optional[str], *,
+                 model_dir: Optional[str] = None, checkpoint: Union[str, int] = "best",
+                 mesh=None, seed: int = 0) -> Tuple[Any, Dict[str, Any], Any, str]:
+  """Model + parameters for evaluation or inference.
+
+  With `model_dir`, the method's export there replaces its parameters (and the
+  frozen model / config default to those recorded in `config.json`); without it
+  the method's initializer runs (e.g. a prompt from `PROMPT_FILE`).
+
+  Returns:
+    (model, params, shardings, description of what was loaded).
+  """
+  source = "the method's initializer"
+  arrays = None
+  if model_dir:
+    record = ckpt.read_run_config(model_dir)
+    if record.get("method") != method.name:
+      raise ValueError(f"{model_dir} was trained with method {record.get('method')!r} "
+                       f"but METHOD is {method.name!r}; include the same method gin "
+                       "file as for training.")
+    if initial_checkpoint_path is None:
+      initial_checkpoint_path = record.get("initial_checkpoint_path")
+    if model_config is None:
+      model_config = T5Config.from_dict(record["model_config"])
+    path = export_dir(model_dir, checkpoint)
+    arrays = ckpt.read_arrays(str(path))
+    source = str(path)
+  if model_config is None:
+    raise ValueError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
+                     "or pass a MODEL_DIR that has config.json.")
+  run_method = method.inference_method() if arrays is not None and hasattr(
+      method, "inference_method") else method
+  config, params, shardings = initial_params.build_params(
+      run_method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
+      mesh=mesh, run_initializer=arrays is None)
+  if arrays is not None:
+    params = initial_params.apply_exported(params, arrays, source)
+  return run_method.build(config), params, shardings, source
+
+
+def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:
+  """A plain text table: one row per task, one column per numeric metric."""
+  names = []
+  for r in results.values():
+    names += [k for k, v in r.metrics.items()
+              if isinstance(v, (int, float)) and k not in names]
+  rows = [["task"] + names]
+  for task, r in results.items():
+    rows.append([task] + [f"{r.metrics[n]:.4g}" if isinstance(r.metrics.get(n), float)
+                          else str(r.metrics.get(n, "")) for n in names])
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+@gin.configurable("evaluate")
+def evaluate(mixture_or_task_name: str = gin.REQUIRED,
+             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+             method: Method = gin.REQUIRED,
+             model_config: Optional[T5Config] = None,
+             initial_checkpoint_path: Optional[str] = None,
+             model_dir: Optional[str] = None,
+             checkpoint: Union[str, int] = "best",
+             split: str = "validation",
+             batch_size: int = 32,
+             max_examples: Optional[int] = None,
+             max_decode_length: Optional[int] = None,
+             output_dir: Optional[str] = None) -> Dict[str, evaluation.TaskResult]:
+  """Evaluates and reports (gin: `evaluate.<arg>`; macros in runs/prompt_eval.gin)."""
+  mesh = cli.make_mesh()
+  model, params, shardings, source = load_trained(
+      method, model_config, initial_checkpoint_path, model_dir=model_dir,
+      checkpoint=checkpoint, mesh=mesh)
+  evaluator = evaluation.Evaluator(
+      model, mesh, shardings, mixture_or_task_name, task_feature_lengths,
+      batch_size=batch_size, split=split, max_examples=max_examples,
+      max_decode_length=max_decode_length)
+  results = evaluator.evaluate(params)
+  table = format_table(results)
+  if jax.process_index() == 0:
+    print(f"Evaluated {source} on {split}:\n{table}", flush=True)
+  output_dir = output_dir or model_dir
+  if output_dir:
+    writer = summaries_lib.Summaries(output_dir, enabled=jax.process_index() == 0)
+    step = _step_of(source)
+    for task, result in results.items():
+      writer.record(step, task, result.metrics, split=split, source=source)
+    writer.close()
+  return results
+
+
+def _step_of(source: str) -> int:
+  """The training step an export belongs to (best.json or checkpoint_<step>)."""
+  path = pathlib.Path(source)
+  record = path / ckpt.BEST_JSON
+  if record.exists():
+    import json  # pylint: disable=g-import-not-at-top
+    return int(json.loads(record.read_text())["step"])
+  if path.name.startswith(f"{ckpt.STEP_PREFIX}_"):
+    return int(path.name.split("_")[-1])
+  return 0
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.setup(required_macros=EVAL_MACROS)
+  if not cli.macro("MODEL_DIR") and not cli.macro("PROMPT_FILE") and not (
+      cli.macro("INITIAL_CHECKPOINT_PATH")):
+    raise cli.app.UsageError(
+        "Nothing to evaluate: set MODEL_DIR (a training run) or PROMPT_FILE (a prompt "
+        f".npy) with INITIAL_CHECKPOINT_PATH; e.g. {cli._EXAMPLES['PROMPT_FILE']}.")  # pylint: disable=protected-access
+  evaluate()
+
+
+def console_main():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  console_main()

@@ -1,0 +1,238 @@
+"""Evaluation on a task's split: teacher-forced loss and decoded seqio metrics.
+
+  evaluator = Evaluator(model, mesh, param_shardings, 'my_task', {'inputs': 512,
+                        'targets': 8}, batch_size=32)
+  results = evaluator.evaluate(params)   # {task: {'loss': …, 'accuracy': …, …}}
+
+For every task of the mixture (or the task), in dataset order:
+  * `eval_step` gives the summed cross-entropy (+ z-loss) and per-example
+    log-likelihoods (for seqio score metrics);
+  * `decoding.greedy_decode` generates up to `max_decode_length` tokens, which are
+    detokenized, passed through the task's postprocessor (`is_target=False`, with the
+    example) and scored against the postprocessed targets by the task's metric
+    functions — as `seqio.Evaluator` does.
+Batches are global: every host reads the whole split and feeds its own rows of each
+batch; decoded tokens are gathered back to every host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from prompt_tuning import data as data_lib
+from prompt_tuning import losses, partitioning
+
+Params = Dict[str, Any]
+Batch = Dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------
+# The pure step.
+# ------------------------------------------------------------------------------------
+
+
+def eval_step(params: Params, batch: Batch, *, model, z_loss: float = 1e-4
+              ) -> Dict[str, jax.Array]:
+  """Teacher-forced loss sums of one batch (no dropout, no normalization).
+
+  Args:
+    params: the full parameter tree (frozen + trained).
+    batch: `MODEL_FEATURES`, each `[B, T]`.
+    model: the `Transformer` (static).
+    z_loss: z-loss coefficient, counted in `loss_sum` as in training.
+
+  Returns:
+    `loss_sum`, `z_loss_sum`, `weight_sum` (scalars) and `log_likelihood [B]`
+    (sum of target log-probabilities per example, z-loss excluded).
+  """
+  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                       batch["decoder_input_tokens"], enable_dropout=False)
+  weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  total, z_term = losses.token_cross_entropy(logits, batch["decoder_target_tokens"],
+                                             z_loss)
+  return {"loss_sum": jnp.sum(total * weights),
+          "z_loss_sum": jnp.sum(z_term * weights),
+          "weight_sum": jnp.sum(weights),
+          "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1)}
+
+
+# ------------------------------------------------------------------------------------
+# Helpers: host ↔ global arrays, metric values.
+# ------------------------------------------------------------------------------------
+
+
+def to_host(tree: Any) -> Any:
+  """Global arrays → numpy on every host (gathers arrays spread over processes)."""
+
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and (
+        not x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree_util.tree_map(get, tree)
+
+
+def host_rows(batch: Batch, global_batch_size: int) -> Batch:
+  """This process's contiguous rows of a global batch."""
+  per_host = global_batch_size // jax.process_count()
+  start = jax.process_index() * per_host
+  return {k: v[start:start + per_host] for k, v in batch.items()}
+
+
+def _metric_value(value: Any) -> Any:
+  """seqio metric values (`Scalar`, `Text`, …) or numbers → plain python."""
+  value = getattr(value, "value", value)
+  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+    return float(value)
+  return value
+
+
+def _predict_metric_fns(task) -> List[Callable]:
+  fns = getattr(task, "predict_metric_fns", None)
+  if fns is None:
+    fns = task.metric_fns
+  return list(fns) + list(getattr(task, "predict_with_aux_metric_fns", []) or [])
+
+
+# ------------------------------------------------------------------------------------
+# The evaluator.
+# ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TaskResult:
+  metrics: Dict[str, Any]
+  inputs: List[str]
+  targets: List[Any]
+  predictions: List[Any]
+
+
+class Evaluator:
+  """Evaluates parameter trees on every task of a mixture (examples read once)."""
+
+  def __init__(self, model, mesh: Optional[Mesh], param_shardings: Optional[Params],
+               mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], *,
+               batch_size: int, split: str = "validation",
+               max_examples: Optional[int] = None,
+               max_decode_length: Optional[int] = None, z_loss: float = 1e-4,
+               use_cached: bool = False, decode: bool = True,
+               decode_fn: Optional[Callable] = None):
+    self.model = model
+    self.mesh = mesh
+    self.batch_size = batch_size
+    self.max_decode_length = max_decode_length or int(task_feature_lengths["targets"])
+    self.decode = decode
+    self.decode_fn = decode_fn
+    self.examples = {}
+    for task in data_lib.tasks_of(mixture_or_task_name):
+      if split not in task.splits:
+        logging.warning("Task %s has no %r split; not evaluated.", task.name, split)
+        continue
+      self.examples[task.name] = data_lib.eval_examples(
+          task, task_feature_lengths, split, max_examples, use_cached)
+      logging.info("Evaluation: %d examples of %s/%s.",
+                   len(self.examples[task.name].features), task.name, split)
+    if not self.examples:
+      raise ValueError(f"Nothing to evaluate: no task of {mixture_or_task_name!r} "
+                       f"has a {split!r} split.")
+    step = functools.partial(eval_step, model=model, z_loss=z_loss)
+    if mesh is not None:
+      if batch_size % mesh.shape[partitioning.DATA] or batch_size % jax.process_count():
+        raise ValueError(f"The eval batch size {batch_size} must be divisible by the "
+                         f"data axis ({mesh.shape[partitioning.DATA]}) and the number "
+                         "of hosts; set TrainConfig.eval_batch_size.")
+      self._step = jax.jit(step, in_shardings=(param_shardings,
+                                               partitioning.batch_sharding(mesh)),
+                           out_shardings=partitioning.replicated(mesh))
+    else:
+      self._step = jax.jit(step)
+
+  def _global(self, batch: Batch) -> Batch:
+    if self.mesh is None:
+      return {k: jnp.asarray(v) for k, v in batch.items()}
+    return partitioning.host_batch_to_global(host_rows(batch, self.batch_size),
+                                             self.mesh)
+
+  def _generate(self, params: Params, tokens: jax.Array) -> np.ndarray:
+    if self.decode_fn is not None:
+      return to_host(self.decode_fn(params, tokens))
+    from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+    return to_host(decoding.greedy_decode(self.model, params, tokens,
+                                          max_decode_length=self.max_decode_length))
+
+  def evaluate_task(self, params: Params, name: str) -> TaskResult:
+    examples = self.examples[name]
+    task = examples.task
+    metric_fns = _predict_metric_fns(task)
+    score_fns = list(getattr(task, "score_metric_fns", []) or [])
+    decode = self.decode and bool(metric_fns)
+    sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "weight_sum": 0.0}
+    scores, tokens = [], []
+    n = len(examples.features)
+    for i, batch in enumerate(data_lib.padded_batches(examples.features,
+                                                      self.batch_size)):
+      real = min(self.batch_size, n - i * self.batch_size)
+      global_batch = self._global(batch)
+      out = to_host(self._step(params, global_batch))
+      for k in sums:
+        sums[k] += float(out[k])
+      scores.extend(out["log_likelihood"][:real].tolist())
+      if decode:
+        tokens.extend(self._generate(params,
+                                     global_batch["encoder_input_tokens"])[:real])
+    metrics: Dict[str, Any] = {
+        "loss": sums["loss_sum"] / max(sums["weight_sum"], 1.0),
+        "z_loss": sums["z_loss_sum"] / max(sums["weight_sum"], 1.0),
+        "num_examples": n}
+    targets = examples.targets
+    vocab = task.output_features["targets"].vocabulary
+    predictions = []
+    if decode:
+      for ids, raw in zip(tokens, examples.raw):
+        text = vocab.decode([int(t) for t in ids])
+        predictions.append(task.postprocess_fn(text, example=raw, is_target=False))
+      for fn in metric_fns:
+        metrics.update({k: _metric_value(v) for k, v in fn(targets, predictions).items()})
+    for fn in score_fns:
+      metrics.update({k: _metric_value(v) for k, v in fn(targets, scores).items()})
+    inputs = [_text(raw.get("inputs_pretokenized", "")) for raw in examples.raw]
+    return TaskResult(metrics, inputs, targets, predictions)
+
+  def evaluate(self, params: Params) -> Dict[str, TaskResult]:
+    return {name: self.evaluate_task(params, name) for name in self.examples}
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def select_metric(results: Mapping[str, TaskResult], name: Optional[str]
+                  ) -> Optional[tuple]:
+  """(metric name, value averaged over tasks having it) for best-checkpoint tracking.
+
+  `name=None` picks the first decoded metric of the first task, else `loss`.
+  """
+  if name is None:
+    for result in results.values():
+      for key, value in result.metrics.items():
+        if key not in ("loss", "z_loss", "num_examples") and isinstance(
+            value, (int, float)):
+          name = key
+          break
+      if name:
+        break
+    name = name or "loss"
+  values = [r.metrics[name] for r in results.values()
+            if isinstance(r.metrics.get(name), (int, float))]
+  if not values:
+    return None
+  return name, float(np.mean(values))

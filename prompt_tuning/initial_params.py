@@ -1,0 +1,161 @@
+"""The full parameter tree of a method on a frozen T5, placed on the mesh.
+
+Shared by the entry points (train, eval, infer):
+
+  config, params, shardings = build_params(method, model_config,
+                                           initial_checkpoint_path, rng, mesh=mesh)
+
+1. the frozen model comes from `INITIAL_CHECKPOINT_PATH` (T5X, Hugging Face or native,
+   via `prompt_tuning.checkpoints.load`), or is randomly initialized when the path is
+   None (tests, tiny-model pretraining);
+2. the method's own parameters (e.g. `encoder/prompt/prompt`) are initialized by the
+   model's initializers, computing only those (the rest of `init` is pruned by XLA);
+3. `Method.initialize` runs (e.g. prompt from class labels or from a `.npy` file);
+4. every leaf is placed with the sharding its logical axis names give on `mesh`.
+
+`apply_exported` puts trained `.npy` exports back into such a tree (eval / infer).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from prompt_tuning import partitioning
+from prompt_tuning.methods.base import Method, flatten, unflatten
+from prompt_tuning.models.config import T5Config
+
+Params = Dict[str, Any]
+
+
+def init_inputs() -> Tuple[jax.Array, jax.Array]:
+  """Dummy `(encoder [1, 8], decoder [1, 4])` tokens: parameter shapes need no more."""
+  return jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32)
+
+
+def abstract_params(model: nn.Module) -> Params:
+  """`jax.eval_shape` of `model.init(...)['params']`, logical-axis boxes kept."""
+  enc, dec = init_inputs()
+  return jax.eval_shape(lambda rng: model.init(rng, enc, dec),
+                        jax.random.PRNGKey(0))["params"]
+
+
+def _init_subset(model: nn.Module, rng: jax.Array, paths) -> Dict[str, np.ndarray]:
+  """Initializes only the parameters at `paths` (flat `/`-joined) as numpy arrays."""
+  if not paths:
+    return {}
+  enc, dec = init_inputs()
+  wanted = tuple(sorted(paths))
+
+  @jax.jit
+  def init(rng):
+    flat = flatten(nn.unbox(model.init(rng, enc, dec)["params"]))
+    return {p: flat[p] for p in wanted}
+
+  return {p: np.asarray(v) for p, v in jax.device_get(init(rng)).items()}
+
+
+def build_params(method: Method, model_config: T5Config,
+                 initial_checkpoint_path: Optional[str], rng: jax.Array, *,
+                 mesh: Optional[Mesh] = None,
+                 axis_rules: Optional[partitioning.Rules] = None,
+                 run_initializer: bool = True) -> Tuple[T5Config, Params, Optional[Params]]:
+  """Frozen model + method parameters, initialized and (optionally) placed.
+
+  Args:
+    method: the tuning method (its modules and initializer).
+    model_config: `MODEL_CONFIG`; sizes must match the checkpoint.
+    initial_checkpoint_path: T5X / HF / native checkpoint, or None for random init.
+    rng: initialization key.
+    mesh: place every leaf with its logical-axis sharding when given.
+    axis_rules: the rule table (default `partitioning.rules()`).
+    run_initializer: run `method.initialize` (off when trained values follow).
+
+  Returns:
+    (config, params, shardings): the config actually used, the unboxed parameter
+    tree (numpy arrays without a mesh, global `jax.Array`s with one) and the tree of
+    `NamedSharding`s (None without a mesh).
+  """
+  init_rng, method_rng = jax.random.split(rng)
+  config = model_config
+  loaded: Dict[str, np.ndarray] = {}
+  if initial_checkpoint_path:
+    from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+    logging.info("Loading the frozen model from %s.", initial_checkpoint_path)
+    config, tree = checkpoints.load(initial_checkpoint_path, config=model_config)
+    loaded = flatten(tree)
+  model = method.build(config)
+  abstract = abstract_params(model)
+  expected = {p: leaf.value if isinstance(leaf, nn.Partitioned) else leaf
+              for p, leaf in partitioning._flatten(abstract).items()}  # pylint: disable=protected-access
+  missing = [p for p in expected if p not in loaded]
+  if initial_checkpoint_path:
+    logging.info("Initializing %d parameters not in the checkpoint: %s", len(missing),
+                 ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+  flat = dict(loaded)
+  flat.update(_init_subset(model, init_rng, missing))
+  params = unflatten({p: flat[p] for p in expected})
+  if run_initializer and method.initialize is not None:
+    params = method.initialize(method_rng, params, config)
+  _check_shapes(params, expected)
+  if mesh is None:
+    return config, jax.tree_util.tree_map(np.asarray, params), None
+  shardings = partitioning.param_shardings(
+      abstract, mesh, axis_rules if axis_rules is not None else partitioning.rules())
+  return config, place(params, shardings), shardings
+
+
+def _check_shapes(params: Params, expected: Mapping[str, Any]) -> None:
+  flat = flatten(params)
+  problems = [f"  {p}: expected {tuple(e.shape)}, found "
+              f"{tuple(np.shape(flat[p])) if p in flat else 'nothing'}"
+              for p, e in expected.items()
+              if p not in flat or tuple(np.shape(flat[p])) != tuple(e.shape)]
+  extra = sorted(set(flat) - set(expected))
+  problems += [f"  {p}: not a parameter of the model" for p in extra]
+  if problems:
+    raise ValueError("The parameter tree does not match the model:\n" +
+                     "\n".join(problems))
+
+
+def place(params: Params, shardings: Params) -> Params:
+  """Host arrays (identical on every process) → global arrays with `shardings`."""
+
+  def put(value, sharding):
+    if isinstance(value, jax.Array) and value.sharding == sharding:
+      return value
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  return jax.tree_util.tree_map(put, params, shardings)
+
+
+def apply_exported(params: Params, arrays: Mapping[str, np.ndarray],
+                   source: str = "the export") -> Params:
+  """Replaces parameters with exported `.npy` arrays named by dotted paths.
+
+  `encoder.prompt.prompt` sets `encoder/prompt/prompt`; dtypes are cast to the
+  parameter's. Errors name the file and the expected shape.
+  """
+  flat = flatten(params)
+  for name, value in arrays.items():
+    path = name.replace(".", "/")
+    if path not in flat:
+      raise ValueError(f"{source}: {name}.npy names parameter {path}, which the model "
+                       f"does not have. Method parameters: "
+                       f"{[p for p in flat if 'prompt' in p or 'prefix' in p][:20]}")
+    if tuple(np.shape(flat[path])) != tuple(value.shape):
+      raise ValueError(f"{source}: {name}.npy has shape {tuple(value.shape)}, expected "
+                       f"{tuple(np.shape(flat[path]))} for {path}.")
+    current = flat[path]
+    sharding = getattr(current, "sharding", None)
+    value = np.asarray(value, dtype=current.dtype)
+    flat[path] = (jax.make_array_from_callback(value.shape, sharding,
+                                               lambda idx, v=value: v[idx])
+                  if isinstance(current, jax.Array) else value)
+  return unflatten(flat)

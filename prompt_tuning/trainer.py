@@ -1,0 +1,502 @@
+"""The training loop: pure steps, compiled once with shardings, and the loop itself.
+
+Read top to bottom:
+  1. TrainConfig      the run's settings (one small dataclass, bound by gin in train.py)
+  2. TrainState       step + trainable parameters + optimizer state (what is saved)
+  3. train_step       pure: (state, frozen, batch, rng) -> (state, metrics)
+  4. compile_steps    the one place where steps are jitted with shardings
+  5. train            setup → resume → loop (log, checkpoint, evaluate, export)
+
+Gradients are taken with respect to the trainable subtree only; the frozen model is
+a separate argument that is never differentiated and has no optimizer state.
+Randomness is `jax.random.fold_in(rng, step)`, so a resumed run sees the same
+dropout masks as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import pathlib
+import signal
+import threading
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from prompt_tuning import data as data_lib
+from prompt_tuning import evaluation, initial_params, losses, partitioning
+from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning import summaries as summaries_lib
+from prompt_tuning.methods.base import Method, flatten, unflatten
+from prompt_tuning.models.config import T5Config
+
+Params = Dict[str, Any]
+Batch = Dict[str, Any]
+
+# ====================================================================================
+# 1. Settings.
+# ====================================================================================
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """What a training run does (gin: `TrainConfig.<field>`; macros in runs/*.gin).
+
+  Attributes:
+    model_dir: `MODEL_DIR`, where checkpoints, exports and summaries go.
+    mixture_or_task_name: the seqio task or mixture to train on.
+    task_feature_lengths: e.g. `{'inputs': 512, 'targets': 8}`.
+    train_steps: total number of steps (a restart continues up to it).
+    batch_size: global batch size (split over hosts and the `data` axis).
+    seed: data order, parameter init and dropout all derive from it.
+    eval_period: evaluate every this many steps (0: only at the end, -1: never).
+    checkpoint_period: save the state every this many steps (and at the end).
+    keep_checkpoints: how many orbax checkpoints / numpy exports to keep.
+    log_period: a console line + train summaries every this many steps.
+    z_loss: T5X's z-loss coefficient.
+    loss_normalizing_factor: 'NUM_REAL_TARGET_TOKENS', a number, or None (sum).
+    enable_dropout: dropout in the frozen model while training (T5X finetune: on).
+    train_split / eval_split: dataset splits.
+    eval_batch_size: defaults to `batch_size`.
+    max_eval_examples: evaluate on at most this many examples per task.
+    max_decode_length: decoded tokens at evaluation (default: targets length).
+    best_metric: metric that selects the best checkpoint (default: the first decoded
+      metric, else the eval loss); `best_mode` 'max' or 'min' ('min' for loss).
+    use_cached: read seqio's offline cache.
+    shuffle: shuffle the training examples.
+  """
+  model_dir: str
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  train_steps: int
+  batch_size: int = 32
+  seed: int = 0
+  eval_period: int = 1000
+  checkpoint_period: int = 1000
+  keep_checkpoints: int = 1
+  log_period: int = 100
+  z_loss: float = 1e-4
+  loss_normalizing_factor: Any = losses.NUM_REAL_TARGET_TOKENS
+  enable_dropout: bool = True
+  train_split: str = "train"
+  eval_split: str = "validation"
+  eval_batch_size: Optional[int] = None
+  max_eval_examples: Optional[int] = None
+  max_decode_length: Optional[int] = None
+  best_metric: Optional[str] = None
+  best_mode: Optional[str] = None
+  use_cached: bool = False
+  shuffle: bool = True
+
+
+# ====================================================================================
+# 2. State: what changes during training (and what a checkpoint holds).
+# ====================================================================================
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  trainable: Params
+  opt_state: Any
+
+  def as_dict(self) -> Dict[str, Any]:
+    return {"step": self.step, "trainable": self.trainable, "opt_state": self.opt_state}
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "TrainState":
+    return cls(step=values["step"], trainable=values["trainable"],
+               opt_state=values["opt_state"])
+
+
+def split_params(tree: Params, method: Method) -> Tuple[Params, Params]:
+  """(trainable, frozen) subtrees of `tree` by `method.trainable` regexes."""
+  flat = flatten(tree)
+  trainable = {k: v for k, v in flat.items() if method.is_trainable(k)}
+  frozen = {k: v for k, v in flat.items() if k not in trainable}
+  return unflatten(trainable), unflatten(frozen)
+
+
+def merge_params(trainable: Params, frozen: Params) -> Params:
+  """The full parameter tree from its two parts."""
+  return unflatten({**flatten(frozen), **flatten(trainable)})
+
+
+# ====================================================================================
+# 3. Pure steps.
+# ====================================================================================
+
+
+def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
+  """The `learning_rate` hyperparameter, when the optimizer injects it."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+    if path and getattr(path[-1], "key", None) == "learning_rate":
+      return leaf
+  return None
+
+
+def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, *,
+               model, optimizer: optax.GradientTransformation, z_loss: float,
+               loss_normalizing_factor: Any, enable_dropout: bool
+               ) -> Tuple[TrainState, Dict[str, jax.Array]]:
+  """One optimizer step on the trainable parameters.
+
+  Args:
+    state: step, trainable parameters, optimizer state.
+    frozen: the frozen parameters (not differentiated).
+    batch: `encoder_input_tokens [B, T_in]`, `decoder_input_tokens`,
+      `decoder_target_tokens`, `decoder_loss_weights [B, T_out]`.
+    rng: the run's base key; this step uses `fold_in(rng, step)`.
+    model: the `Transformer` (static).
+    optimizer: an optax transformation over the trainable tree (static).
+    z_loss, loss_normalizing_factor: see `prompt_tuning.losses`.
+    enable_dropout: dropout in the model.
+
+  Returns:
+    (new state, metrics): `loss` (z-loss included), `z_loss`, `weight_sum`,
+    `grad_norm` and, when the optimizer exposes it, `learning_rate`.
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(trainable):
+    logits = model.apply({"params": merge_params(trainable, frozen)},
+                         batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                         enable_dropout=enable_dropout, rngs={"dropout": step_rng})
+    loss, z, weight_sum = losses.weighted_cross_entropy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+        z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
+    return loss, {"z_loss": z, "weight_sum": weight_sum}
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+  lr = _learning_rate(opt_state)
+  if lr is not None:
+    metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
+  return TrainState(state.step + 1, trainable, opt_state), metrics
+
+
+# ====================================================================================
+# 4. Compilation: shardings in one place.
+# ====================================================================================
+
+
+@dataclasses.dataclass
+class CompiledSteps:
+  """The jitted step and the shardings of everything it touches."""
+  train: Callable[..., Tuple[TrainState, Dict[str, jax.Array]]]
+  init_state: Callable[[Params], TrainState]
+  state_shardings: Any
+  frozen_shardings: Params
+  batch_sharding: Any
+
+
+def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
+                  trainable: Params, trainable_shardings: Params,
+                  frozen_shardings: Params, config: TrainConfig) -> CompiledSteps:
+  """Jits `train_step` with explicit in/out shardings (state donated).
+
+  Optimizer-state shardings are those XLA gives `optimizer.init` from the sharded
+  trainable parameters (slots shaped like a parameter follow the parameter).
+  """
+  replicated = partitioning.replicated(mesh)
+  init_opt = jax.jit(optimizer.init, in_shardings=(trainable_shardings,))
+  opt_shardings = jax.tree_util.tree_map(lambda x: x.sharding, init_opt(trainable))
+  state_shardings = TrainState(step=replicated, trainable=trainable_shardings,
+                               opt_state=opt_shardings)
+
+  def init_state(params: Params) -> TrainState:
+    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), params,
+                      init_opt(params))
+
+  step = functools.partial(
+      train_step, model=model, optimizer=optimizer, z_loss=config.z_loss,
+      loss_normalizing_factor=config.loss_normalizing_factor,
+      enable_dropout=config.enable_dropout)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  train = jax.jit(step,
+                  in_shardings=(state_shardings, frozen_shardings, batch_sharding,
+                                replicated),
+                  out_shardings=(state_shardings, replicated),
+                  donate_argnums=(0,))
+  return CompiledSteps(train, init_state, state_shardings, frozen_shardings,
+                       batch_sharding)
+
+
+# ====================================================================================
+# 5. The loop.
+# ====================================================================================
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag checked after every step (all hosts agree)."""
+
+  def __init__(self):
+    self.requested = False
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: writing a checkpoint before exiting.", signum)
+    self.requested = True
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield self
+      return
+    old = signal.signal(signal.SIGTERM, self._handler)
+    try:
+      yield self
+    finally:
+      signal.signal(signal.SIGTERM, old)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.requested = True
+      except RuntimeError:  # preemption service not enabled
+        pass
+    return self.requested
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns (for tests and scripts)."""
+  step: int
+  trainable: Params
+  losses: Dict[int, float]
+  preempted: bool = False
+  best: Optional[Dict[str, Any]] = None
+
+
+def run_record(config: TrainConfig, method: Method, model_config: T5Config,
+               initial_checkpoint_path: Optional[str]) -> Dict[str, Any]:
+  """The identity of a run, written to `MODEL_DIR/config.json`."""
+  return {
+      "initial_checkpoint_path": initial_checkpoint_path,
+      "model_config": model_config.to_dict(),
+      "method": method.name,
+      "trainable": list(method.trainable),
+      "task": config.mixture_or_task_name,
+      "task_feature_lengths": dict(config.task_feature_lengths),
+      "batch_size": config.batch_size,
+      "seed": config.seed,
+      "train_steps": config.train_steps,
+      "train_config": {k: v for k, v in dataclasses.asdict(config).items()
+                       if k != "model_dir"},
+  }
+
+
+def _due(step: int, period: int) -> bool:
+  return period > 0 and step % period == 0
+
+
+def train(config: TrainConfig, *, method: Method, model_config: T5Config,
+          optimizer: optax.GradientTransformation,
+          initial_checkpoint_path: Optional[str] = None,
+          mesh: Optional[Mesh] = None,
+          axis_rules: Optional[partitioning.Rules] = None,
+          batches_fn: Optional[Callable[[int], Iterator[Batch]]] = None,
+          learning_rate_fn: Optional[Callable[[int], float]] = None,
+          gin_config: Optional[str] = None) -> TrainResult:
+  """Trains `method` on a frozen T5, resuming from `MODEL_DIR` when possible.
+
+  Args:
+    config: the run's settings.
+    method: what is trained and how it enters the network.
+    model_config: the frozen model's `T5Config` (`MODEL_CONFIG`).
+    optimizer: optax transformation for the trainable parameters (`OPTIMIZER`).
+    initial_checkpoint_path: the frozen model (None: random init, for tests).
+    mesh: defaults to `partitioning.make_mesh()` over all devices.
+    axis_rules: defaults to `partitioning.rules()`.
+    batches_fn: `start_batch -> iterator of this host's batches`; defaults to
+      `data.train_batches` for the configured task (tests inject their own).
+    learning_rate_fn: step → learning rate, for summaries (optional).
+    gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
+
+  Returns:
+    A `TrainResult` with the final step, trainable parameters (host numpy) and the
+    training loss per step run by this call.
+  """
+  host0 = jax.process_index() == 0
+  # ---------------------------------------------------------------- setup: the mesh
+  mesh = mesh if mesh is not None else partitioning.make_mesh()
+  axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
+  host_batch_size = partitioning.check_batch_size(config.batch_size, mesh)
+  logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
+               dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
+
+  # ---------------------------------------------------------------- setup: MODEL_DIR
+  record = run_record(config, method, model_config, initial_checkpoint_path)
+  ckpt.check_or_write_run_config(config.model_dir, record, write=host0)
+  if host0 and gin_config:
+    (pathlib.Path(config.model_dir) / "config.gin").write_text(gin_config)
+
+  # ---------------------------------------------------------------- setup: parameters
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  model_config, params, shardings = initial_params.build_params(
+      method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
+      axis_rules=axis_rules)
+  model = method.build(model_config)
+  trainable, frozen = split_params(params, method)
+  trainable_shardings, frozen_shardings = split_params(shardings, method)
+  if not flatten(trainable):
+    raise ValueError(f"Method {method.name!r}: no parameter matches its trainable "
+                     f"regexes {list(method.trainable)}; parameters are e.g. "
+                     f"{list(flatten(params))[:5]}.")
+  num_trainable = sum(int(np.prod(x.shape)) for x in flatten(trainable).values())
+  logging.info("Training %d parameters in %d arrays (%s); %d frozen arrays.",
+               num_trainable, len(flatten(trainable)), ", ".join(flatten(trainable)),
+               len(flatten(frozen)))
+
+  # ---------------------------------------------------------------- compile
+  steps = compile_steps(model, optimizer, mesh, trainable, trainable_shardings,
+                        frozen_shardings, config)
+  state = steps.init_state(trainable)
+  rng = jax.device_put(train_rng, partitioning.replicated(mesh))
+
+  # ---------------------------------------------------------------- resume
+  checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
+  batches_consumed = 0
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        state.as_dict())
+    restored, batches_consumed = checkpointer.restore(latest, abstract)
+    state = TrainState.from_dict(restored)
+    logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
+                 config.model_dir, latest, batches_consumed)
+  step = int(jax.device_get(state.step))
+
+  # ---------------------------------------------------------------- data
+  if batches_fn is None:
+    batches_fn = functools.partial(
+        _default_batches, config=config, host_batch_size=host_batch_size)
+  batches = batches_fn(batches_consumed) if step < config.train_steps else iter(())
+
+  # ---------------------------------------------------------------- evaluation
+  summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
+  evaluator = None
+  best = ckpt.read_best_record(config.model_dir)
+
+  def evaluate(step: int, state: TrainState):
+    nonlocal evaluator, best
+    if evaluator is None:
+      evaluator = evaluation.Evaluator(
+          model, mesh, shardings, config.mixture_or_task_name,
+          config.task_feature_lengths,
+          batch_size=config.eval_batch_size or config.batch_size,
+          split=config.eval_split, max_examples=config.max_eval_examples,
+          max_decode_length=config.max_decode_length, z_loss=config.z_loss,
+          use_cached=config.use_cached)
+    full = merge_params(state.trainable, frozen)
+    results = evaluator.evaluate(full)
+    for name, result in results.items():
+      summaries.record(step, name, result.metrics)
+      summaries.scalars(step, {f"{name}/{k}": v for k, v in result.metrics.items()
+                               if isinstance(v, (int, float))}, split="eval")
+      if result.predictions:
+        summaries.texts(step, {f"{name}/examples": summaries_lib.examples_markdown(
+            result.inputs, result.targets, result.predictions)})
+      logging.info("Eval at step %d, %s: %s", step, name,
+                   {k: v for k, v in result.metrics.items()
+                    if isinstance(v, (int, float))})
+    chosen = evaluation.select_metric(results, config.best_metric)
+    if chosen is None:
+      return
+    metric, value = chosen
+    mode = config.best_mode or ("min" if metric in ("loss", "z_loss") else "max")
+    better = (best is None or best.get("metric") != metric or
+              (value > best["value"] if mode == "max" else value < best["value"]))
+    if better:
+      best = {"step": step, "metric": metric, "value": value, "mode": mode}
+      arrays = _exported(method, state.trainable, frozen)
+      if host0:
+        ckpt.export_best(config.model_dir, arrays, best)
+        summaries.record(step, "best", {"metric": metric, "value": value},
+                         export=ckpt.BEST_DIR)
+      logging.info("New best %s = %.4f at step %d, exported to %s/%s.", metric, value,
+                   step, config.model_dir, ckpt.BEST_DIR)
+
+  def save(step: int, state: TrainState):
+    checkpointer.save(step, state.as_dict(), batches_consumed)
+    arrays = _exported(method, state.trainable, frozen)
+    if host0:
+      ckpt.export_step(config.model_dir, step, arrays, keep=config.keep_checkpoints)
+
+  # ---------------------------------------------------------------- the loop
+  progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
+                                    enabled=host0)
+  pending: list = []  # device metrics since the last log line
+  step_losses: Dict[int, float] = {}
+  preemption = _Preemption()
+  preempted = False
+  with preemption.installed():
+    while step < config.train_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise RuntimeError(f"The training data ran out after {batches_consumed} "
+                           "batches; train_batches repeats forever, so a custom "
+                           "batches_fn must too.") from None
+      global_batch = partitioning.host_batch_to_global(batch, mesh)
+      state, metrics = steps.train(state, frozen, global_batch, rng)
+      step += 1
+      batches_consumed += 1
+      pending.append((step, metrics))
+
+      if progress.due(step) or step == config.train_steps:
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+          step_losses[s] = float(m["loss"])
+        pending.clear()
+        mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        progress.update(step, mean["loss"])
+        scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
+        if learning_rate_fn is not None and "learning_rate" not in scalars:
+          scalars["learning_rate"] = float(learning_rate_fn(step - 1))
+        summaries.scalars(step, scalars, split="train")
+
+      preempted = preemption.reached(step)
+      last = step == config.train_steps
+      if _due(step, config.checkpoint_period) or last or preempted:
+        save(step, state)
+      if preempted:
+        logging.warning("Stopped at step %d after a preemption signal; rerun the same "
+                        "command to resume.", step)
+        break
+      if (_due(step, config.eval_period) or (last and config.eval_period >= 0)):
+        evaluate(step, state)
+
+  for s, m in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):
+    step_losses[s] = float(m["loss"])
+  checkpointer.close()
+  summaries.close()
+  return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
+                     losses=step_losses, preempted=preempted, best=best)
+
+
+def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np.ndarray]:
+  """`Method.exported` of the trained parameters (gathered to host numpy)."""
+  host = evaluation.to_host(trainable)
+  return {k: np.asarray(v) for k, v in method.exported(merge_params(host, frozen)).items()}
+
+
+def _default_batches(start_batch: int, *, config: TrainConfig,
+                     host_batch_size: int) -> Iterator[Batch]:
+  return data_lib.train_batches(
+      config.mixture_or_task_name, config.task_feature_lengths, host_batch_size,
+      split=config.train_split, seed=config.seed, shard_index=jax.process_index(),
+      num_shards=jax.process_count(), start_batch=start_batch,
+      use_cached=config.use_cached, shuffle=config.shuffle)
