@@ -1,0 +1,49 @@
+"""seqio tasks and mixtures for prompt tuning; `import tasks` registers them.
+
+Task names follow T5 (`super_glue_rte_v102`, `glue_sst2_v200`,
+`squad_v010_allanswers`, ...), each with a `taskless_` twin whose inputs drop
+the leading task word. See docs/TASKS.md for the full table, and
+`python -m tasks.list` for what is registered.
+
+Public API:
+  get_label_strings(name) -> Optional[List[str]]
+  get_task_prefix(name) -> Optional[str];  TASK_PREFIXES: {task: prefix}
+  vocab.vocabulary_path() / vocab.get_vocabulary()
+  local.register_local_task(name, train=, validation=, test=, labels=)
+  register_all(): (re-)register everything (e.g. after a registry reset).
+"""
+# pylint: disable=g-bad-import-order
+from tasks import vocab
+from tasks import labels
+from tasks import metrics
+from tasks import text_metrics
+from tasks import postprocessors
+from tasks import preprocessors
+from tasks import registry
+from tasks import sources
+from tasks import glue
+from tasks import super_glue
+from tasks import qa
+from tasks import generation
+from tasks import local
+# from tasks import tiny  # bundled demo tasks (owned by the demo work)
+
+from tasks.labels import TASK_PREFIXES
+from tasks.labels import get_label_strings
+from tasks.labels import get_task_prefix
+from tasks.labels import register_labels
+from tasks.local import LocalDataError
+from tasks.local import register_local_task
+from tasks.vocab import get_vocabulary
+from tasks.vocab import vocabulary_path
+
+
+def register_all() -> None:
+  """Registers every built-in task and mixture (replacing same names)."""
+  glue.register()
+  super_glue.register()
+  qa.register()
+  generation.register()
+
+
+register_all()
