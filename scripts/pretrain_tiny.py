@@ -1,0 +1,286 @@
+r"""Pretrains the bundled tiny LM-adapted T5.1.1 (`prompt_tuning/assets/tiny_t5/`).
+
+The paper's frozen models in miniature, on a toy language generated from code
+(`prompt_tuning/tiny/corpus.py`; nothing is downloaded):
+
+  0. a BPE SentencePiece vocabulary trained on the corpus (+100 extra ids);
+  1. span corruption (noise density 0.15, mean span 3), interleaved 1:1 with the
+     prefixed multitask mixture (`sentiment: …`, `topic: …`, …);
+  2. LM adaptation (prefix LM), interleaved 1:1 with the same multitask mixture.
+
+Then it measures held-out loss per objective and held-out exact-match accuracy per
+task with and without the task prefix, saves the model with
+`prompt_tuning.checkpoints.save` and writes `MANIFEST.json` (command, seed, steps,
+corpus, parameter count, held-out numbers, sha256 of every file).
+
+The documented full run (about 20 minutes on 2 CPU cores):
+
+  JAX_PLATFORMS=cpu python scripts/pretrain_tiny.py \
+      --output_dir prompt_tuning/assets/tiny_t5
+
+Everything is seeded (data order, corruption noise, initialization) and runs
+single-process, so re-running it gives the same held-out loss up to floating-point
+reduction order on another CPU (see `REPRODUCIBILITY_TOLERANCE`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+from typing import Dict, Iterator
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import flax.linen as nn  # pylint: disable=g-import-not-at-top
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prompt_tuning import checkpoints
+from prompt_tuning.losses import weighted_cross_entropy
+from prompt_tuning.models.config import T5Config
+from prompt_tuning.models.t5 import Transformer
+from prompt_tuning.tiny import assets, corpus, pretraining, spm
+
+REPRODUCIBILITY_TOLERANCE = 0.02  # absolute, on the mean held-out loss (nats/token)
+EVAL_BATCHES = 8  # per objective, of `--batch_size` examples
+EVAL_EXAMPLES_PER_TASK = 256
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--output_dir", default=str(assets.ASSET_DIR))
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--span_steps", type=int, default=2000,
+                 help="steps of stage 1 (span corruption + multitask)")
+  p.add_argument("--lm_steps", type=int, default=2000,
+                 help="steps of stage 2 (LM adaptation + multitask)")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--learning_rate", type=float, default=2e-3)
+  p.add_argument("--warmup_steps", type=int, default=200)
+  p.add_argument("--sentencepiece_size", type=int, default=spm.DEFAULT_SIZE)
+  p.add_argument("--vocab_documents", type=int, default=4000,
+                 help="documents (and as many task examples) to train the vocab on")
+  p.add_argument("--emb_dim", type=int, default=128)
+  p.add_argument("--num_heads", type=int, default=4)
+  p.add_argument("--head_dim", type=int, default=32)
+  p.add_argument("--mlp_dim", type=int, default=512)
+  p.add_argument("--num_layers", type=int, default=2)
+  p.add_argument("--log_every", type=int, default=100)
+  return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------
+# Model and step.
+# ----------------------------------------------------------------------------------
+def model_config(args, unpadded_vocab: int) -> T5Config:
+  vocab = -(-unpadded_vocab // 128) * 128  # padded to a multiple of 128, as T5's
+  return T5Config(vocab_size=vocab, emb_dim=args.emb_dim, num_heads=args.num_heads,
+                  head_dim=args.head_dim, mlp_dim=args.mlp_dim,
+                  num_encoder_layers=args.num_layers,
+                  num_decoder_layers=args.num_layers,
+                  relative_attention_num_buckets=32,
+                  relative_attention_max_distance=64, dropout_rate=0.0)
+
+
+def make_steps(model: Transformer, optimizer: optax.GradientTransformation):
+  """(train_step, eval_loss, exact_match), jitted; one compile per batch shape."""
+
+  def loss_fn(params, batch):
+    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                         batch["decoder_input_tokens"])
+    loss, _, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                        batch["decoder_loss_weights"])
+    return loss
+
+  @jax.jit
+  def train_step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  @jax.jit
+  def eval_loss(params, batch):
+    """Cross-entropy per real target token (no z-loss), and the token count."""
+    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                         batch["decoder_input_tokens"])
+    loss, _, count = weighted_cross_entropy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+        z_loss=0.0, loss_normalizing_factor=None)
+    return loss, count
+
+  @jax.jit
+  def exact_match(params, batch):
+    """[B] bool: every target token is the argmax given the gold prefix, which is
+    exactly "greedy decoding reproduces the target" (EOS included)."""
+    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
+                         batch["decoder_input_tokens"])
+    target = batch["decoder_target_tokens"]
+    right = (jnp.argmax(logits, -1) == target) | (target == 0)
+    return jnp.all(right, axis=-1)
+
+  return train_step, eval_loss, exact_match
+
+
+def schedule(step: int, span_steps: int) -> str:
+  """The objective of a step: stage 1 alternates span corruption and multitask,
+  stage 2 alternates prefix LM and multitask."""
+  if step % 2:
+    return "multitask"
+  return "span_corruption" if step < span_steps else "prefix_lm"
+
+
+# ----------------------------------------------------------------------------------
+# Evaluation.
+# ----------------------------------------------------------------------------------
+def heldout_losses(params, eval_loss, tokenizer, seed: int, batch_size: int
+                   ) -> Dict[str, float]:
+  out = {}
+  for objective in pretraining.OBJECTIVES:
+    batches = pretraining.stream(objective, tokenizer, seed, "validation", batch_size)
+    total, count = 0.0, 0.0
+    for _ in range(EVAL_BATCHES):
+      loss, n = eval_loss(params, next(batches))
+      total, count = total + float(loss), count + float(n)
+    out[objective] = round(total / count, 4)
+  out["mean"] = round(float(np.mean([out[o] for o in pretraining.OBJECTIVES])), 4)
+  return out
+
+
+def task_accuracies(params, exact_match, tokenizer, seed: int
+                    ) -> Dict[str, Dict[str, float]]:
+  out = {}
+  for task in corpus.TASKS:
+    row = {}
+    for with_prefix in (True, False):
+      batch = pretraining.task_batch(tokenizer, task, "validation",
+                                     EVAL_EXAMPLES_PER_TASK, with_prefix, seed)
+      row["with_prefix" if with_prefix else "without_prefix"] = round(
+          100.0 * float(np.mean(exact_match(params, batch))), 1)
+    out[task] = row
+  return out
+
+
+# ----------------------------------------------------------------------------------
+# Output.
+# ----------------------------------------------------------------------------------
+def sha256_of_files(root: pathlib.Path) -> Dict[str, str]:
+  out = {}
+  for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    if path.name == assets.MANIFEST_FILE:
+      continue
+    out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return out
+
+
+def main(argv=None) -> Dict:
+  args = parse_args(argv)
+  out_dir = pathlib.Path(args.output_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  command = "JAX_PLATFORMS=cpu python scripts/pretrain_tiny.py " + " ".join(
+      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  start = time.time()
+
+  # 0. Vocabulary.
+  vocab_path = out_dir / assets.VOCAB_FILE
+  spm.train(corpus.vocabulary_text(args.seed, args.vocab_documents), str(vocab_path),
+            args.sentencepiece_size)
+  tokenizer = pretraining.Tokenizer(str(vocab_path))
+  config = model_config(args, tokenizer.vocab_size)
+  print(f"vocabulary: {tokenizer.pieces} pieces + {pretraining.EXTRA_IDS} extra ids "
+        f"-> model vocab {config.vocab_size}", flush=True)
+
+  # 1-2. Pretraining.
+  model = Transformer(config)
+  total_steps = args.span_steps + args.lm_steps
+  dummy = jnp.zeros([1, 4], jnp.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(args.seed), dummy, dummy)["params"])
+  num_params = int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+  print(f"model: {num_params:,} parameters, {config}", flush=True)
+  lr = optax.warmup_cosine_decay_schedule(
+      0.0, args.learning_rate, min(args.warmup_steps, max(total_steps - 1, 1)),
+      max(total_steps, 2), end_value=0.1 * args.learning_rate)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0),
+                          optax.adam(lr, b1=0.9, b2=0.98))
+  opt_state = optimizer.init(params)
+  train_step, eval_loss, exact_match = make_steps(model, optimizer)
+  streams: Dict[str, Iterator] = {
+      o: pretraining.stream(o, tokenizer, args.seed, "train", args.batch_size)
+      for o in pretraining.OBJECTIVES}
+  running: Dict[str, list] = {o: [] for o in pretraining.OBJECTIVES}
+  tick = time.time()
+  for step in range(total_steps):
+    objective = schedule(step, args.span_steps)
+    params, opt_state, loss = train_step(params, opt_state, next(streams[objective]))
+    running[objective].append(loss)
+    if (step + 1) % args.log_every == 0 or step + 1 == total_steps:
+      means = {o: float(np.mean(v)) for o, v in running.items() if v}
+      print(f"step {step + 1}/{total_steps} "
+            + " ".join(f"{o}={v:.3f}" for o, v in means.items())
+            + f" ({(time.time() - tick) / args.log_every:.2f}s/step)", flush=True)
+      running = {o: [] for o in pretraining.OBJECTIVES}
+      tick = time.time()
+  train_seconds = time.time() - start
+
+  # Held-out evaluation.
+  losses = heldout_losses(params, eval_loss, tokenizer, args.seed, args.batch_size)
+  accuracy = task_accuracies(params, exact_match, tokenizer, args.seed)
+  print(f"held-out loss: {losses}", flush=True)
+  for task, row in accuracy.items():
+    print(f"  {task:10s} accuracy with prefix {row['with_prefix']:5.1f}%  "
+          f"without {row['without_prefix']:5.1f}%", flush=True)
+
+  # Save.
+  checkpoints.save(out_dir / assets.CHECKPOINT_DIR, params, config, overwrite=True)
+  manifest = {
+      "description": ("Tiny LM-adapted T5.1.1 bundled with prompt-tuning: span "
+                      "corruption then LM adaptation, each mixed 1:1 with a "
+                      "prefixed multitask mixture, on a generated toy language."),
+      "command": command,
+      "seed": args.seed,
+      "steps": {"span_corruption_stage": args.span_steps,
+                "lm_adaptation_stage": args.lm_steps, "total": total_steps},
+      "batch_size": args.batch_size,
+      "optimizer": (f"clip 1.0 + Adam(b1=0.9, b2=0.98), lr {args.learning_rate} "
+                    f"warmup {args.warmup_steps} then cosine to 10%"),
+      "objectives": {
+          "span_corruption": {"noise_density": 0.15, "mean_span_length": 3,
+                              "chunk_tokens": pretraining.SPAN_CHUNK,
+                              "sentinels": "<extra_id_0> = last id, counting down"},
+          "prefix_lm": {"chunk_tokens": pretraining.LM_CHUNK - 1,
+                        "split": "uniform random point"},
+          "multitask": {"tasks": list(corpus.TASKS),
+                        "format": "'<task>: <sentence>' -> label/word"},
+      },
+      "corpus": ("prompt_tuning/tiny/corpus.py: sentences '<NP> <verb> <NP> [tail] .' "
+                 "over a 110-word lexicon, each with one positive or negative mood "
+                 "adjective; documents of 3-8 sentences; train/validation/test by "
+                 "crc32 of the sentence text (80/10/10)."),
+      "vocabulary": {"file": assets.VOCAB_FILE, "type": "sentencepiece bpe",
+                     "pieces": tokenizer.pieces, "extra_ids": pretraining.EXTRA_IDS,
+                     "model_vocab_size": config.vocab_size},
+      "config": config.to_dict(),
+      "parameter_count": num_params,
+      "heldout_loss": losses,
+      "heldout_loss_tolerance": REPRODUCIBILITY_TOLERANCE,
+      "heldout_accuracy": accuracy,
+      "train_seconds": round(train_seconds, 1),
+      "platform": {"jax": jax.__version__, "machine": platform.machine(),
+                   "devices": str(jax.devices())},
+      "files": sha256_of_files(out_dir),
+  }
+  (out_dir / assets.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+  print(f"wrote {out_dir} in {time.time() - start:.0f}s", flush=True)
+  return manifest
+
+
+if __name__ == "__main__":
+  main()
