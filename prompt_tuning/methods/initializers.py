@@ -89,7 +89,8 @@ def class_labels(labels: Optional[Sequence[str]] = None,
     labels: the verbalizers, e.g. `['negative', 'positive']`. If None, they are read
       from `tasks.get_label_strings(task)`.
     vocabulary: a seqio-style vocabulary (anything with `encode(str) -> ids`) or the
-      path of a SentencePiece model.
+      path of a SentencePiece model; None means the tasks' vocabulary
+      (`tasks.vocabulary_path()`).
     task: the seqio task name to read labels from when `labels` is None.
     fallback: initializer for the rows after the labels (default: `sampled_vocab()`).
 
@@ -110,6 +111,7 @@ def class_labels(labels: Optional[Sequence[str]] = None,
       ids = list(vocab.encode(name))
       if not ids:
         raise ValueError(f"class_labels: label {name!r} encodes to no tokens.")
+      _check_ids(ids, embedding, f"class_labels: label {name!r}")
       rows.append(jnp.mean(jnp.take(embedding, jnp.asarray(ids), axis=0), axis=0))
     return _fill(rows, rng, shape, embedding, fallback)
 
@@ -122,6 +124,9 @@ def from_text(text: str, vocabulary: Any = None,
 
   Text longer than the prompt is truncated (with a warning).
   """
+  if not isinstance(text, str):
+    raise ValueError(f"prompt_init.from_text needs a string (gin: PROMPT_TEXT = "
+                     f"'...'); got {text!r}.")
   fallback = fallback or sampled_vocab()
 
   def init(rng, shape, embedding):
@@ -131,6 +136,7 @@ def from_text(text: str, vocabulary: Any = None,
       logging.warning("from_text: %d tokens but the prompt has %d rows; truncating.",
                       len(ids), shape[0])
       ids = ids[:shape[0]]
+    _check_ids(ids, embedding, f"from_text: {text!r}")
     rows = list(jnp.take(embedding, jnp.asarray(ids, dtype=jnp.int32), axis=0)) if ids else []
     return _fill(rows, rng, shape, embedding, fallback)
 
@@ -182,6 +188,9 @@ def load_prompt_file(path: Union[str, os.PathLike],
 
 def from_file(path: Union[str, os.PathLike]) -> Initializer:
   """The prompt stored in a `.npy` file of shape `[P, H]` (any float dtype → float32)."""
+  if not isinstance(path, (str, os.PathLike)):
+    raise ValueError(f"prompt_init.from_file needs the path of a .npy file (gin: "
+                     f"PROMPT_FILE = '/path/prompt.npy'); got {path!r}.")
 
   def init(rng, shape, embedding=None):
     del rng, embedding
@@ -235,6 +244,13 @@ def _check_embedding(embedding, shape, name):
                      f"not match a prompt of width H = {shape[1]}.")
 
 
+def _check_ids(ids, embedding, what):
+  if ids and max(ids) >= embedding.shape[0]:
+    raise ValueError(f"{what} has token id {max(ids)} but the embedding table has "
+                     f"{embedding.shape[0]} rows: the vocabulary does not belong to "
+                     f"this model.")
+
+
 def _fill(rows, rng, shape, embedding, fallback):
   """Stacks the given rows and fills the remaining `P - len(rows)` from `fallback`."""
   rest = shape[0] - len(rows)
@@ -256,14 +272,19 @@ def _label_strings(labels, task):
     raise ValueError("class_labels needs `labels` (gin: CLASS_LABELS) or a `task` to "
                      "read them from.")
   import tasks  # pylint: disable=g-import-not-at-top  # only when asked for
-  return list(tasks.get_label_strings(task))
+  found = tasks.get_label_strings(task)
+  if not found:
+    raise ValueError(f"class_labels: task {task!r} has no class labels (not a "
+                     f"classification task); bind CLASS_LABELS or use another "
+                     f"initializer (configs/prompts/*.gin).")
+  return list(found)
 
 
 def _vocabulary(vocabulary, name):
   """A vocabulary object; a string is the path of a SentencePiece model."""
-  if vocabulary is None:
-    raise ValueError(f"{name} needs a vocabulary (a seqio vocabulary or the path of "
-                     f"a SentencePiece model; gin: VOCABULARY).")
+  if vocabulary is None:  # the tasks' vocabulary (gin / $PROMPT_TUNING_VOCAB aware)
+    import tasks  # pylint: disable=g-import-not-at-top  # imports seqio: only if needed
+    vocabulary = tasks.vocabulary_path()
   if isinstance(vocabulary, (str, os.PathLike)):
     return _sentencepiece(os.fspath(vocabulary))
   if not hasattr(vocabulary, "encode"):
@@ -283,8 +304,10 @@ class SentencePieceVocab:
 
   def __init__(self, path: str):
     import sentencepiece  # pylint: disable=g-import-not-at-top
+    from etils import epath  # pylint: disable=g-import-not-at-top  # local or gs://
     self.path = path
-    self._processor = sentencepiece.SentencePieceProcessor(model_file=path)
+    self._processor = sentencepiece.SentencePieceProcessor(
+        model_proto=epath.Path(path).read_bytes())
 
   def encode(self, text: str):
     return self._processor.encode(text)
@@ -292,7 +315,11 @@ class SentencePieceVocab:
 
 def _sentencepiece(path):
   if path not in _SENTENCEPIECE_CACHE:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"SentencePiece model {path} does not exist.")
-    _SENTENCEPIECE_CACHE[path] = SentencePieceVocab(path)
+    try:
+      _SENTENCEPIECE_CACHE[path] = SentencePieceVocab(path)
+    except (OSError, RuntimeError) as e:
+      raise FileNotFoundError(f"Cannot read the SentencePiece model {path} ({e}); bind "
+                              f"prompt_init.class_labels.vocabulary (or "
+                              f"prompt_init.from_text.vocabulary) to a readable "
+                              f"model file.") from e
   return _SENTENCEPIECE_CACHE[path]
