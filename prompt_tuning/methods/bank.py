@@ -1,0 +1,247 @@
+"""A prompt bank: K prompts served from one frozen model, mixed in one batch.
+
+The bank is a prompt-hook module (see `prompt_tuning/models/t5.py`) holding all K
+prompts as one parameter `encoder/prompt/prompts` `[K, P, H]`, logical axes
+`('prompts', 'prompt', 'embed')`. Each example picks its prompt by
+`prompt_index [B]` inside the compiled forward pass (a gather), so one compiled
+function serves any mix of tasks:
+
+  model = Transformer(config, prompt=bank)
+  decoding.greedy_decode(model, params, tokens, max_decode_length=L,
+                         prompt_index=bank.indices(['sst2', 'rte', 'sst2']))
+
+Prompts of different lengths are LEFT-padded to the longest, P, and the padded
+positions are masked out of attention (the returned encoder mask is False there,
+so cross-attention ignores them too). Left padding keeps every real prompt vector
+and every input token at the same relative distances as with the unpadded prompt,
+so T5's relative position buckets see exactly the unpadded sequence: a short
+prompt in the bank gives the outputs of that prompt alone (up to float rounding
+from sums over the extra masked positions); same-length prompts are exact.
+
+The combination is the paper's prefix one, `[prompt_k, x]`, as the single-prompt
+`Prompt(combine='prefix')` module of prompt tuning.
+
+Sources a bank loads (`from_prompts`): `[P, H]` arrays, `.npy` files, or a
+directory — a trainer `MODEL_DIR` (newest
+`numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.npy`), its
+`numpy_checkpoints/` folder, one `checkpoint_<step>/` folder or a `best/` folder.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.methods.base import Method, Params, with_params
+from prompt_tuning.methods.initializers import load_prompt_file
+from prompt_tuning.models.layers import param
+
+Array = jax.Array
+PromptSource = Union[str, os.PathLike, np.ndarray, Array]
+PROMPTS_PATH = "encoder/prompt/prompts"
+PROMPT_FILE = "encoder.prompt.prompt.npy"  # what prompt tuning exports
+NUMPY_DIR = "numpy_checkpoints"
+
+
+class PromptBank(nn.Module):
+  """K prompts `[K, P, H]`, one chosen per example by `prompt_index [B]`.
+
+  Attributes:
+    lengths: the real length of each prompt (P = max(lengths)); shorter prompts
+      are left-padded and their padding is masked.
+    names: one name per prompt (default `prompt_0`, …), for `index`/`indices`.
+    init_minval / init_maxval: uniform range used by `Module.init` (training a
+      bank from scratch); served banks take their values from `from_prompts`.
+  """
+  lengths: Tuple[int, ...]
+  names: Tuple[str, ...] = ()
+  init_minval: float = -0.5
+  init_maxval: float = 0.5
+
+  needs_encoder_features = False
+
+  def __post_init__(self):
+    lengths = tuple(int(n) for n in self.lengths)
+    if not lengths or min(lengths) < 1:
+      raise ValueError(f"PromptBank needs at least one prompt, each of length >= 1; "
+                       f"got lengths {lengths}.")
+    names = tuple(self.names) or tuple(f"prompt_{k}" for k in range(len(lengths)))
+    if len(names) != len(lengths) or len(set(names)) != len(names):
+      raise ValueError(f"PromptBank needs one distinct name per prompt; got names "
+                       f"{names} for {len(lengths)} lengths.")
+    object.__setattr__(self, "lengths", lengths)
+    object.__setattr__(self, "names", names)
+    super().__post_init__()
+
+  @property
+  def num_prompts(self) -> int:
+    return len(self.lengths)
+
+  @property
+  def max_length(self) -> int:
+    return max(self.lengths)
+
+  def index(self, name: str) -> int:
+    """The bank row of the prompt called `name`."""
+    if name not in self.names:
+      raise KeyError(f"No prompt named {name!r} in the bank; names: {list(self.names)}.")
+    return self.names.index(name)
+
+  def indices(self, names: Sequence[str]) -> np.ndarray:
+    """`prompt_index [B]` int32 for a list of per-example prompt names."""
+    return np.asarray([self.index(n) for n in names], np.int32)
+
+  def length_mask(self) -> np.ndarray:
+    """[K, P] bool: True at real prompt positions (the last `lengths[k]`)."""
+    positions = np.arange(self.max_length)[None, :]
+    return positions >= (self.max_length - np.asarray(self.lengths))[:, None]
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, features: Optional[Array] = None,
+               prompt_index: Optional[Array] = None,
+               deterministic: bool = True) -> Tuple[Array, Array]:
+    """x [B, T, H], mask [B, T], prompt_index [B] → ([B, P+T, H], [B, P+T])."""
+    del features, deterministic
+    batch, _, width = x.shape
+    shape = (self.num_prompts, self.max_length, width)
+    if self.has_variable("params", "prompts"):
+      found = tuple(self.get_variable("params", "prompts").shape)
+      if found != shape:
+        raise ValueError(f"{PROMPTS_PATH} has shape {list(found)}; this bank expects "
+                         f"{list(shape)} (K prompts, max length P, model width H). "
+                         "Build the module and its parameters together with "
+                         "bank.from_prompts(...).")
+    init = lambda rng, s, dtype: jax.random.uniform(rng, s, dtype, self.init_minval,
+                                                    self.init_maxval)
+    prompts = param(self, "prompts", init, shape, ("prompts", "prompt", "embed"))
+    if prompt_index is None:
+      if self.num_prompts > 1 and not self.is_initializing():
+        raise ValueError(f"This PromptBank holds {self.num_prompts} prompts "
+                         f"{list(self.names)}: pass prompt_index [B] (e.g. "
+                         "bank.indices(names)) to encode/decode/predict.")
+      prompt_index = jnp.zeros((batch,), jnp.int32)
+    _check_index(prompt_index, batch, self.num_prompts)
+    chosen = jnp.take(prompts, prompt_index, axis=0)  # [B, P, H]
+    visible = jnp.take(jnp.asarray(self.length_mask()), prompt_index, axis=0)
+    return (jnp.concatenate([chosen.astype(x.dtype), x], axis=1),
+            jnp.concatenate([visible.astype(mask.dtype), mask], axis=1))
+
+
+def _check_index(prompt_index, batch: int, num_prompts: int):
+  """Validates shape always, and range when the indices are concrete."""
+  if jnp.shape(prompt_index) != (batch,):
+    raise ValueError(f"prompt_index must be [B] = [{batch}]; got shape "
+                     f"{list(jnp.shape(prompt_index))}.")
+  if isinstance(prompt_index, jax.core.Tracer):
+    return
+  values = np.asarray(prompt_index)
+  if values.size and (values.min() < 0 or values.max() >= num_prompts):
+    raise ValueError(f"prompt_index values must be in [0, {num_prompts}); got "
+                     f"{values.tolist()}.")
+
+
+# ----------------------------------------------------------------------------
+# Loading prompts and building a bank.
+# ----------------------------------------------------------------------------
+def find_prompt_file(directory: Union[str, os.PathLike],
+                     file_name: str = PROMPT_FILE) -> pathlib.Path:
+  """The prompt file in a directory; in a MODEL_DIR, the newest numpy export.
+
+  Looks for `<dir>/<file_name>`, then the highest step of
+  `<dir>/checkpoint_<step>/<file_name>`, then of
+  `<dir>/numpy_checkpoints/checkpoint_<step>/<file_name>`.
+  """
+  root = pathlib.Path(directory)
+  if not root.is_dir():
+    raise FileNotFoundError(f"Prompt directory {root} does not exist.")
+  if (root / file_name).is_file():
+    return root / file_name
+  for base in (root, root / NUMPY_DIR):
+    steps = []
+    if base.is_dir():
+      for child in base.iterdir():
+        match = re.fullmatch(r"checkpoint_(\d+)", child.name)
+        if match and (child / file_name).is_file():
+          steps.append((int(match.group(1)), child / file_name))
+    if steps:
+      return max(steps)[1]
+  raise FileNotFoundError(
+      f"No {file_name} in {root}: expected {root}/{NUMPY_DIR}/checkpoint_<step>/"
+      f"{file_name} (a prompt-tuning MODEL_DIR), {root}/checkpoint_<step>/{file_name} "
+      f"or {root}/{file_name}.")
+
+
+def load_prompt(source: PromptSource) -> np.ndarray:
+  """A `[P, H]` float32 prompt from an array, a `.npy` file or a directory."""
+  if isinstance(source, (str, os.PathLike)):
+    path = pathlib.Path(source)
+    if path.is_dir():
+      path = find_prompt_file(path)
+    return load_prompt_file(path)
+  array = np.asarray(source, np.float32)
+  if array.ndim != 2:
+    raise ValueError(f"A prompt must be [P, H]; got an array of shape "
+                     f"{list(array.shape)}.")
+  return array
+
+
+def stack_prompts(prompts: Sequence[np.ndarray]) -> Tuple[np.ndarray, Tuple[int, ...]]:
+  """[P_k, H] arrays → (left-padded [K, max P, H] float32, lengths)."""
+  widths = {p.shape[1] for p in prompts}
+  if len(widths) != 1:
+    raise ValueError(f"All prompts of a bank need the same width H; got shapes "
+                     f"{[list(p.shape) for p in prompts]}.")
+  lengths = tuple(p.shape[0] for p in prompts)
+  stacked = np.zeros((len(prompts), max(lengths), widths.pop()), np.float32)
+  for k, prompt in enumerate(prompts):
+    stacked[k, stacked.shape[1] - lengths[k]:] = prompt
+  return stacked, lengths
+
+
+def _default_name(source: Any, k: int) -> str:
+  if isinstance(source, (str, os.PathLike)):
+    path = pathlib.Path(source)
+    return path.name if path.is_dir() else path.stem
+  return f"prompt_{k}"
+
+
+def from_prompts(prompts: Union[Mapping[str, PromptSource], Sequence[PromptSource]]
+                 ) -> Tuple[PromptBank, Dict[str, Array]]:
+  """Builds a bank and its parameters from K prompts.
+
+  Args:
+    prompts: name → source, or a sequence of sources (named after the file or
+      directory, else `prompt_<k>`); a source is a `[P, H]` array, a `.npy` file
+      or a directory (see `find_prompt_file`).
+
+  Returns:
+    (the `PromptBank` module, `{'prompts': [K, P, H] float32}`): pass the module as
+    `Transformer(config, prompt=bank)` and put the parameters at `encoder/prompt`
+    with `with_bank(params, bank_params)`.
+  """
+  if isinstance(prompts, Mapping):
+    names, sources = list(prompts), list(prompts.values())
+  else:
+    sources = list(prompts)
+    names = [_default_name(s, k) for k, s in enumerate(sources)]
+  if not sources:
+    raise ValueError("from_prompts needs at least one prompt.")
+  stacked, lengths = stack_prompts([load_prompt(s) for s in sources])
+  return PromptBank(lengths=lengths, names=tuple(names)), {"prompts": jnp.asarray(stacked)}
+
+
+def with_bank(params: Params, bank_params: Mapping[str, Array]) -> Params:
+  """A copy of the frozen `params` with the bank at `encoder/prompt` (replacing any
+  single prompt that was there)."""
+  return with_params(params, {"encoder/prompt": dict(bank_params)})
+
+
+def bank_method(bank: PromptBank) -> Method:
+  """A `Method` serving (or jointly training) the bank: trainable `encoder/prompt/…`."""
+  return Method(name="bank", prompt=bank, trainable=(r"encoder/prompt/.*",))
