@@ -26,7 +26,7 @@ from tasks import super_glue
 from tasks import qa
 from tasks import generation
 from tasks import local
-# from tasks import tiny  # bundled demo tasks (owned by the demo work)
+from tasks import tiny  # bundled demo tasks (owned by the demo work)
 
 from tasks.labels import TASK_PREFIXES
 from tasks.labels import get_label_strings
