@@ -178,7 +178,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
   lr = _learning_rate(opt_state)
   if lr is not None:
     metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -218,18 +218,26 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
     return TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), params,
                       init_opt(params))
 
-  step = functools.partial(
-      train_step, model=model, optimizer=optimizer, z_loss=config.z_loss,
-      loss_normalizing_factor=config.loss_normalizing_factor,
-      enable_dropout=config.enable_dropout)
   batch_sharding = partitioning.batch_sharding(mesh)
-  train = jax.jit(step,
-                  in_shardings=(state_shardings, frozen_shardings, batch_sharding,
-                                replicated),
-                  out_shardings=(state_shardings, replicated),
-                  donate_argnums=(0,))
+  # The module-level function with static settings: runs with the same model,
+  # optimizer and shardings reuse one compiled program.
+  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8),
+                   in_shardings=(state_shardings, frozen_shardings, batch_sharding,
+                                 replicated),
+                   out_shardings=(state_shardings, replicated),
+                   donate_argnums=(0,))
+  static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
+            config.enable_dropout)
+  train = lambda state, frozen, batch, rng: jitted(state, frozen, batch, rng, *static)
   return CompiledSteps(train, init_state, state_shardings, frozen_shardings,
                        batch_sharding)
+
+
+def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
+                           loss_normalizing_factor, enable_dropout):
+  return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer,
+                    z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
+                    enable_dropout=enable_dropout)
 
 
 # ====================================================================================
