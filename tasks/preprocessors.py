@@ -336,7 +336,8 @@ def linearize_table(table, triples: bool) -> tf.Tensor:
   changed = tf.cast(tf.not_equal(rows[1:], rows[:-1]), tf.int64)
   row_ids = tf.concat([tf.zeros([tf.minimum(tf.size(rows), 1)], tf.int64),
                        tf.cumsum(changed)], axis=0)
-  grouped = tf.RaggedTensor.from_value_rowids(contents, row_ids)
+  grouped = tf.RaggedTensor.from_value_rowids(contents, row_ids,
+                                              validate=False)
   per_row = tf.strings.reduce_join(grouped, axis=1, separator=" : ")
   return tf.strings.reduce_join(per_row, separator=" | ")
 

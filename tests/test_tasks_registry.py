@@ -148,7 +148,8 @@ def test_task_yields_tokenized_examples(name):
       assert not text.startswith(base_prefix + " "), (name, text)
 
 
-@pytest.mark.parametrize("name", sorted(seqio.MixtureRegistry.names()))
+@pytest.mark.parametrize("name", sorted(
+    n for n in seqio.MixtureRegistry.names() if "tiny_" not in n))
 def test_mixture_yields_tokenized_examples(name):
   mixture = seqio.get_mixture_or_task(name)
   split = "train" if "train" in mixture.splits else "validation"
