@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.base import Method, Params, get_param, with_params
@@ -162,8 +163,7 @@ def prompt_tuning(length: int = 100,
     value = initialize_prompt(initializer, length, rng, params, config)
     return with_params(params, {PROMPT_PATH: value})
 
-  def export(params: Params):
-    import numpy as np  # pylint: disable=g-import-not-at-top
+  def export(params: Params) -> Dict[str, np.ndarray]:
     return {PROMPT_PATH.replace("/", "."): np.asarray(get_param(params, PROMPT_PATH))}
 
   return Method(name="prompt", prompt=Prompt(length=length, combine=combine),
