@@ -17,9 +17,9 @@ SplitTransform = Callable[[tf.data.Dataset], tf.data.Dataset]
 class TransformedTfdsDataSource(seqio.TfdsDataSource):
   """A TFDS source whose splits may be filtered or subsampled.
 
-  A transformed split is always read in TFDS's canonical (unshuffled) order,
-  so the transform sees the same examples in every run; the task shuffles
-  afterwards as usual.
+  A transformed split is always read whole in TFDS's canonical (unshuffled)
+  order, so the transform sees the same examples in every run (and on every
+  host: the result is sharded afterwards); the task shuffles as usual.
   """
 
   def __init__(self,
@@ -45,9 +45,13 @@ class TransformedTfdsDataSource(seqio.TfdsDataSource):
     if transform is None:
       return super().get_dataset(split, shuffle=shuffle, seed=seed,
                                  shard_info=shard_info, **kwargs)
-    ds = super().get_dataset(split, shuffle=False, seed=None,
-                             shard_info=shard_info, **kwargs)
-    return transform(ds)
+    # Transform the whole split, then shard, so that e.g. a fixed subset is
+    # the same however many hosts or cache workers read it.
+    ds = transform(super().get_dataset(split, shuffle=False, seed=None,
+                                       shard_info=None, **kwargs))
+    if shard_info is not None and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds
 
   def num_input_examples(self, split: str) -> Optional[int]:
     if split in self._sizes:

@@ -168,3 +168,14 @@ def test_super_glue_mixture_uses_t5_rates():
   # Examples-proportional: every rate is a training-set size below T5's cap.
   assert max(rates.values()) < 2**19
   assert len(rates) == 12
+
+
+def test_low_data_subset_is_sharded_after_selection():
+  source = seqio.get_mixture_or_task("e2e_nlg_n50").source
+  whole = [x["target_text"] for x in tfds.as_numpy(
+      source.get_dataset("train", shuffle=True))]
+  shards = [[x["target_text"] for x in tfds.as_numpy(source.get_dataset(
+      "train", shard_info=seqio.ShardInfo(i, 2)))] for i in range(2)]
+  assert len(whole) == 3  # mock_data's examples, all kept (3 < 50)
+  assert sorted(shards[0] + shards[1]) == sorted(whole)
+  assert len(shards[0]) == 2 and len(shards[1]) == 1
