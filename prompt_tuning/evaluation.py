@@ -27,7 +27,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from prompt_tuning import data as data_lib
 from prompt_tuning import losses, partitioning
 
 Params = Dict[str, Any]
@@ -132,6 +131,8 @@ class Evaluator:
     self.max_decode_length = max_decode_length or int(task_feature_lengths["targets"])
     self.decode = decode
     self.decode_fn = decode_fn
+    from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
+    self._data = data_lib
     self.examples = {}
     for task in data_lib.tasks_of(mixture_or_task_name):
       if split not in task.splits:
@@ -178,7 +179,7 @@ class Evaluator:
     sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "weight_sum": 0.0}
     scores, tokens = [], []
     n = len(examples.features)
-    for i, batch in enumerate(data_lib.padded_batches(examples.features,
+    for i, batch in enumerate(self._data.padded_batches(examples.features,
                                                       self.batch_size)):
       real = min(self.batch_size, n - i * self.batch_size)
       global_batch = self._global(batch)

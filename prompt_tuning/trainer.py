@@ -29,9 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
-from prompt_tuning import data as data_lib
 from prompt_tuning import evaluation, initial_params, losses, partitioning
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
@@ -209,8 +208,15 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
   trainable parameters (slots shaped like a parameter follow the parameter).
   """
   replicated = partitioning.replicated(mesh)
-  init_opt = jax.jit(optimizer.init, in_shardings=(trainable_shardings,))
-  opt_shardings = jax.tree_util.tree_map(lambda x: x.sharding, init_opt(trainable))
+  # Ask XLA how it would shard the optimizer state; anything it leaves off the mesh
+  # (scalar counters, tiny factored slots) is replicated.
+  probe = jax.jit(optimizer.init, in_shardings=(trainable_shardings,))
+  proposed = probe.lower(trainable).compile().output_shardings
+  opt_shardings = jax.tree_util.tree_map(
+      lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated,
+      proposed)
+  init_opt = jax.jit(optimizer.init, in_shardings=(trainable_shardings,),
+                     out_shardings=opt_shardings)
   state_shardings = TrainState(step=replicated, trainable=trainable_shardings,
                                opt_state=opt_shardings)
 
@@ -503,6 +509,7 @@ def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np
 
 def _default_batches(start_batch: int, *, config: TrainConfig,
                      host_batch_size: int) -> Iterator[Batch]:
+  from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
   return data_lib.train_batches(
       config.mixture_or_task_name, config.task_feature_lengths, host_batch_size,
       split=config.train_split, seed=config.seed, shard_index=jax.process_index(),

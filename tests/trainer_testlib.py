@@ -8,8 +8,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models.config import preset
@@ -51,6 +49,7 @@ def _examples(split: str, n: int):
 
 def _dataset_fn(split, shuffle_files, seed=None):
   del shuffle_files, seed
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.data.Dataset.from_tensor_slices(
       _examples(split, {"train": 40, "validation": 10}[split]))
 
@@ -62,6 +61,7 @@ def _accuracy(targets, predictions):
 
 def register_task(name: str = TASK) -> str:
   """Registers (once) a tiny byte-vocabulary text-to-text task with train/validation."""
+  import seqio  # pylint: disable=g-import-not-at-top  (slow: imports TensorFlow)
   if name in seqio.TaskRegistry.names():
     return name
   vocab = seqio.ByteVocabulary()

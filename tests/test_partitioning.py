@@ -1,0 +1,131 @@
+"""Partitioning: the rule table, a 2x4 mesh vs one device, two processes vs one."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import partitioning_worker
+from prompt_tuning import partitioning
+
+WORKER = pathlib.Path(partitioning_worker.__file__)
+REPO = WORKER.parents[1]
+
+
+class _FakeMesh:
+  shape = {"data": 2, "model": 4}
+
+
+def test_rule_table_maps_t5x_names_and_replicates_what_does_not_divide():
+  rules = partitioning.rules()
+  mesh = _FakeMesh()
+  spec = lambda names, shape: tuple(partitioning.mesh_axes(names, shape, mesh, rules))
+  assert spec(("vocab", "embed"), (32128, 768)) == ("model", None)
+  assert spec(("embed", "joined_kv"), (768, 768)) == (None, "model")
+  assert spec(("embed", "mlp"), (768, 2048)) == (None, "model")
+  assert spec(("heads", "relpos_buckets"), (12, 32)) == ("model", None)
+  assert spec(("prompt", "embed"), (100, 768)) == (None, None)
+  # 6 heads on a 4-way model axis: replicated instead of failing to compile.
+  assert spec(("heads", "relpos_buckets"), (6, 32)) == (None, None)
+  # A name without a rule is replicated; a mesh axis is used once per array.
+  assert spec(("unknown_axis", "mlp"), (8, 8)) == (None, "model")
+  assert spec(("mlp", "vocab"), (8, 8)) == ("model", None)
+  # Overrides come first and replace the default entry.
+  overridden = partitioning.rules(overrides=[("embed", "model")])
+  assert dict(overridden)["embed"] == "model"
+  assert tuple(partitioning.mesh_axes(("prompt", "embed"), (100, 768), mesh,
+                                      overridden)) == (None, "model")
+
+
+def test_every_parameter_needs_logical_names_and_batch_must_divide():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.make_mesh(1)
+  boxed = {"a": nn.Partitioned(jax.ShapeDtypeStruct((4, 2), np.float32),
+                               names=("embed", "mlp")),
+           "b": jax.ShapeDtypeStruct((3,), np.float32)}
+  with pytest.raises(ValueError, match="b has no logical axis names"):
+    partitioning.param_shardings(boxed, mesh, partitioning.rules())
+  assert partitioning.check_batch_size(8, mesh) == 8
+  with pytest.raises(ValueError, match="model_parallel=3 must divide"):
+    partitioning.make_mesh(3, devices=[object()] * 4)
+
+
+def _run_worker(args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=os.pathsep.join([str(REPO), str(WORKER.parent)]))
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, str(WORKER)] + [str(a) for a in args],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Starts, at once: the 8-device worker (1-device and 2x4 runs) and two processes
+  joined on loopback (a 2x2 mesh over 2 x 2 devices); returns their JSON results."""
+  tmp = tmp_path_factory.mktemp("partitioning")
+  port = _free_port()
+  outs = {"mesh": tmp / "mesh.json", 0: tmp / "p0.json", 1: tmp / "p1.json"}
+  procs = {"mesh": _run_worker(["mesh", outs["mesh"], tmp])}
+  for i in range(2):
+    procs[i] = _run_worker(["process", i, port, outs[i], tmp / "multi"])
+  logs = {}
+  try:
+    for key, proc in procs.items():
+      logs[key], _ = proc.communicate(timeout=900)
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+  results = {"dir": tmp}
+  for key, proc in procs.items():
+    results[key] = (json.loads(outs[key].read_text()) if proc.returncode == 0
+                    else f"worker {key} failed:\n{logs.get(key, '')[-4000:]}")
+  return results
+
+
+def _ok(result):
+  assert not isinstance(result, str), result
+  return result
+
+
+def test_2x4_mesh_matches_one_device_and_really_shards(runs):
+  result = _ok(runs["mesh"])
+  assert result["mesh_shape"] == {"data": 2, "model": 4}
+  np.testing.assert_allclose(result["sharded"]["losses"], result["single"]["losses"],
+                             rtol=1e-5)
+  for path, value in result["single"]["params"].items():
+    np.testing.assert_allclose(result["sharded"]["params"][path], value, rtol=1e-4,
+                               atol=1e-6, err_msg=path)
+  kernel = result["kernel"]  # decoder/layers_0/mlp/wi_0/kernel [embed, mlp]
+  assert kernel["spec"] == ["None", "model"]
+  assert kernel["shard_shape"] == [kernel["shape"][0], kernel["shape"][1] // 4]
+
+
+def test_two_processes_on_loopback_agree_with_one_process(runs):
+  reference = _ok(runs["mesh"])["single"]  # the same run on one device
+  results = [_ok(runs[i]) for i in range(2)]
+  assert sorted(r["process_index"] for r in results) == [0, 1]
+  for r in results:
+    np.testing.assert_allclose(r["process"]["losses"], reference["losses"], rtol=1e-5)
+    for path, value in reference["params"].items():
+      np.testing.assert_allclose(r["process"]["params"][path], value, rtol=1e-4,
+                                 atol=1e-6, err_msg=path)
+    assert r["kernel"]["spec"] == ["None", "model"]
+  # Both processes saved the state together; process 0 alone wrote the numpy
+  # export and the TensorBoard events.
+  multi = runs["dir"] / "multi"
+  assert (multi / "checkpoint_5").is_dir()
+  assert (multi / "numpy_checkpoints" / "checkpoint_5").is_dir()
+  assert len(list((multi / "train").glob("events.*"))) == 1
