@@ -8,7 +8,7 @@ the leading task word. See docs/TASKS.md for the full table, and
 Public API:
   get_label_strings(name) -> Optional[List[str]]
   get_task_prefix(name) -> Optional[str];  TASK_PREFIXES: {task: prefix}
-  vocab.vocabulary_path() / vocab.get_vocabulary()
+  vocabulary_path() / get_vocabulary() / task_vocabulary(name)
   local.register_local_task(name, train=, validation=, test=, labels=)
   register_all(): (re-)register everything (e.g. after a registry reset).
 """
@@ -35,6 +35,7 @@ from tasks.labels import register_labels
 from tasks.local import LocalDataError
 from tasks.local import register_local_task
 from tasks.vocab import get_vocabulary
+from tasks.vocab import task_vocabulary
 from tasks.vocab import vocabulary_path
 
 

@@ -142,6 +142,16 @@ def resolved_vocabulary() -> seqio.SentencePieceVocabulary:
   return VOCABULARY.resolve()
 
 
+def task_vocabulary(task_name: str) -> seqio.Vocabulary:
+  """The targets vocabulary of a registered task or mixture.
+
+  Most tasks use the shared `VOCABULARY`; tasks registered with their own
+  (e.g. the bundled demo tasks) return theirs.
+  """
+  provider = seqio.get_mixture_or_task(task_name)
+  return provider.output_features["targets"].vocabulary
+
+
 def output_features() -> Dict[str, seqio.Feature]:
   """Text-to-text features: EOS appended to inputs and targets (T5's)."""
   return {

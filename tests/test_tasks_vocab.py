@@ -32,6 +32,7 @@ def clean(monkeypatch):
 
 
 def test_default_is_the_public_t5_vocabulary(clean):
+  tasks.register_all()
   assert vocab.vocabulary_path() == (
       "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model")
   assert vocab.get_vocabulary().extra_ids == 100
@@ -93,5 +94,9 @@ def test_unreadable_path_names_both_fixes(clean, tmp_path):
 
 
 def test_public_names():
+  tasks.register_all()
   assert tasks.vocabulary_path is vocab.vocabulary_path
   assert tasks.get_vocabulary() is vocab.VOCABULARY
+  assert tasks.task_vocabulary("super_glue_rte_v102") is vocab.VOCABULARY
+  assert tasks.task_vocabulary("super_glue_v102_proportional") is (
+      vocab.VOCABULARY)
