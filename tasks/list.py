@@ -84,7 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(describe(name))
     return 0
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  with tfds.testing.mock_data(num_examples=args.mock_examples):
+  with tfds.testing.mock_data(
+      num_examples=args.mock_examples,
+      policy=tfds.testing.MockPolicy.USE_CODE):
     for name in names:
       provider = seqio.get_mixture_or_task(name)
       counts = None

@@ -136,6 +136,15 @@ def test_squad_max_over_answers_and_edge_cases():
                                                            "f1": 50.0}
 
 
+def test_squad_ties_between_answers_take_the_shared_best():
+  # Both references give F1 = 2/3 for "york": the max is that value, once.
+  result = metrics.squad([["new york", "york city"]], ["york"])
+  assert result == {"em": 0.0, "f1": pytest.approx(100 * 2 / 3)}
+  # A tie between an exact and a partial match keeps the exact one.
+  assert metrics.squad([["york", "new york"]], ["York"]) == {
+      "em": 100.0, "f1": 100.0}
+
+
 def test_record_scores_each_query_once():
   targets = [{"value": ["Fishermen", "fishermen"], "group": (5, 9)},
              {"value": ["Fishermen", "fishermen"], "group": (5, 9)},

@@ -33,7 +33,8 @@ def mock_env(t5_vocab_path):
   saved = os.environ.get(vocab.ENV_VAR)
   os.environ[vocab.ENV_VAR] = t5_vocab_path
   tasks.register_all()
-  with tfds.testing.mock_data(num_examples=4):
+  with tfds.testing.mock_data(
+      num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
     yield
   if saved is None:
     del os.environ[vocab.ENV_VAR]
