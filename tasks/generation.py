@@ -1,11 +1,11 @@
 """Generation tasks of the prefix-tuning paper (Li & Liang, 2021).
 
-Formats (tables linearized as in that paper; the taskless twins drop the
-first word, leaving exactly the paper's source text):
+Formats (tables linearized in that paper's style, cell text kept as in the
+data; the taskless twins drop the first word, leaving the linearized table):
 
   e2e_nlg  "e2e_nlg: name : The Eagle | eatType : coffee shop | food : French"
-  web_nlg  "web_nlg: Aarhus Airport : cityServed : Aarhus, Denmark | ..."
-  dart     "dart: Mars Hill College : joined : 1973 | ..."
+  web_nlg  "web_nlg: Aarhus_Airport : cityServed : \"Aarhus, Denmark\" | ..."
+  dart     "dart: Mars Hill College : JOINED : 1973 | ..."
   xsum     "summarize: <article>" (T5's summarization format)
 
 Sources: TFDS `e2e_cleaned:0.1.0` (the cleaned E2E release), `web_nlg:0.1.0`
@@ -31,13 +31,13 @@ from tasks import text_metrics
 LOW_DATA_SIZES = (50, 100, 200, 500)
 LOW_DATA_SEED = 0
 
-# WebNLG 2017 DBpedia categories present in the training data.
+# WebNLG 2017 DBpedia categories: the 10 of the training data, the 5 new in
+# the test data (TFDS's test_unseen).
 WEB_NLG_SEEN_CATEGORIES = (
     "Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food",
     "Monument", "SportsTeam", "University", "WrittenWork")
 WEB_NLG_UNSEEN_CATEGORIES = (
-    "Artist", "Athlete", "CelestialBody", "Company", "MeanOfTransportation",
-    "Politician")
+    "Artist", "Athlete", "CelestialBody", "MeanOfTransportation", "Politician")
 
 
 def _seen_category(x) -> tf.Tensor:
@@ -45,8 +45,8 @@ def _seen_category(x) -> tf.Tensor:
   return tf.reduce_any(tf.equal(category, WEB_NLG_SEEN_CATEGORIES))
 
 
-# name -> (tfds name, seqio split -> tfds split, split transforms, text
-#          preprocessor, prefix, metric fns, postprocessor)
+# Per dataset: TFDS name, seqio split -> TFDS split, split transforms, text
+# preprocessor, task prefix, metric functions and postprocessor.
 _TABLE_METRICS = (text_metrics.bleu, text_metrics.rouge)
 DATASETS = {
     "e2e_nlg": dict(
