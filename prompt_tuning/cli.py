@@ -55,7 +55,7 @@ flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (seqio override)
 # Macros every training gin must define (checked after parsing).
 TRAIN_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
                 "TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH")
-_EXAMPLES = {
+EXAMPLES = {
     "MODEL_DIR": "--gin.MODEL_DIR=\"'/tmp/my_run'\"",
     "MIXTURE_OR_TASK_NAME": "--gin.MIXTURE_OR_TASK_NAME=\"'super_glue_rte_v102'\"",
     "TASK_FEATURE_LENGTHS": "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, "
@@ -128,10 +128,22 @@ def search_paths(extra: Sequence[str] = ()) -> List[str]:
   return list(dict.fromkeys(paths))
 
 
+class _QuietGinSearch(std_logging.Filter):
+  """Drops gin's "Path not found" lines for every search path it tries."""
+
+  def filter(self, record):
+    return not record.pathname.endswith(os.path.join("gin", "resource_reader.py"))
+
+
+_QUIET = _QuietGinSearch()
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               extra_search_paths: Sequence[str] = ()) -> None:
   """Parses gin files (found in the search paths) and bindings, in that order."""
   import_gin_modules()
+  if _QUIET not in std_logging.getLogger().filters:
+    std_logging.getLogger().addFilter(_QUIET)
   paths = search_paths(extra_search_paths)
   for path in paths:
     gin.add_config_file_search_path(path)
@@ -166,7 +178,7 @@ def check_required_macros(names: Sequence[str]) -> None:
   """Raises a UsageError naming each missing macro and the flag that sets it."""
   missing = missing_macros(names)
   if missing:
-    lines = [f"  {name}: add {_EXAMPLES.get(name, f'--gin.{name}=...')}"
+    lines = [f"  {name}: add {EXAMPLES.get(name, f'--gin.{name}=...')}"
              for name in missing]
     raise app.UsageError("Required gin macro(s) not set:\n" + "\n".join(lines) +
                          "\n(or define them in a --gin_file).")

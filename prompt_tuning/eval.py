@@ -121,16 +121,27 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
              batch_size: int = 32,
              max_examples: Optional[int] = None,
              max_decode_length: Optional[int] = None,
+             decode_fn: Optional[Any] = None,
              output_dir: Optional[str] = None) -> Dict[str, evaluation.TaskResult]:
-  """Evaluates and reports (gin: `evaluate.<arg>`; macros in runs/prompt_eval.gin)."""
+  """Evaluates and reports (gin: `evaluate.<arg>`; macros in runs/prompt_eval.gin).
+
+  `model_dir`, `initial_checkpoint_path` and `output_dir` default to the macros
+  MODEL_DIR, INITIAL_CHECKPOINT_PATH and EVAL_OUTPUT_DIR when those are defined.
+  """
+  model_dir = model_dir if model_dir is not None else cli.macro("MODEL_DIR")
+  if initial_checkpoint_path is None:
+    initial_checkpoint_path = cli.macro("INITIAL_CHECKPOINT_PATH")
+  output_dir = output_dir if output_dir is not None else cli.macro("EVAL_OUTPUT_DIR")
   mesh = cli.make_mesh()
   model, params, shardings, source = load_trained(
       method, model_config, initial_checkpoint_path, model_dir=model_dir,
       checkpoint=checkpoint, mesh=mesh)
+  if not model_dir and cli.macro("PROMPT_FILE"):
+    source = str(cli.macro("PROMPT_FILE"))
   evaluator = evaluation.Evaluator(
       model, mesh, shardings, mixture_or_task_name, task_feature_lengths,
       batch_size=batch_size, split=split, max_examples=max_examples,
-      max_decode_length=max_decode_length)
+      max_decode_length=max_decode_length, decode_fn=decode_fn)
   results = evaluator.evaluate(params)
   table = format_table(results)
   if jax.process_index() == 0:
@@ -161,11 +172,12 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup(required_macros=EVAL_MACROS)
-  if not cli.macro("MODEL_DIR") and not cli.macro("PROMPT_FILE") and not (
-      cli.macro("INITIAL_CHECKPOINT_PATH")):
+  if not cli.macro("MODEL_DIR") and not cli.macro("INITIAL_CHECKPOINT_PATH"):
     raise cli.app.UsageError(
-        "Nothing to evaluate: set MODEL_DIR (a training run) or PROMPT_FILE (a prompt "
-        f".npy) with INITIAL_CHECKPOINT_PATH; e.g. {cli._EXAMPLES['PROMPT_FILE']}.")  # pylint: disable=protected-access
+        "Nothing to evaluate: set MODEL_DIR (a training run), or the frozen model "
+        "INITIAL_CHECKPOINT_PATH with a prompt (prompts/from_file.gin + PROMPT_FILE); "
+        "e.g. "
+        f"{cli.EXAMPLES['MODEL_DIR']} or {cli.EXAMPLES['PROMPT_FILE']}.")
   evaluate()
 
 

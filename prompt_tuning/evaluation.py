@@ -125,6 +125,9 @@ class Evaluator:
                max_decode_length: Optional[int] = None, z_loss: float = 1e-4,
                use_cached: bool = False, decode: bool = True,
                decode_fn: Optional[Callable] = None):
+    """See the module docstring; `decode_fn(model, params, tokens [B, T],
+    max_decode_length=L) -> [B, L]` (configs/decoding, `DECODE_FN`) defaults to
+    `decoding.greedy_decode`."""
     self.model = model
     self.mesh = mesh
     self.batch_size = batch_size
@@ -164,11 +167,15 @@ class Evaluator:
                                              self.mesh)
 
   def _generate(self, params: Params, tokens: jax.Array) -> np.ndarray:
-    if self.decode_fn is not None:
-      return to_host(self.decode_fn(params, tokens))
-    from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
-    return to_host(decoding.greedy_decode(self.model, params, tokens,
-                                          max_decode_length=self.max_decode_length))
+    decode_fn = self.decode_fn
+    if decode_fn is None:
+      from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+      decode_fn = decoding.greedy_decode
+    out = decode_fn(self.model, params, tokens,
+                    max_decode_length=self.max_decode_length)
+    if isinstance(out, tuple):  # beam search: (tokens, scores)
+      out = out[0]
+    return to_host(out)
 
   def evaluate_task(self, params: Params, name: str) -> TaskResult:
     examples = self.examples[name]

@@ -33,6 +33,7 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           model_config: T5Config = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = gin.REQUIRED,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
+          decode_fn: Optional[Callable[..., Any]] = None,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
   """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
   mesh = cli.make_mesh()
@@ -40,7 +41,7 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
                        optimizer=optimizer,
                        initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
                        axis_rules=cli.axis_rules(), learning_rate_fn=learning_rate_fn,
-                       gin_config=gin_config)
+                       decode_fn=decode_fn, gin_config=gin_config)
 
 
 def main(argv: Sequence[str]) -> Any:

@@ -322,6 +322,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           axis_rules: Optional[partitioning.Rules] = None,
           batches_fn: Optional[Callable[[int], Iterator[Batch]]] = None,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
+          decode_fn: Optional[Callable[..., Any]] = None,
           gin_config: Optional[str] = None) -> TrainResult:
   """Trains `method` on a frozen T5, resuming from `MODEL_DIR` when possible.
 
@@ -336,6 +337,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
     batches_fn: `start_batch -> iterator of this host's batches`; defaults to
       `data.train_batches` for the configured task (tests inject their own).
     learning_rate_fn: step → learning rate, for summaries (optional).
+    decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
     gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
 
   Returns:
@@ -413,7 +415,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           batch_size=config.eval_batch_size or config.batch_size,
           split=config.eval_split, max_examples=config.max_eval_examples,
           max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-          use_cached=config.use_cached)
+          use_cached=config.use_cached, decode_fn=decode_fn)
     full = merge_params(state.trainable, frozen)
     results = evaluator.evaluate(full)
     for name, result in results.items():
