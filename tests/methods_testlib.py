@@ -19,6 +19,11 @@ def tiny_config(**overrides):
   return preset("tiny", vocab_size=VOCAB, dropout_rate=0.0, **overrides)
 
 
+def one_layer_config(**overrides):
+  """`tiny_config` with one layer per stack: the cheapest graph to compile."""
+  return tiny_config(num_encoder_layers=1, num_decoder_layers=1, **overrides)
+
+
 def batch(seed: int = 0, size: int = 2, inputs: int = 7, targets: int = 4):
   """(encoder tokens [B, T] padded at the end, decoder inputs, targets [B, T_dec])."""
   rng = np.random.RandomState(seed)

@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.prompt import prompt_tuning
 from prompt_tuning.models.config import preset
+
 from conftest import RELEASED_PROMPTS, SHARED_FIXTURES, T5_VOCAB
+from methods_testlib import one_layer_config, random_params
 
 RNG = jax.random.PRNGKey(0)
 
@@ -146,19 +149,20 @@ def test_released_prompt_initializes_base_model_abstractly(path):
 
 
 def test_released_prompt_runs_in_a_tiny_model_of_the_same_width():
-  config = preset("tiny", vocab_size=128, emb_dim=768, num_encoder_layers=1,
-                  num_decoder_layers=1)
+  config = one_layer_config(emb_dim=768)
   method = prompt_tuning(length=100, initializer=inits.from_file(RELEASED[-1]))
   model = method.build(config)
   enc = jnp.array([[5, 6, 7, 1, 0]])
   dec = jnp.array([[0, 3, 4]])
-  params = nn.unbox(model.init(RNG, enc, dec)["params"])
+  params = random_params(model, enc, dec)
   loaded = method.initialize(RNG, params, config)
-  logits = model.apply({"params": loaded}, enc, dec)
+  np.testing.assert_array_equal(loaded["encoder"]["prompt"]["prompt"],
+                                np.load(RELEASED[-1]))
+  apply = jax.jit(model.apply)
+  logits = apply({"params": loaded}, enc, dec)
   assert logits.shape == (1, 3, 128) and np.all(np.isfinite(logits))
-  zeroed = method.initialize(RNG, params, config)
-  zeroed["encoder"]["prompt"]["prompt"] = jnp.zeros((100, 768))
-  assert not np.allclose(logits, model.apply({"params": zeroed}, enc, dec))
+  zeroed = base.with_params(loaded, {"encoder/prompt/prompt": jnp.zeros((100, 768))})
+  assert not np.allclose(logits, apply({"params": zeroed}, enc, dec))
 
 
 def test_float64_prompt_is_cast_to_float32():

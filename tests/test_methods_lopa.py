@@ -9,7 +9,7 @@ from prompt_tuning.methods import base
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.lopa import LopaPrompt, lopa
 
-from methods_testlib import batch, random_params, tiny_config
+from methods_testlib import batch, one_layer_config, random_params, tiny_config
 
 RNG = jax.random.PRNGKey(0)
 P, R, HID = 4, 2, 8
@@ -80,7 +80,7 @@ def random_params_for(module, x, mask):
 def test_features_are_the_pooled_encoder_output_or_embeddings(features):
   """'encoder': the mean of the un-prompted frozen encoder output over real tokens
   (computed by the Transformer); 'embeddings': the mean input embedding."""
-  config = tiny_config()
+  config = one_layer_config()
   enc, dec, _ = batch()
   method = lopa(length=P, rank=R, hidden_dim=HID, features=features)
   assert method.prompt.needs_encoder_features == (features == "encoder")
@@ -105,7 +105,7 @@ def test_features_are_the_pooled_encoder_output_or_embeddings(features):
 
 def test_model_uses_encoder_features():
   """The Transformer feeds the pooled encoder output: logits change with it."""
-  config = tiny_config()
+  config = one_layer_config()
   enc, dec, _ = batch()
   method = lopa(length=P, rank=R, hidden_dim=HID, features="encoder")
   model = method.build(config)

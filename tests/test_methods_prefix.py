@@ -95,7 +95,8 @@ def test_folded_prefixes_in_cached_decoding_match_the_full_pass(setup):
   model = method.inference_method().build(config)
   folded = method.inference_params(params)
   full = jax.jit(model.apply)({"params": folded}, enc, dec)
-  encoded, mask = model.apply({"params": folded}, enc, method=model.encode)
+  encoded, mask = jax.jit(functools.partial(model.apply, method=model.encode))(
+      {"params": folded}, enc)
   length = dec.shape[1]
   decode = jax.jit(functools.partial(model.apply, decode=True, max_decode_length=length,
                                      method=model.decode, mutable=["cache"]))

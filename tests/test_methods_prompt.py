@@ -10,7 +10,7 @@ from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.methods.prompt import prompt_tuning
 
-from methods_testlib import batch, random_params, tiny_config
+from methods_testlib import batch, one_layer_config, random_params, tiny_config
 
 RNG = jax.random.PRNGKey(0)
 
@@ -65,7 +65,7 @@ def test_unknown_combination_is_refused():
 
 @pytest.mark.parametrize("length", [1, 5, 20, 100, 150])
 def test_prompt_lengths_run_end_to_end(length):
-  config = tiny_config()
+  config = one_layer_config()
   method = prompt_tuning(length=length)
   model = method.build(config)
   enc, dec, _ = batch()
@@ -85,7 +85,7 @@ def test_prompt_lengths_run_end_to_end(length):
 
 
 def test_suffix_logits_equal_the_unpadded_case():
-  config = tiny_config()
+  config = one_layer_config()
   method = prompt_tuning(length=4, combine="suffix")
   model = method.build(config)
   enc, dec, _ = batch(inputs=8)
@@ -101,7 +101,7 @@ def test_suffix_logits_equal_the_unpadded_case():
 
 def test_prompt_changes_the_output():
   method = prompt_tuning(length=3)
-  model = method.build(tiny_config())
+  model = method.build(one_layer_config())
   enc, dec, _ = batch()
   params = random_params(model, enc, dec)
   other = base.with_params(params, {"encoder/prompt/prompt": jnp.zeros((3, 32))})

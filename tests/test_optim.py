@@ -12,7 +12,8 @@ from prompt_tuning.methods.lopa import lopa
 from prompt_tuning.methods.prefix import prefix_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
 
-from methods_testlib import abstract_params, batch, loss, random_params, tiny_config
+from methods_testlib import (abstract_params, batch, loss, one_layer_config, random_params,
+                             tiny_config)
 
 # ---------------------------------------------------------------- split / merge
 
@@ -68,7 +69,7 @@ def test_baselines_train_everything_or_nothing():
 
 def _train(method, optimizer, steps=3, config=None):
   """Runs `steps` pure train steps; returns (initial params, final params, losses)."""
-  config = config or tiny_config()
+  config = config or one_layer_config()
   model = method.build(config)
   enc, dec, tgt = batch()
   params = random_params(model, enc, dec)
