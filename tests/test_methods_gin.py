@@ -124,6 +124,7 @@ def test_class_labels_gin_refuses_a_vocabulary_of_another_model():
 def test_from_text_gin():
   method, _ = build([METHODS / "prompt_tuning.gin", PROMPTS / "from_text.gin"],
                     ["PROMPT_TEXT = 'classify'", "PROMPT_LENGTH = 4",
+                     "MIXTURE_OR_TASK_NAME = 'unused_when_a_vocabulary_is_given'",
                      f"prompt_init.from_text.vocabulary = '{T5_VOCAB}'"])
   prompt, table = _initialized_prompt(method, vocab_rows=32128)
   np.testing.assert_array_equal(prompt[:2], table[[853, 4921]])  # '▁class', 'ify'
@@ -141,7 +142,8 @@ def test_from_file_gin_with_a_released_prompt():
                                            ("from_text", "PROMPT_TEXT")])
 def test_prompt_gin_without_its_macro_names_the_macro(prompt, macro):
   with pytest.raises(ValueError, match=macro):
-    build([METHODS / "prompt_tuning.gin", PROMPTS / f"{prompt}.gin"])
+    build([METHODS / "prompt_tuning.gin", PROMPTS / f"{prompt}.gin"],
+          ["MIXTURE_OR_TASK_NAME = 'x'"])
 
 
 def test_prompt_gin_also_initializes_lopa():

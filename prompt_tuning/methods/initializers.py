@@ -89,9 +89,10 @@ def class_labels(labels: Optional[Sequence[str]] = None,
     labels: the verbalizers, e.g. `['negative', 'positive']`. If None, they are read
       from `tasks.get_label_strings(task)`.
     vocabulary: a seqio-style vocabulary (anything with `encode(str) -> ids`) or the
-      path of a SentencePiece model; None means the tasks' vocabulary
-      (`tasks.vocabulary_path()`).
-    task: the seqio task name to read labels from when `labels` is None.
+      path of a SentencePiece model; None means the `targets` vocabulary of `task`
+      (labels are targets), else the tasks' default (`tasks.vocabulary_path()`).
+    task: the seqio task or mixture whose labels (when `labels` is None) and
+      vocabulary (when `vocabulary` is None) are used.
     fallback: initializer for the rows after the labels (default: `sampled_vocab()`).
 
   More labels than prompt rows: a warning, and only the first P labels are used.
@@ -105,7 +106,7 @@ def class_labels(labels: Optional[Sequence[str]] = None,
       logging.warning("class_labels: %d labels but the prompt has %d rows; using the "
                       "first %d labels.", len(names), shape[0], shape[0])
       names = names[:shape[0]]
-    vocab = _vocabulary(vocabulary, "class_labels")
+    vocab = _vocabulary(vocabulary, "class_labels", task, "targets")
     rows = []
     for name in names:
       ids = list(vocab.encode(name))
@@ -119,8 +120,12 @@ def class_labels(labels: Optional[Sequence[str]] = None,
 
 
 def from_text(text: str, vocabulary: Any = None,
-              fallback: Optional[Initializer] = None) -> Initializer:
+              fallback: Optional[Initializer] = None,
+              task: Optional[str] = None) -> Initializer:
   """One token embedding per row from `text`'s tokens; rows after them `fallback`.
+
+  `vocabulary` as in `class_labels`; when None, the `inputs` vocabulary of `task`
+  if given, else the tasks' default.
 
   Text longer than the prompt is truncated (with a warning).
   """
@@ -131,7 +136,7 @@ def from_text(text: str, vocabulary: Any = None,
 
   def init(rng, shape, embedding):
     _check_embedding(embedding, shape, "from_text")
-    ids = list(_vocabulary(vocabulary, "from_text").encode(text))
+    ids = list(_vocabulary(vocabulary, "from_text", task, "inputs").encode(text))
     if len(ids) > shape[0]:
       logging.warning("from_text: %d tokens but the prompt has %d rows; truncating.",
                       len(ids), shape[0])
@@ -300,11 +305,18 @@ def _label_strings(labels, task):
   return list(found)
 
 
-def _vocabulary(vocabulary, name):
-  """A vocabulary object; a string is the path of a SentencePiece model."""
-  if vocabulary is None:  # the tasks' vocabulary (gin / $PROMPT_TUNING_VOCAB aware)
-    import tasks  # pylint: disable=g-import-not-at-top  # imports seqio: only if needed
-    vocabulary = tasks.vocabulary_path()
+def _vocabulary(vocabulary, name, task=None, feature="targets"):
+  """A vocabulary object; a string is the path of a SentencePiece model.
+
+  None: the `feature` vocabulary of the seqio `task` when given (so tasks with their
+  own vocabulary tokenize correctly), else the tasks' default vocabulary path.
+  """
+  if vocabulary is None:
+    import tasks  # pylint: disable=g-import-not-at-top  # registers tasks; only if needed
+    if task is not None:
+      import seqio  # pylint: disable=g-import-not-at-top
+      return seqio.get_mixture_or_task(task).output_features[feature].vocabulary
+    vocabulary = tasks.vocabulary_path()  # gin / $PROMPT_TUNING_VOCAB aware
   if isinstance(vocabulary, (str, os.PathLike)):
     return _sentencepiece(os.fspath(vocabulary))
   if not hasattr(vocabulary, "encode"):
