@@ -42,7 +42,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from prompt_tuning.methods.base import Method, Params, flatten, matches, unflatten
