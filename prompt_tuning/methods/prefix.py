@@ -7,11 +7,14 @@ positions `[P, N, D]` prepended to its own (always visible, no position bias; se
   P' [P, d]  →  dense(d → k) → tanh → dense(k → L·2·N·D)  →  keys, values [L, P, N, D]
 
 (`prefix/{encoder,decoder}/{embedding, hidden_kernel, hidden_bias, out_kernel,
-out_bias}`; k = 512 by default, d = H by default). The output kernel is stored as `[k, L, 2, N, D]` so the prefix shapes
-are readable from the parameters alone. After training `fold` evaluates the MLP once
-and the inference method holds only the prefixes
-(`prefix/{encoder,decoder}/{key,value}` `[L, P, N, D]`), which is also what is
-exported.
+out_bias}`; k = 512 and d = H by default). The output kernel is stored as
+`[k, L, 2, N, D]`, so the prefix shapes are readable from the parameters alone.
+After training `fold` evaluates the MLP once and the inference method holds only the
+prefixes (`prefix/{encoder,decoder}/{key,value}` `[L, P, N, D]`), which is also what
+is exported.
+
+The prefix modules need the frozen model's T5Config (layers, heads, head_dim): they
+take it from the Transformer that adopts them, or from `config=` when used alone.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from prompt_tuning.models.layers import param
 
 Array = jax.Array
 STACKS = ("encoder", "decoder")
-# Logical axis names of the prefix parameters (map them in the partitioning rules;
-# unlisted names are replicated).
+# Logical axis names of the folded prefixes. The training parameters also use
+# 'prefix_embed', 'prefix_mlp' and 'kv_pair' (replicated unless the partitioning
+# rules map them).
 KV_AXES = ("layers", "prompt", "heads", "kv")
 
 
