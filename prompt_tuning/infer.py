@@ -1,0 +1,418 @@
+r"""Serve trained prompts from one frozen T5: `python -m prompt_tuning.infer`.
+
+Three prompts in one batch, JSONL in and out (see docs/INFERENCE.md):
+
+  python -m prompt_tuning.infer \
+    --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_infer.gin \
+    --gin.INITIAL_CHECKPOINT_PATH="'gs://…/t5_1_1_lm100k_base/checkpoint_1100000'" \
+    --gin.PROMPT_FILES="{'rte': 'rte.npy', 'mrpc': 'mrpc.npy', 'sst2': '/runs/sst2'}" \
+    --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 8}" \
+    --input_file=requests.jsonl --output_file=predictions.jsonl
+
+Input lines are `{"prompt": "rte", "inputs": "…"}` (`prompt` optional with one
+prompt); output line i answers input line i: `{"prompt", "inputs", "prediction"}`
+(+ `"scores"` per label when ranking, `"votes"` for ensembles), or
+`{"line": i, "error": "…"}` for a line that cannot be served. Without an input
+file, the examples of MIXTURE_OR_TASK_NAME's INFER_SPLIT are served.
+
+Prompt sources (each `name: path`): a `.npy` `[P, H]` file, a training MODEL_DIR
+(its `best/` export, or INFER_CHECKPOINT = 'latest' / a step), or any directory
+holding `encoder.prompt.prompt.npy`. MODEL_DIR and PROMPT_FILE (as for
+prompt_tuning.eval) add one prompt each. A MODEL_DIR also supplies the frozen
+checkpoint and model config it was trained with, unless given.
+
+Exit status: 0 when the run completes (bad lines are error records), 1 for fatal
+problems (missing files, unusable prompts or checkpoints, bad settings), with a
+one-line message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import (Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple,
+                    Union)
+
+import gin
+import jax
+import numpy as np
+from absl import flags
+
+from prompt_tuning import cli, infer_io, initial_params, serving
+from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning.methods import bank as bank_lib
+from prompt_tuning.models.config import T5Config
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input_file", None, "JSONL requests ('-' = stdin); same as "
+                    "--gin.INFER_INPUT.")
+flags.DEFINE_string("output_file", None, "Where to write JSONL predictions ('-' = "
+                    "stdout); same as --gin.INFER_OUTPUT.")
+flags.DEFINE_multi_string("prompt", [], "NAME=PATH of a prompt to serve (a .npy "
+                          "file or a MODEL_DIR); repeatable; adds to PROMPT_FILES.")
+
+INFER_MACROS = ("TASK_FEATURE_LENGTHS",)
+Labels = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
+
+
+class InferError(Exception):
+  """A fatal problem with the settings or files (exit status 1, no traceback)."""
+
+
+# ------------------------------------------------------------------------------------
+# Prompt sources → a prompt bank on the frozen model.
+# ------------------------------------------------------------------------------------
+
+
+def is_model_dir(path: Union[str, os.PathLike]) -> bool:
+  path = pathlib.Path(path)
+  return (path / ckpt.CONFIG_JSON).is_file() or (path / ckpt.NUMPY_DIR).is_dir()
+
+
+def prompt_path(source: Union[str, os.PathLike],
+                checkpoint: Union[str, int] = "best") -> pathlib.Path:
+  """The `.npy` file a prompt source names (MODEL_DIRs: their `checkpoint` export)."""
+  path = pathlib.Path(source)
+  if not path.exists():
+    raise FileNotFoundError(f"Prompt source {path} does not exist (PROMPT_FILES / "
+                            "--prompt / PROMPT_FILE / MODEL_DIR).")
+  if path.is_file():
+    return path
+  if is_model_dir(path) and (path / ckpt.NUMPY_DIR).is_dir():
+    from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
+    path = eval_lib.export_dir(str(path), checkpoint)
+  return bank_lib.find_prompt_file(path)
+
+
+def run_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+  """`config.json` of a training MODEL_DIR source (None for plain files)."""
+  path = pathlib.Path(source)
+  if not (path.is_dir() and (path / ckpt.CONFIG_JSON).is_file()):
+    return None
+  record = ckpt.read_run_config(str(path))
+  if record.get("method") not in (None, "prompt"):
+    raise InferError(f"{path} was trained with method {record.get('method')!r}; "
+                     "prompt_tuning.infer serves prompt-tuning prompts (a prompt "
+                     "bank). Evaluate other methods with prompt_tuning.eval.")
+  return record
+
+
+def frozen_model_source(records: Mapping[str, Dict[str, Any]],
+                        initial_checkpoint_path: Optional[str],
+                        model_config: Optional[T5Config]
+                        ) -> Tuple[Optional[str], Optional[T5Config]]:
+  """The frozen checkpoint and config: given ones win, else the MODEL_DIRs' own."""
+  if initial_checkpoint_path is None and records:
+    paths = {r.get("initial_checkpoint_path") for r in records.values()}
+    if len(paths) > 1:
+      raise InferError(f"The MODEL_DIRs {list(records)} were trained on different "
+                       f"frozen checkpoints {sorted(map(str, paths))}; one run serves "
+                       "one frozen model. Set --gin.INITIAL_CHECKPOINT_PATH.")
+    initial_checkpoint_path = paths.pop()
+  if model_config is None and records:
+    model_config = T5Config.from_dict(next(iter(records.values()))["model_config"])
+  return initial_checkpoint_path, model_config
+
+
+def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
+                    model_config: Optional[T5Config],
+                    initial_checkpoint_path: Optional[str], *, mesh=None,
+                    checkpoint: Union[str, int] = "best", seed: int = 0):
+  """Frozen T5 + a bank of the named prompts.
+
+  Args:
+    prompts: name → `.npy` path, MODEL_DIR or other directory, or `[P, H]` array.
+    model_config: MODEL_CONFIG; None takes the checkpoint's (or a MODEL_DIR's).
+    initial_checkpoint_path: the frozen model (any format `checkpoints.load`
+      reads); None takes a MODEL_DIR's, else the model is randomly initialized.
+    mesh: place parameters on it.
+    checkpoint: which export of a MODEL_DIR ('best', 'latest' or a step).
+
+  Returns:
+    (model, params, bank, description of the frozen model).
+  """
+  if not prompts:
+    raise InferError("No prompts to serve: set --gin.PROMPT_FILES=\"{'name': "
+                     "'/path/prompt.npy'}\", --prompt=NAME=PATH, PROMPT_FILE or "
+                     "MODEL_DIR.")
+  records, sources = {}, {}
+  for name, source in prompts.items():
+    if isinstance(source, (str, os.PathLike)):
+      record = run_record(source)
+      if record is not None:
+        records[str(source)] = record
+      sources[name] = prompt_path(source, checkpoint)
+    else:
+      sources[name] = source
+  initial_checkpoint_path, model_config = frozen_model_source(
+      records, initial_checkpoint_path, model_config)
+  if model_config is None and not initial_checkpoint_path:
+    raise InferError("No frozen model: set --gin.INITIAL_CHECKPOINT_PATH (T5X, "
+                     "Hugging Face or native checkpoint) or serve a MODEL_DIR.")
+  bank, bank_params = bank_lib.from_prompts(sources)
+  method = bank_lib.bank_method(bank)
+  config, params, _ = initial_params.build_params(
+      method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
+      mesh=mesh, run_initializer=False)
+  width = bank_params["prompts"].shape[-1]
+  if width != config.emb_dim:
+    raise InferError(f"The prompts have width H={width} but the frozen model has "
+                     f"emb_dim {config.emb_dim} ({initial_checkpoint_path or 'random'}"
+                     "); serve prompts trained on this model size.")
+  params = initial_params.apply_exported(
+      params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
+          bank_params["prompts"])}, "the prompt bank")
+  for name in bank.names:
+    logging.info("Serving prompt %r [%d, %d] from %s.", name,
+                 bank.lengths[bank.index(name)], width,
+                 sources[name] if not isinstance(sources[name], np.ndarray)
+                 else "an array")
+  return method.build(config), params, bank, str(initial_checkpoint_path or "random")
+
+
+def resolve_labels(labels: Labels, task_labels: Callable[[str], Optional[Sequence[str]]]
+                   ) -> serving.LabelSpec:
+  """LABELS: a list, a task name (its label strings), or name → list / task name."""
+  def one(value, where):
+    if isinstance(value, str):
+      strings = task_labels(value)
+      if not strings:
+        raise InferError(f"LABELS{where} = {value!r}: that task has no label strings "
+                         "(a generation task?); give the labels as a list.")
+      return list(strings)
+    return value
+
+  if labels is None:
+    return None
+  if isinstance(labels, Mapping):
+    return {name: one(value, f"[{name!r}]") for name, value in labels.items()}
+  return one(labels, "")
+
+
+# ------------------------------------------------------------------------------------
+# The run.
+# ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class InferSummary:
+  lines: int
+  predictions: int
+  errors: int
+  truncated: int
+  batches: int
+  seconds: float
+  output: str
+
+
+def _prompt_sources(prompt_files: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+  """PROMPT_FILES + MODEL_DIR + PROMPT_FILE macros (names from the path)."""
+  sources = dict(prompt_files or {})
+  for macro in ("MODEL_DIR", "PROMPT_FILE"):
+    value = cli.macro(macro)
+    if value and not isinstance(value, gin.config.ConfigurableReference):
+      path = pathlib.Path(value)
+      name = path.name if path.is_dir() or not path.suffix else path.stem
+      if name in sources and str(sources[name]) != str(value):
+        name = f"{name}_{macro.lower()}"
+      sources.setdefault(name, value)
+  return sources
+
+
+def _prepare(*, input_file, prompt_files, task_feature_lengths, ensembles, labels,
+             mixture_or_task_name, split, task_prompt, max_examples, model_config,
+             initial_checkpoint_path, checkpoint, batch_size, decode_fn, seed
+             ) -> Tuple[serving.PromptServer, Iterator[infer_io.Request], Optional[int]]:
+  """Checks the settings, loads model and prompts: (server, requests, total lines)."""
+  if input_file is None and not mixture_or_task_name:
+    raise InferError("Nothing to serve: pass --input_file=requests.jsonl (or "
+                     "--gin.INFER_INPUT), or a seqio task with "
+                     f"{cli.EXAMPLES['MIXTURE_OR_TASK_NAME']}.")
+  if input_file not in (None, "-") and not os.path.isfile(input_file):
+    raise InferError(f"Input file {input_file} not found (--input_file / "
+                     "--gin.INFER_INPUT).")
+  lengths = dict(task_feature_lengths)
+  if "inputs" not in lengths:
+    raise InferError(f"TASK_FEATURE_LENGTHS needs 'inputs' (and 'targets' to "
+                     f"decode); got {lengths}.")
+  if jax.process_count() > 1:
+    raise InferError("prompt_tuning.infer runs in one process; drop "
+                     "--multiprocess/--multiprocess_gpu.")
+
+  import tasks  # pylint: disable=g-import-not-at-top
+  vocab = (tasks.task_vocabulary(mixture_or_task_name) if mixture_or_task_name
+           else tasks.get_vocabulary())
+  mesh = cli.make_mesh()
+  model, params, bank, frozen = load_bank_model(
+      _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
+      mesh=mesh, checkpoint=checkpoint, seed=seed)
+  routes = serving.make_routes(bank, ensembles,
+                               resolve_labels(labels, tasks.get_label_strings))
+  decodes = any(r.labels is None for r in routes.values())
+  if decodes and "targets" not in lengths:
+    raise InferError(f"TASK_FEATURE_LENGTHS needs 'targets' (the decode length) "
+                     f"unless every prompt is ranked against LABELS; got {lengths}.")
+
+  if input_file is not None:
+    total = infer_io.count_lines(input_file)
+    requests = infer_io.read_jsonl(input_file, list(routes))
+  else:
+    if task_prompt is None:
+      if len(routes) != 1:
+        raise InferError(f"Serving task {mixture_or_task_name!r} with {len(routes)} "
+                         f"prompts {list(routes)}: choose one with "
+                         "--gin.INFER_TASK_PROMPT=\"'name'\".")
+      task_prompt = next(iter(routes))
+    if task_prompt not in routes:
+      raise InferError(f"INFER_TASK_PROMPT {task_prompt!r} is not served; served: "
+                       f"{list(routes)}.")
+    total = None
+    requests = infer_io.read_task(mixture_or_task_name, split, task_prompt,
+                                  max_examples)
+  ranked = {n: list(r.labels) for n, r in routes.items() if r.labels}
+  logging.info("Frozen model %s; prompts %s; batches of %d x %d tokens%s.", frozen,
+               list(bank.names), batch_size, lengths["inputs"],
+               f"; ranking {ranked}" if ranked else "")
+  server = serving.PromptServer(
+      model, params, bank, vocab, routes=routes, input_length=lengths["inputs"],
+      max_decode_length=int(lengths.get("targets", 1)), batch_size=batch_size,
+      decode_fn=decode_fn, seed=seed, mesh=mesh)
+  return server, requests, total
+
+
+@gin.configurable("infer")
+def infer(input_file: Optional[str] = None,
+          output_file: str = "-",
+          prompt_files: Optional[Mapping[str, Any]] = None,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          ensembles: Optional[Mapping[str, Sequence[str]]] = None,
+          labels: Labels = None,
+          mixture_or_task_name: Optional[str] = None,
+          split: str = "validation",
+          task_prompt: Optional[str] = None,
+          max_examples: Optional[int] = None,
+          model_config: Optional[T5Config] = None,
+          initial_checkpoint_path: Optional[str] = None,
+          checkpoint: Union[str, int] = "best",
+          batch_size: int = 32,
+          decode_fn: Optional[Callable[..., Any]] = None,
+          log_every: int = 10,
+          seed: int = 0) -> InferSummary:
+  """Serves requests and writes one JSONL record per request (gin: `infer.<arg>`).
+
+  Args:
+    input_file: JSONL requests (`-` = stdin); None serves `mixture_or_task_name`.
+    output_file: JSONL predictions (`-` = stdout).
+    prompt_files: name → `.npy` / MODEL_DIR / directory; the MODEL_DIR and
+      PROMPT_FILE macros add one prompt each.
+    task_feature_lengths: `inputs` = T (trim + pad), `targets` = decode length.
+    ensembles: ensemble name → prompt names (vote / averaged scores).
+    labels: rank-classify instead of decoding: a list of label strings, a task
+      name (its labels), or served name → either.
+    mixture_or_task_name / split / max_examples: the seqio split to serve when
+      there is no input file (default: the MIXTURE_OR_TASK_NAME macro).
+    task_prompt: the served name used for task examples (default: the only one).
+    model_config / initial_checkpoint_path: the frozen model (defaults: the
+      MODEL_CONFIG / INITIAL_CHECKPOINT_PATH macros, else a MODEL_DIR's record).
+    checkpoint: which export of a MODEL_DIR: 'best', 'latest' or a step.
+    batch_size: rows per compiled call (ensembles use one row per member).
+    decode_fn: DECODE_FN (configs/decoding/*.gin); default greedy.
+    log_every: log a progress line every this many batches (no terminal).
+    seed: sampling seed.
+  """
+  start = time.time()
+  if model_config is None:
+    model_config = cli.macro("MODEL_CONFIG")
+  if initial_checkpoint_path is None:
+    initial_checkpoint_path = cli.macro("INITIAL_CHECKPOINT_PATH")
+  if mixture_or_task_name is None:
+    mixture_or_task_name = cli.macro("MIXTURE_OR_TASK_NAME")
+  try:
+    server, requests, total = _prepare(
+        input_file=input_file, prompt_files=prompt_files,
+        task_feature_lengths=task_feature_lengths, ensembles=ensembles,
+        labels=labels, mixture_or_task_name=mixture_or_task_name, split=split,
+        task_prompt=task_prompt, max_examples=max_examples,
+        model_config=model_config, initial_checkpoint_path=initial_checkpoint_path,
+        checkpoint=checkpoint, batch_size=batch_size, decode_fn=decode_fn, seed=seed)
+  except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise InferError(str(message)) from e
+  try:
+    writer = infer_io.JsonlWriter(output_file)
+  except OSError as e:
+    raise InferError(f"Cannot write {output_file}: {e}") from e
+  progress = infer_io.Progress(total, every=log_every)
+  server.on_batch = progress.batch_done
+  with writer:
+    try:
+      for record in server.serve(requests):
+        writer.write(record)
+        progress.records_done(1)
+    finally:
+      progress.close()
+  stats = server.stats
+  summary = InferSummary(stats.requests, stats.predictions, stats.errors,
+                         stats.truncated, stats.batches, time.time() - start,
+                         output_file)
+  line = infer_io.summary_line(
+      lines=summary.lines, predictions=summary.predictions, errors=summary.errors,
+      truncated=summary.truncated, input_length=server.input_length,
+      batches=summary.batches, batch_size=batch_size, seconds=summary.seconds,
+      output=output_file)
+  print(line, file=sys.stderr, flush=True)
+  return summary
+
+
+# ------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------
+
+
+def parse_prompt_flags(values: Sequence[str]) -> Dict[str, str]:
+  """`--prompt NAME=PATH` (or just PATH, named after the file) → {name: path}."""
+  out = {}
+  for value in values:
+    name, sep, path = value.partition("=")
+    if not sep:
+      path = value
+      name = pathlib.Path(path).stem if pathlib.Path(path).suffix else pathlib.Path(
+          path).name
+    if not name or not path:
+      raise cli.app.UsageError(f"--prompt={value}: expected NAME=PATH.")
+    out[name] = path
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Fail before loading anything when the input file is missing.
+  if FLAGS.input_file not in (None, "-") and not os.path.isfile(FLAGS.input_file):
+    sys.exit(f"prompt_tuning.infer: error: input file {FLAGS.input_file} not found "
+             "(--input_file).")
+  cli.setup(required_macros=INFER_MACROS)
+  kwargs: Dict[str, Any] = {}
+  if FLAGS.input_file:
+    kwargs["input_file"] = FLAGS.input_file
+  if FLAGS.output_file:
+    kwargs["output_file"] = FLAGS.output_file
+  if FLAGS.prompt:
+    prompt_files = dict(cli.macro("PROMPT_FILES") or {})
+    prompt_files.update(parse_prompt_flags(FLAGS.prompt))
+    kwargs["prompt_files"] = prompt_files
+  try:
+    infer(**kwargs)
+  except InferError as e:
+    sys.exit(f"prompt_tuning.infer: error: {e}")
+
+
+def console_main():
+  cli.run(main)
+
+
+if __name__ == "__main__":
+  console_main()
