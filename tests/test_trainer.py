@@ -74,6 +74,23 @@ def test_train_step_updates_only_trainable_and_keeps_no_frozen_optimizer_state()
   np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-5)
 
 
+def test_data_order_is_seeded_resumable_and_sharded_per_host():
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
+  tl.register_task()
+  rows = lambda it, n: [tuple(r) for _ in range(n)
+                        for r in next(it)["encoder_input_tokens"]]
+  batches = lambda **kw: data.train_batches(tl.TASK, tl.FEATURE_LENGTHS, 4, **kw)
+  first = rows(batches(seed=3), 6)
+  assert first == rows(batches(seed=3), 6)
+  assert first != rows(batches(seed=4), 6)
+  assert rows(batches(seed=3, start_batch=2), 4) == first[8:]
+  # Two hosts: disjoint halves of the 40 training examples, together all of them.
+  # (seqio repeats before shuffling, so look at a few epochs.)
+  shards = [set(rows(batches(seed=3, shard_index=i, num_shards=2), 20)) for i in (0, 1)]
+  assert len(shards[0]) == len(shards[1]) == 20 and not shards[0] & shards[1]
+  assert shards[0] | shards[1] == set(rows(batches(seed=3), 40))
+
+
 def _run(model_dir, batches_fn=None, **overrides):
   return trainer.train(tl.train_config(model_dir, **overrides),
                        method=tl.partial_tuning(), model_config=tl.tiny_config(),

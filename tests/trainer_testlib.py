@@ -40,9 +40,9 @@ def _examples(split: str, n: int):
   rng = np.random.RandomState({"train": 0, "validation": 1}[split])
   words = ["ab", "cd", "ef", "gh", "ij"]
   inputs, targets = [], []
-  for _ in range(n):
+  for i in range(n):
     word = words[rng.randint(len(words))]
-    inputs.append(f"say {word}")
+    inputs.append(f"say {word} {i}")
     targets.append(LABELS[len(word) % 2] if word in ("ab", "cd") else "yes")
   return {"inputs": inputs, "targets": targets}
 
