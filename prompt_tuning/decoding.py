@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -85,6 +86,29 @@ def _check_length(max_decode_length: int):
   if not isinstance(max_decode_length, int) or max_decode_length < 1:
     raise ValueError(f"max_decode_length must be a positive int (static); got "
                      f"{max_decode_length!r}.")
+
+
+def check_prompt_index(model: nn.Module, encoder_input_tokens: Array,
+                       prompt_index: Optional[Array]):
+  """Validates a concrete `prompt_index [B]` before it enters a compiled function.
+
+  Inside `jit` an out-of-range gather would silently read NaNs, so the shape and,
+  for a prompt module with `num_prompts` (a `PromptBank`), the range are checked
+  here; traced indices are left alone.
+  """
+  if prompt_index is None or isinstance(prompt_index, jax.core.Tracer):
+    return
+  batch = jnp.shape(encoder_input_tokens)[0]
+  if jnp.shape(prompt_index) != (batch,):
+    raise ValueError(f"prompt_index must be [B] = [{batch}]; got shape "
+                     f"{list(jnp.shape(prompt_index))}.")
+  num_prompts = getattr(getattr(model, "prompt", None), "num_prompts", None)
+  if num_prompts is not None and batch:
+    values = np.asarray(prompt_index)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= num_prompts:
+      raise ValueError(f"prompt_index values must be in [0, {num_prompts}) (the "
+                       f"bank's prompts); got values in [{low}, {high}].")
 
 
 # ----------------------------------------------------------------------------
@@ -143,6 +167,7 @@ def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
     [B, L] int32 generated ids (no BOS), EOS kept, zeros after EOS.
   """
   _check_length(max_decode_length)
+  check_prompt_index(model, encoder_input_tokens, prompt_index)
   return _greedy_jit(model, params, encoder_input_tokens, prompt_index,
                      max_decode_length, jnp.asarray(eos_id, jnp.int32))
 
@@ -199,6 +224,7 @@ def sample_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
     [B, L] int32 generated ids (no BOS), EOS kept, zeros after EOS.
   """
   _check_length(max_decode_length)
+  check_prompt_index(model, encoder_input_tokens, prompt_index)
   return _sample_jit(model, params, encoder_input_tokens, prompt_index, rng,
                      max_decode_length, jnp.asarray(eos_id, jnp.int32),
                      jnp.asarray(temperature, jnp.float32), int(top_k),
@@ -264,6 +290,7 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   _check_length(max_decode_length)
   if not isinstance(beam_size, int) or beam_size < 1:
     raise ValueError(f"beam_size must be a positive int; got {beam_size!r}.")
+  check_prompt_index(model, encoder_input_tokens, prompt_index)
   seqs, scores = _beam_jit(model, params, encoder_input_tokens, prompt_index,
                            max_decode_length, beam_size,
                            jnp.asarray(alpha, jnp.float32),

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.decoding import encode
+from prompt_tuning.decoding import check_prompt_index, encode
 
 Array = jax.Array
 Params = Mapping[str, Any]
@@ -61,6 +61,7 @@ def score_sequences(model: nn.Module, params: Params, encoder_input_tokens: Arra
   Returns:
     [B] float32, `sum_t log p(target_t | target_<t, input)` over non-pad t.
   """
+  check_prompt_index(model, encoder_input_tokens, prompt_index)
   return _score_jit(model, params, encoder_input_tokens, target_tokens,
                     prompt_index)
 
@@ -87,6 +88,7 @@ def rank_classify(model: nn.Module, params: Params, encoder_input_tokens: Array,
   if jnp.ndim(label_tokens) != 2:
     raise ValueError(f"rank_classify: label_tokens must be [K, L]; got shape "
                      f"{jnp.shape(label_tokens)}.")
+  check_prompt_index(model, encoder_input_tokens, prompt_index)
   return _rank_jit(model, params, encoder_input_tokens, label_tokens, prompt_index)
 
 

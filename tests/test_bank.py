@@ -112,6 +112,12 @@ def test_param_path_axes_and_index_errors(frozen):
   with pytest.raises(ValueError, match=r"\[0, 2\)"):
     model.apply({"params": full}, tokens, decoder_inputs,
                 prompt_index=np.asarray([0, 1, 2, 0, 0, 0]))
+  with pytest.raises(ValueError, match=r"\[0, 2\) \(the bank's prompts\)"):
+    decoding.greedy_decode(model, full, tokens, max_decode_length=2,
+                           prompt_index=np.asarray([0, 1, 2, 0, 0, 0]))
+  with pytest.raises(ValueError, match=r"prompt_index must be \[B\]"):
+    decoding.greedy_decode(model, full, tokens, max_decode_length=2,
+                           prompt_index=np.zeros(3, np.int32))
   with pytest.raises(ValueError, match=r"encoder/prompt/prompts has shape"):
     model.apply({"params": bank_lib.with_bank(params, {"prompts": jnp.zeros((3, 5, H))})},
                 tokens, decoder_inputs, prompt_index=np.zeros(6, np.int32))
