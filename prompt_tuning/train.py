@@ -37,11 +37,24 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
   """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
   mesh = cli.make_mesh()
+  learning_rate_fn = learning_rate_fn or _bound_learning_rate()
   return trainer.train(config, method=method, model_config=model_config,
                        optimizer=optimizer,
                        initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
                        axis_rules=cli.axis_rules(), learning_rate_fn=learning_rate_fn,
                        decode_fn=decode_fn, gin_config=gin_config)
+
+
+def _bound_learning_rate() -> Optional[Callable[[int], float]]:
+  """A constant `learning_rate` bound to OPTIMIZER's builder, for the summaries."""
+  try:
+    reference = gin.query_parameter("OPTIMIZER/macro.value")
+    value = gin.query_parameter(f"{reference.configurable.selector}.learning_rate")
+  except (ValueError, AttributeError):
+    return None
+  if isinstance(value, (int, float)):
+    return lambda step: float(value)
+  return None
 
 
 def main(argv: Sequence[str]) -> Any:

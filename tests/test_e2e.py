@@ -45,6 +45,16 @@ def _common(root: pathlib.Path):
   ]
 
 
+def _event_tags(directory: pathlib.Path):
+  """The tags written to TensorBoard event files in `directory`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tags = set()
+  for path in directory.glob("events.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
 def _run(module, args, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              PROMPT_TUNING_VOCAB=str(T5_VOCAB))
@@ -74,8 +84,10 @@ def test_train_eval_and_prompt_file_from_the_command_line(tmp_path, shared_fixtu
   prompt = np.load(model_dir / "numpy_checkpoints" / "checkpoint_4" /
                    "encoder.prompt.prompt.npy")
   assert prompt.shape == (3, 4)
-  assert list((model_dir / "train").glob("events.*"))
-  assert list((model_dir / "eval").glob("events.*"))
+  train_tags = _event_tags(model_dir / "train")
+  assert {"loss", "learning_rate", "steps_per_sec", "z_loss"} <= train_tags
+  assert {"e2e_sentiment/accuracy", "e2e_sentiment/examples"} <= _event_tags(
+      model_dir / "eval")
   lines = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
   evals = [l for l in lines if l["task"] == "e2e_sentiment"]
   assert [l["step"] for l in evals] == [2, 4]
