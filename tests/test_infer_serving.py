@@ -1,0 +1,199 @@
+"""serving.PromptServer and infer_io: order, error records, one compiled shape,
+truncation, ensembles and labels, on a tiny random model with a toy vocabulary."""
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import decoding, infer_io, ranking, serving
+from prompt_tuning.methods import bank as bank_lib
+from prompt_tuning.methods.base import with_params
+from prompt_tuning.methods.prompt import Prompt
+from prompt_tuning.models.config import preset
+from prompt_tuning.models.t5 import Transformer
+
+VOCAB = 64
+CONFIG = preset("tiny", vocab_size=VOCAB, dropout_rate=0.0)
+T, L, B = 8, 3, 4
+
+
+class CharVocab:
+  """A toy vocabulary: one id per character (ids 3..63), EOS = 1."""
+  eos_id = 1
+
+  def encode(self, text):
+    return [3 + ord(c) % (VOCAB - 3) for c in text]
+
+  def decode(self, ids):
+    return " ".join(str(i) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def served():
+  frozen = Transformer(CONFIG)
+  dummy = np.ones((1, 4), np.int32)
+  params = nn.meta.unbox(jax.jit(lambda r: frozen.init(r, dummy, dummy)["params"])(
+      jax.random.PRNGKey(0)))
+  rng = np.random.default_rng(1)
+  prompts = {"a": rng.normal(size=(3, CONFIG.emb_dim)).astype(np.float32),
+             "b": 2 * rng.normal(size=(3, CONFIG.emb_dim)).astype(np.float32),
+             "c": rng.normal(size=(2, CONFIG.emb_dim)).astype(np.float32)}
+  bank, bank_params = bank_lib.from_prompts(prompts)
+  model = Transformer(CONFIG, prompt=bank)
+  return model, bank_lib.with_bank(params, bank_params), bank, params, prompts
+
+
+def make_server(served, **kwargs):
+  model, params, bank, _, _ = served
+  routes = serving.make_routes(bank, kwargs.pop("ensembles", None),
+                               kwargs.pop("labels", None))
+  return serving.PromptServer(model, params, bank, CharVocab(), routes=routes,
+                              input_length=T, max_decode_length=L, batch_size=B,
+                              **kwargs)
+
+
+def alone(served, name, text, labels=None):
+  """Reference: the example alone (batch of one, 0-padded to T) with its prompt as
+  prompt tuning's own single-prompt module."""
+  _, _, _, frozen, prompts = served
+  model = Transformer(CONFIG, prompt=Prompt(length=prompts[name].shape[0]))
+  params = with_params(frozen, {"encoder/prompt": {"prompt": prompts[name]}})
+  ids = CharVocab().encode(text)[:T - 1] + [1]
+  tokens = np.zeros((1, T), np.int32)
+  tokens[0, :len(ids)] = ids
+  if labels:
+    label_tokens = np.zeros((len(labels), 8), np.int32)
+    for k, label in enumerate(labels):
+      enc = CharVocab().encode(label) + [1]
+      label_tokens[k, :len(enc)] = enc
+    return np.asarray(ranking.rank_classify(model, params, tokens, label_tokens)[1][0])
+  out = np.asarray(decoding.greedy_decode(model, params, tokens,
+                                          max_decode_length=L))[0].tolist()
+  return CharVocab().decode(out[:out.index(1)] if 1 in out else out)
+
+
+def requests(pairs):
+  return [infer_io.Request(line=i + 1, prompt=p, inputs=x)
+          for i, (p, x) in enumerate(pairs)]
+
+
+def test_mixed_prompts_keep_order_and_match_each_example_alone(served):
+  pairs = [("a", "hello"), ("c", "hi"), ("b", "hello"), ("a", "a much longer text"),
+           ("c", "x"), ("b", "yes"), ("a", "zz")]  # 7 rows: last batch padded
+  server = make_server(served)
+  before = decoding._greedy_jit._cache_size()  # pylint: disable=protected-access
+  records = list(server.serve(requests(pairs)))
+  compiled = decoding._greedy_jit._cache_size() - before  # pylint: disable=protected-access
+  assert compiled <= 1  # one shape for every mix and the padded last batch
+  assert [(r["prompt"], r["inputs"]) for r in records] == pairs
+  for (name, text), record in zip(pairs, records):
+    assert record["prediction"] == alone(served, name, text), (name, text)
+  assert [bool(r.get("truncated")) for r in records] == [
+      False, False, False, True, False, False, False]
+  stats = server.stats
+  assert (stats.requests, stats.errors, stats.truncated, stats.batches) == (7, 0, 1, 2)
+  # Another mix (one short batch) reuses the compiled function.
+  before = decoding._greedy_jit._cache_size()  # pylint: disable=protected-access
+  list(make_server(served).serve(requests([("b", "q"), ("c", "r")])))
+  assert decoding._greedy_jit._cache_size() == before  # pylint: disable=protected-access
+
+
+def test_error_requests_pass_through_in_place(served):
+  reqs = requests([("a", "one"), ("b", "two"), ("c", "three")])
+  reqs.insert(1, infer_io.Request(line=2, error="invalid JSON"))
+  reqs.append(infer_io.Request(line=5, prompt="nope", inputs="x"))
+  records = list(make_server(served).serve(reqs))
+  assert len(records) == 5
+  assert records[1] == {"line": 2, "error": "invalid JSON"}
+  assert records[4]["line"] == 5 and "unknown prompt 'nope'" in records[4]["error"]
+  assert [r.get("inputs") for r in records] == ["one", None, "two", "three", None]
+
+
+def test_labels_and_ensembles_in_one_batch(served):
+  labels = ["yes", "no", "maybe"]
+  server = make_server(served, ensembles={"ab": ["a", "b"], "ba": ["b", "a"]},
+                       labels={"c": labels, "ba": ["no", "yes"]})
+  pairs = [("ab", "hello"), ("c", "hello"), ("a", "hello"), ("ba", "text")]
+  records = list(server.serve(requests(pairs)))
+  ab, c, a, ba = records
+  # Ensemble of decoders: every prompt votes; two distinct votes -> the first one.
+  votes = [alone(served, "a", "hello"), alone(served, "b", "hello")]
+  assert ab["votes"] == votes and ab["prediction"] == votes[0]
+  assert a["prediction"] == votes[0] and "scores" not in a
+  # Ranking: scores per label, equal to ranking the example alone.
+  expected = alone(served, "c", "hello", labels)
+  assert list(c["scores"]) == labels
+  np.testing.assert_allclose(list(c["scores"].values()), expected, atol=1e-4)
+  assert c["prediction"] == labels[int(np.argmax(expected))]
+  # Ranked ensemble: scores averaged over its prompts (b first).
+  mean = (alone(served, "b", "text", ["no", "yes"]) +
+          alone(served, "a", "text", ["no", "yes"])) / 2
+  np.testing.assert_allclose(list(ba["scores"].values()), mean, atol=1e-4)
+  assert ba["prediction"] == ["no", "yes"][int(np.argmax(mean))]
+  assert len(ba["votes"]) == 2
+
+
+def test_routes_reject_bad_ensembles_and_labels(served):
+  bank = served[2]
+  with pytest.raises(ValueError, match="unknown prompts \\['z'\\]"):
+    serving.make_routes(bank, {"e": ["a", "z"]})
+  with pytest.raises(ValueError, match="has the name of a served prompt"):
+    serving.make_routes(bank, {"a": ["b", "c"]})
+  with pytest.raises(ValueError, match="not served"):
+    serving.make_routes(bank, labels={"q": ["x"]})
+  with pytest.raises(ValueError, match="non-empty list of strings"):
+    serving.make_routes(bank, labels={"a": "yes"})
+  routes = serving.make_routes(bank, labels=["x", "y"])
+  assert all(r.labels == ("x", "y") for r in routes.values())
+
+
+def test_trim_matches_seqio_append_eos_after_trim(served):
+  server = make_server(served)
+  ids, cut = server.trim([5] * 10)
+  assert ids.tolist() == [5] * (T - 1) + [1] and cut
+  ids, cut = server.trim([5] * (T - 1) + [1])  # already ends with EOS, fits
+  assert ids.tolist() == [5] * (T - 1) + [1] and not cut
+  ids, cut = server.trim([5] * T + [1])  # one token too many
+  assert len(ids) == T and cut
+
+
+def test_parse_line_errors_and_defaults():
+  names = ["rte", "sst2"]
+  ok = infer_io.parse_line(1, json.dumps({"prompt": "rte", "inputs": "x",
+                                          "id": 7}).encode(), names)
+  assert (ok.prompt, ok.inputs, ok.extra, ok.error) == ("rte", "x", {"id": 7}, None)
+  cases = {b"{bad": "invalid JSON", b"": "empty line", b"[1]": "JSON object",
+           b'{"prompt": "rte"}': "missing \"inputs\"",
+           b'{"prompt": "rte", "inputs": 3}': "must be a string",
+           b'{"inputs": "x"}': "missing \"prompt\"",
+           b'{"prompt": "qqp", "inputs": "x"}': "unknown prompt 'qqp'",
+           b'\xff{"inputs": "x"}': "not UTF-8"}
+  for raw, message in cases.items():
+    request = infer_io.parse_line(4, raw, names)
+    assert message in request.error, (raw, request.error)
+    assert request.error_record() == {"line": 4, "error": request.error}
+  single = infer_io.parse_line(2, b'{"inputs": "x"}', ["rte"])
+  assert single.prompt == "rte" and single.error is None
+
+
+def test_read_jsonl_one_request_per_line(tmp_path):
+  path = tmp_path / "in.jsonl"
+  path.write_bytes(b'{"inputs": "a"}\n\n{"inputs": "b"}\r\n{"inputs": "c"}')
+  got = list(infer_io.read_jsonl(str(path), ["p"]))
+  assert [r.line for r in got] == [1, 2, 3, 4]
+  assert [r.inputs for r in got] == ["a", None, "b", "c"]
+  assert infer_io.count_lines(str(path)) == 4
+  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    list(infer_io.read_jsonl(str(tmp_path / "missing.jsonl"), ["p"]))
+
+
+def test_progress_logs_every_n_batches(caplog):
+  caplog.set_level("INFO")
+  progress = infer_io.Progress(total=10, every=2, bar=False)
+  for _ in range(5):
+    progress.records_done(2)
+    progress.batch_done()
+  lines = [r.getMessage() for r in caplog.records if "lines written" in r.getMessage()]
+  assert len(lines) == 2 and lines[0].startswith("batch 2: 4/10 lines written")
