@@ -105,6 +105,12 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
                         model_config: Optional[T5Config]
                         ) -> Tuple[Optional[str], Optional[T5Config]]:
   """The frozen checkpoint and config: given ones win, else the MODEL_DIRs' own."""
+  for model_dir, record in records.items():
+    trained_on = record.get("initial_checkpoint_path")
+    if initial_checkpoint_path is not None and trained_on != initial_checkpoint_path:
+      logging.warning("%s was trained on the frozen model %s, but "
+                      "INITIAL_CHECKPOINT_PATH is %s.", model_dir, trained_on,
+                      initial_checkpoint_path)
   if initial_checkpoint_path is None and records:
     paths = {r.get("initial_checkpoint_path") for r in records.values()}
     if len(paths) > 1:
@@ -152,6 +158,9 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   if model_config is None and not initial_checkpoint_path:
     raise InferError("No frozen model: set --gin.INITIAL_CHECKPOINT_PATH (T5X, "
                      "Hugging Face or native checkpoint) or serve a MODEL_DIR.")
+  if not initial_checkpoint_path:
+    logging.warning("No INITIAL_CHECKPOINT_PATH: the frozen model is RANDOMLY "
+                    "initialized (only useful for tests).")
   bank, bank_params = bank_lib.from_prompts(sources)
   method = bank_lib.bank_method(bank)
   config, params, _ = initial_params.build_params(
@@ -213,6 +222,9 @@ def _prompt_sources(prompt_files: Optional[Mapping[str, Any]]) -> Dict[str, Any]
   sources = dict(prompt_files or {})
   for macro in ("MODEL_DIR", "PROMPT_FILE"):
     value = cli.macro(macro)
+    if value is gin.REQUIRED or repr(value) == "%gin.REQUIRED":
+      raise InferError(f"{macro} is required by a gin file but not set: add "
+                       f"{cli.EXAMPLES.get(macro, f'--gin.{macro}=...')}.")
     if value and not isinstance(value, gin.config.ConfigurableReference):
       path = pathlib.Path(value)
       name = path.name if path.is_dir() or not path.suffix else path.stem
@@ -222,9 +234,10 @@ def _prompt_sources(prompt_files: Optional[Mapping[str, Any]]) -> Dict[str, Any]
   return sources
 
 
-def _prepare(*, input_file, prompt_files, task_feature_lengths, ensembles, labels,
-             mixture_or_task_name, split, task_prompt, max_examples, model_config,
-             initial_checkpoint_path, checkpoint, batch_size, decode_fn, seed
+def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
+             ensembles, labels, mixture_or_task_name, split, task_prompt,
+             max_examples, model_config, initial_checkpoint_path, checkpoint,
+             batch_size, decode_fn, seed
              ) -> Tuple[serving.PromptServer, Iterator[infer_io.Request], Optional[int]]:
   """Checks the settings, loads model and prompts: (server, requests, total lines)."""
   if input_file is None and not mixture_or_task_name:
@@ -234,6 +247,10 @@ def _prepare(*, input_file, prompt_files, task_feature_lengths, ensembles, label
   if input_file not in (None, "-") and not os.path.isfile(input_file):
     raise InferError(f"Input file {input_file} not found (--input_file / "
                      "--gin.INFER_INPUT).")
+  if (input_file not in (None, "-") and output_file != "-" and
+      os.path.abspath(input_file) == os.path.abspath(output_file)):
+    raise InferError(f"The output file {output_file} is the input file; write the "
+                     "predictions elsewhere.")
   lengths = dict(task_feature_lengths)
   if "inputs" not in lengths:
     raise InferError(f"TASK_FEATURE_LENGTHS needs 'inputs' (and 'targets' to "
@@ -332,7 +349,7 @@ def infer(input_file: Optional[str] = None,
     mixture_or_task_name = cli.macro("MIXTURE_OR_TASK_NAME")
   try:
     server, requests, total = _prepare(
-        input_file=input_file, prompt_files=prompt_files,
+        input_file=input_file, output_file=output_file, prompt_files=prompt_files,
         task_feature_lengths=task_feature_lengths, ensembles=ensembles,
         labels=labels, mixture_or_task_name=mixture_or_task_name, split=split,
         task_prompt=task_prompt, max_examples=max_examples,

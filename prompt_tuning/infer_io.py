@@ -267,8 +267,11 @@ def summary_line(*, lines: int, predictions: int, errors: int, truncated: int,
                  output: str) -> str:
   """The one-line account printed at the end of a run."""
   where = "stdout" if output == "-" else output
-  return (f"infer: {lines} lines -> {where}: {predictions} predictions, {errors} "
-          f"error record{'s' * (errors != 1)}, {truncated} input"
-          f"{'s' * (truncated != 1)} truncated to {input_length} tokens; {batches} "
-          f"batch{'es' * (batches != 1)} of {batch_size} in {_duration(seconds)}")
 
+  def n(count: int, word: str, plural: str = "s") -> str:
+    return f"{count} {word}{plural * (count != 1)}"
+
+  return (f"infer: {n(lines, 'line')} -> {where}: {n(predictions, 'prediction')}, "
+          f"{n(errors, 'error record')}, {n(truncated, 'input')} truncated to "
+          f"{input_length} tokens; {n(batches, 'batch', 'es')} of {batch_size} in "
+          f"{_duration(seconds)}")

@@ -197,3 +197,62 @@ def test_progress_logs_every_n_batches(caplog):
     progress.batch_done()
   lines = [r.getMessage() for r in caplog.records if "lines written" in r.getMessage()]
   assert len(lines) == 2 and lines[0].startswith("batch 2: 4/10 lines written")
+
+
+def _model_dir(root, method="prompt", initial=None):
+  """A MODEL_DIR as prompt_tuning.train leaves it: config.json, exports, best/."""
+  from prompt_tuning import state_checkpoints as ckpt  # pylint: disable=g-import-not-at-top
+  ckpt.check_or_write_run_config(str(root), {
+      "method": method, "initial_checkpoint_path": initial,
+      "model_config": CONFIG.to_dict()})
+  prompts = {}
+  for step in (2, 4):
+    prompts[step] = np.full((3, CONFIG.emb_dim), step, np.float32)
+    ckpt.export_step(str(root), step, {"encoder.prompt.prompt": prompts[step]})
+  ckpt.export_best(str(root), {"encoder.prompt.prompt": prompts[2]}, {"step": 2})
+  return prompts
+
+
+def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
+  from prompt_tuning import infer as infer_lib  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "sst2_run"
+  prompts = _model_dir(run, initial=None)
+  assert infer_lib.prompt_path(run).parent.name == "best"
+  assert infer_lib.prompt_path(run, "latest").parent.name == "checkpoint_4"
+  assert infer_lib.prompt_path(run, 2).parent.name == "checkpoint_2"
+  other = tmp_path / "lopa_run"
+  _model_dir(other, method="lopa")
+  with pytest.raises(infer_lib.InferError, match="method 'lopa'"):
+    infer_lib.run_record(other)
+  records = {"x": {"initial_checkpoint_path": "/ck/a", "model_config": CONFIG.to_dict()},
+             "y": {"initial_checkpoint_path": "/ck/b", "model_config": CONFIG.to_dict()}}
+  with pytest.raises(infer_lib.InferError, match="different frozen checkpoints"):
+    infer_lib.frozen_model_source(records, None, None)
+  assert infer_lib.frozen_model_source(records, "/given", None) == ("/given", CONFIG)
+
+  # A MODEL_DIR (best export) and a plain file in one bank; the model config
+  # comes from the run's config.json (random frozen model: no checkpoint path).
+  extra = np.random.default_rng(0).normal(size=(2, CONFIG.emb_dim)).astype(np.float32)
+  np.save(tmp_path / "rte.npy", extra)
+  model, params, bank, _ = infer_lib.load_bank_model(
+      {"sst2": str(run), "rte": str(tmp_path / "rte.npy")}, None, None)
+  assert bank.names == ("sst2", "rte") and bank.lengths == (3, 2)
+  stacked = np.asarray(params["encoder"]["prompt"]["prompts"])
+  np.testing.assert_array_equal(stacked[0], prompts[2])  # best = step 2
+  np.testing.assert_array_equal(stacked[1, 1:], extra)  # left-padded
+  assert model.prompt is bank
+  wide = tmp_path / "wide.npy"
+  np.save(wide, np.zeros((2, CONFIG.emb_dim + 1), np.float32))
+  with pytest.raises(infer_lib.InferError, match=f"width H={CONFIG.emb_dim + 1}"):
+    infer_lib.load_bank_model({"w": str(wide)}, CONFIG, None)
+
+
+def test_progress_bar_on_a_terminal_counts_lines():
+  import io  # pylint: disable=g-import-not-at-top
+  stream = io.StringIO()
+  progress = infer_io.Progress(total=6, stream=stream, bar=True)
+  for _ in range(3):
+    progress.records_done(2)
+    progress.batch_done()
+  progress.close()
+  assert "6/6" in stream.getvalue() and "100%" in stream.getvalue()
