@@ -88,7 +88,8 @@ def ensemble_decode(model: nn.Module, params: Params, encoder_input_tokens: Arra
     decode_fn: `decoding.greedy_decode` (default), `beam_search` or
       `sample_decode` (pass `rng=` in `decode_kwargs`).
     detokenize: ids → string (e.g. `vocab.decode`), to vote on strings; the ids
-      it receives stop before EOS. Without it, votes are id tuples.
+      it receives stop before EOS, trailing padding dropped. Without it, votes
+      are id tuples.
     eos_id: the end token, used to cut the decoded ids.
     **decode_kwargs: forwarded to `decode_fn` (e.g. `beam_size=4`).
 

@@ -1,9 +1,9 @@
 """Prompt bank: a mixed batch equals each task run alone with its single prompt."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from methods_testlib import random_params
 
 from prompt_tuning import decoding
 from prompt_tuning.methods import bank as bank_lib
@@ -23,8 +23,7 @@ def frozen():
   model = Transformer(CONFIG)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (6, 7), 2, VOCAB)
   tokens = tokens.at[3, 4:].set(0)
-  init = jax.jit(lambda rng: model.init(rng, tokens, tokens[:, :2])["params"])
-  params = nn.meta.unbox(init(jax.random.PRNGKey(0)))
+  params = random_params(model, tokens, tokens[:, :2])
   rng = np.random.default_rng(0)
   prompts = {"a": rng.normal(size=(4, H)).astype(np.float32),
              "b": rng.normal(size=(2, H)).astype(np.float32),  # shorter: padded

@@ -6,11 +6,11 @@ beam sizes 1 and 3; `eos_id`, `alpha` and `temperature` are traced.
 import functools
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from methods_testlib import random_params
 
 from prompt_tuning import decoding
 from prompt_tuning.models.config import preset
@@ -30,8 +30,7 @@ def tiny():
 
 
 def init_params(model, tokens, seed):
-  init = jax.jit(lambda rng: model.init(rng, tokens, tokens[:, :2])["params"])
-  return nn.meta.unbox(init(jax.random.PRNGKey(seed)))
+  return random_params(model, tokens, tokens[:, :2], seed)  # no init compile
 
 
 def uncached_greedy(forward, params, tokens, length, eos_id):

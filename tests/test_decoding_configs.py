@@ -1,11 +1,11 @@
 """configs/decoding/*.gin bind the decoders; the configured DECODE_FN decodes."""
 import pathlib
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
 import pytest
+from methods_testlib import random_params
 
 from prompt_tuning import decoding
 from prompt_tuning.models.config import preset
@@ -33,8 +33,7 @@ def configured(name):
 def tiny():
   model = Transformer(preset("tiny", vocab_size=64, dropout_rate=0.0))
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 5), 2, 64)
-  init = jax.jit(lambda rng: model.init(rng, tokens, tokens[:, :2])["params"])
-  return model, nn.meta.unbox(init(jax.random.PRNGKey(0))), tokens
+  return model, random_params(model, tokens, tokens[:, :2]), tokens
 
 
 @pytest.mark.parametrize("name,direct", [

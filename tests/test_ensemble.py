@@ -1,9 +1,9 @@
 """Prompt ensembling: the vote rule, replication, and one-batch integration."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from methods_testlib import random_params
 
 from prompt_tuning import decoding, ensemble, ranking
 from prompt_tuning.methods import bank as bank_lib
@@ -37,8 +37,7 @@ def ensemble_model():
   """A bank of [p0, p0 (copy), p1]: prompts 0 and 1 always agree."""
   tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 6), 2, VOCAB)
   frozen = Transformer(CONFIG)
-  init = jax.jit(lambda rng: frozen.init(rng, tokens, tokens[:, :2])["params"])
-  params = nn.meta.unbox(init(jax.random.PRNGKey(0)))
+  params = random_params(frozen, tokens, tokens[:, :2])
   rng = np.random.default_rng(3)
   p0 = rng.normal(size=(3, CONFIG.emb_dim)).astype(np.float32)
   p1 = 3.0 * rng.normal(size=(3, CONFIG.emb_dim)).astype(np.float32)
@@ -56,20 +55,23 @@ def decode_alone(model, params, tokens, row):
 def test_ensemble_decode_votes_over_prompts(ensemble_model):
   model, params, tokens = ensemble_model
   detok = lambda ids: " ".join(str(i) for i in ids)
+  # Without EOS (eos_id=-1) a label is the decoded ids minus trailing padding.
+  label = lambda ids: detok(np.trim_zeros(np.asarray(ids), "b").tolist())
   winners, votes = ensemble.ensemble_decode(model, params, tokens, [2, 0, 1],
                                             max_decode_length=4, eos_id=-1,
                                             detokenize=detok)
   alone = {row: decode_alone(model, params, tokens, row) for row in (0, 2)}
   for b in range(4):
     # Each vote is that prompt's decode of the example alone, in ensemble order.
-    assert votes[b] == [detok(alone[2][b]), detok(alone[0][b]), detok(alone[0][b])]
+    assert votes[b] == [label(alone[2][b]), label(alone[0][b]), label(alone[0][b])]
   # Two copies of p0 outvote p1, although p1 comes first in the order.
-  assert winners == [detok(alone[0][b]) for b in range(4)]
+  assert winners == [label(alone[0][b]) for b in range(4)]
   assert any(votes[b][0] != votes[b][1] for b in range(4)), "p1 never disagreed"
   # A 1-1 tie goes to the first prompt of the ensemble.
   tie_winners, _ = ensemble.ensemble_decode(model, params, tokens, [2, 0],
                                             max_decode_length=4, eos_id=-1)
-  assert tie_winners == [tuple(alone[2][b].tolist()) for b in range(4)]
+  assert tie_winners == [tuple(np.trim_zeros(alone[2][b], "b").tolist())
+                         for b in range(4)]
 
 
 def test_ensemble_rank_classify_averages_log_likelihoods(ensemble_model):

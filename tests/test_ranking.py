@@ -1,9 +1,9 @@
 """Rank classification against a brute-force teacher-forced computation."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from methods_testlib import random_params
 
 from prompt_tuning import ranking
 from prompt_tuning.models.config import preset
@@ -17,8 +17,7 @@ def tiny():
   model = Transformer(preset("tiny", vocab_size=VOCAB, dropout_rate=0.0))
   tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 6), 2, VOCAB)
   tokens = tokens.at[2, 4:].set(0)
-  init = jax.jit(lambda rng: model.init(rng, tokens, tokens[:, :2])["params"])
-  params = nn.meta.unbox(init(jax.random.PRNGKey(0)))
+  params = random_params(model, tokens, tokens[:, :2])
   # Three labels of different lengths, 0-padded to L=3, each ending in EOS (1).
   labels = jnp.asarray([[7, 1, 0], [9, 4, 1], [12, 1, 0]], jnp.int32)
   forward = jax.jit(lambda p, x, y: model.apply({"params": p}, x, y))
