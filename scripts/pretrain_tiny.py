@@ -59,9 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--output_dir", default=str(assets.ASSET_DIR))
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--span_steps", type=int, default=2000,
+  p.add_argument("--span_steps", type=int, default=1500,
                  help="steps of stage 1 (span corruption + multitask)")
-  p.add_argument("--lm_steps", type=int, default=2000,
+  p.add_argument("--lm_steps", type=int, default=1500,
                  help="steps of stage 2 (LM adaptation + multitask)")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--learning_rate", type=float, default=2e-3)
