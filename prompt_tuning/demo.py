@@ -308,7 +308,9 @@ def _log_to_console() -> None:
     flags.FLAGS.mark_as_parsed()
   logging.set_verbosity(logging.INFO)
   logging.use_absl_handler()
-  logging.get_absl_handler().addFilter(_OwnInfoFilter())
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OwnInfoFilter) for f in handler.filters):
+    handler.addFilter(_OwnInfoFilter())
 
 
 def _prompt_of(result) -> np.ndarray:

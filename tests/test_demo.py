@@ -1,0 +1,69 @@
+"""`python -m prompt_tuning.demo`, shortened (a few steps, a small eval), end to end."""
+import json
+import shlex
+
+import numpy as np
+import pytest
+
+from prompt_tuning import cli, demo
+
+
+@pytest.fixture(scope="module")
+def short_demo(tmp_path_factory):
+  out = tmp_path_factory.mktemp("demo")
+  summary = demo.main(["--output_dir", str(out), "--train_steps", "6",
+                       "--eval_period", "3", "--max_eval_examples", "40",
+                       "--inits", "class_labels"])
+  return out, summary
+
+
+def test_writes_table_prompt_curve_and_metrics(short_demo, capsys):
+  out, summary = short_demo
+  on_disk = json.loads((out / "results.json").read_text())
+  assert on_disk["task"] == "taskless_tiny_sentiment"
+  names = [row["name"] for row in on_disk["table"]]
+  assert names == ["no_prompt", "prompt_design", "prompt_tuning_class_labels"]
+  prompt = np.load(out / "prompt_class_labels.npy")
+  assert prompt.shape == (10, 128) and np.isfinite(prompt).all()
+  assert on_disk["table"][2]["trained_parameters"] == prompt.size
+  assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  curve = on_disk["runs"]["prompt_tuning_class_labels"]["eval_curve"]
+  assert [p["step"] for p in curve] == [3, 6]
+  assert summary["table"][2]["accuracy"] == curve[-1]["accuracy"]
+
+
+def test_frozen_weights_are_unchanged_and_checked(short_demo):
+  _, summary = short_demo
+  assert summary["frozen_unchanged"]
+  assert summary["frozen_sha256_before"] == summary["frozen_sha256_after"]
+  assert summary["frozen_sha256_after"] == demo.frozen_checksum()
+
+
+def test_the_frozen_model_needs_the_task_word(short_demo):
+  _, summary = short_demo
+  by_name = {row["name"]: row["accuracy"] for row in summary["table"]}
+  assert by_name["prompt_design"] >= 95.0  # the skill is there with its task word
+  assert by_name["no_prompt"] <= summary["chance"] + 10.0  # not without it
+
+
+def test_printed_commands_are_the_entry_points_flags(tmp_path):
+  args = demo.parse_args(["--output_dir", str(tmp_path), "--train_steps", "7"])
+  runs = demo.build_runs(args, tmp_path)
+  assert [r.entry for r in runs] == ["eval", "eval", "train", "train", "train"]
+  for run in runs:
+    argv = shlex.split(run.command())
+    assert argv[:3] == ["python", "-m", f"prompt_tuning.{run.entry}"]
+    flags = cli.rewrite_gin_args(argv[3:])
+    files = [f.split("=", 1)[1] for f in flags if f.startswith("--gin_file=")]
+    bindings = [f.split("=", 1)[1] for f in flags if f.startswith("--gin_bindings=")]
+    assert files == run.gin_files
+    assert bindings == run.bindings
+    assert "TRAIN_STEPS = 7" in bindings
+    for name in files:
+      assert (cli.REPO_CONFIGS / name).is_file(), name
+
+
+def test_rejects_a_task_without_labels(tmp_path):
+  args = demo.parse_args(["--output_dir", str(tmp_path), "--task", "count"])
+  with pytest.raises(ValueError, match="classification task"):
+    demo.build_runs(args, tmp_path)
