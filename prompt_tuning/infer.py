@@ -238,7 +238,8 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
              ensembles, labels, mixture_or_task_name, split, task_prompt,
              max_examples, model_config, initial_checkpoint_path, checkpoint,
              batch_size, decode_fn, seed
-             ) -> Tuple[serving.PromptServer, Iterator[infer_io.Request], Optional[int]]:
+             ) -> Tuple[serving.PromptServer, Iterator[infer_io.Request],
+                        Optional[int]]:
   """Checks the settings, loads model and prompts: (server, requests, total lines)."""
   if input_file is None and not mixture_or_task_name:
     raise InferError("Nothing to serve: pass --input_file=requests.jsonl (or "
@@ -424,7 +425,9 @@ def main(argv: Sequence[str]) -> None:
   try:
     infer(**kwargs)
   except InferError as e:
-    sys.exit(f"prompt_tuning.infer: error: {e}")
+    # gin appends "In call to configurable 'infer' (…)" lines; the message suffices.
+    message = str(e).split("\n  In call to configurable")[0]
+    sys.exit(f"prompt_tuning.infer: error: {message}")
 
 
 def console_main():

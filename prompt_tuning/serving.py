@@ -53,7 +53,8 @@ class Route:
   labels: Optional[Tuple[str, ...]] = None
 
 
-def make_routes(bank: PromptBank, ensembles: Optional[Mapping[str, Sequence[str]]] = None,
+def make_routes(bank: PromptBank,
+                ensembles: Optional[Mapping[str, Sequence[str]]] = None,
                 labels: LabelSpec = None) -> Dict[str, Route]:
   """Routes for every bank prompt and every ensemble.
 

@@ -209,7 +209,8 @@ def test_main_turns_fatal_errors_into_one_line_and_exit_status_1(monkeypatch):
 
   def fake_infer(**kwargs):
     seen.update(kwargs)
-    raise infer_lib.InferError("Prompt source /x/rte.npy does not exist.")
+    raise infer_lib.InferError("Prompt source /x/rte.npy does not exist.\n  In call "
+                               "to configurable 'infer' (<function infer at 0x1>)")
 
   monkeypatch.setattr(infer_lib, "FLAGS", SimpleNamespace(
       input_file=None, output_file="out.jsonl", prompt=["rte=/x/rte.npy", "/y/sst2"]))

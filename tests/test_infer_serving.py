@@ -1,5 +1,6 @@
 """serving.PromptServer and infer_io: order, error records, one compiled shape,
 truncation, ensembles and labels, on a tiny random model with a toy vocabulary."""
+import io
 import json
 
 import flax.linen as nn
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from prompt_tuning import decoding, infer_io, ranking, serving
+from prompt_tuning import infer as infer_lib
+from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.methods.base import with_params
 from prompt_tuning.methods.prompt import Prompt
@@ -74,6 +77,11 @@ def alone(served, name, text, labels=None):
   return CharVocab().decode(out[:out.index(1)] if 1 in out else out)
 
 
+def compiled_decoders() -> int:
+  """How many programs the greedy decoder has compiled so far."""
+  return decoding._greedy_jit._cache_size()  # pylint: disable=protected-access
+
+
 def requests(pairs):
   return [infer_io.Request(line=i + 1, prompt=p, inputs=x)
           for i, (p, x) in enumerate(pairs)]
@@ -83,9 +91,9 @@ def test_mixed_prompts_keep_order_and_match_each_example_alone(served):
   pairs = [("a", "hello"), ("c", "hi"), ("b", "hello"), ("a", "a much longer text"),
            ("c", "x"), ("b", "yes"), ("a", "zz")]  # 7 rows: last batch padded
   server = make_server(served)
-  before = decoding._greedy_jit._cache_size()  # pylint: disable=protected-access
+  before = compiled_decoders()
   records = list(server.serve(requests(pairs)))
-  compiled = decoding._greedy_jit._cache_size() - before  # pylint: disable=protected-access
+  compiled = compiled_decoders() - before
   assert compiled <= 1  # one shape for every mix and the padded last batch
   assert [(r["prompt"], r["inputs"]) for r in records] == pairs
   for (name, text), record in zip(pairs, records):
@@ -95,9 +103,9 @@ def test_mixed_prompts_keep_order_and_match_each_example_alone(served):
   stats = server.stats
   assert (stats.requests, stats.errors, stats.truncated, stats.batches) == (7, 0, 1, 2)
   # Another mix (one short batch) reuses the compiled function.
-  before = decoding._greedy_jit._cache_size()  # pylint: disable=protected-access
+  before = compiled_decoders()
   list(make_server(served).serve(requests([("b", "q"), ("c", "r")])))
-  assert decoding._greedy_jit._cache_size() == before  # pylint: disable=protected-access
+  assert compiled_decoders() == before
 
 
 def test_error_requests_pass_through_in_place(served):
@@ -201,7 +209,6 @@ def test_progress_logs_every_n_batches(caplog):
 
 def _model_dir(root, method="prompt", initial=None):
   """A MODEL_DIR as prompt_tuning.train leaves it: config.json, exports, best/."""
-  from prompt_tuning import state_checkpoints as ckpt  # pylint: disable=g-import-not-at-top
   ckpt.check_or_write_run_config(str(root), {
       "method": method, "initial_checkpoint_path": initial,
       "model_config": CONFIG.to_dict()})
@@ -214,7 +221,6 @@ def _model_dir(root, method="prompt", initial=None):
 
 
 def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
-  from prompt_tuning import infer as infer_lib  # pylint: disable=g-import-not-at-top
   run = tmp_path / "sst2_run"
   prompts = _model_dir(run, initial=None)
   assert infer_lib.prompt_path(run).parent.name == "best"
@@ -224,8 +230,9 @@ def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
   _model_dir(other, method="lopa")
   with pytest.raises(infer_lib.InferError, match="method 'lopa'"):
     infer_lib.run_record(other)
-  records = {"x": {"initial_checkpoint_path": "/ck/a", "model_config": CONFIG.to_dict()},
-             "y": {"initial_checkpoint_path": "/ck/b", "model_config": CONFIG.to_dict()}}
+  config = CONFIG.to_dict()
+  records = {"x": {"initial_checkpoint_path": "/ck/a", "model_config": config},
+             "y": {"initial_checkpoint_path": "/ck/b", "model_config": config}}
   with pytest.raises(infer_lib.InferError, match="different frozen checkpoints"):
     infer_lib.frozen_model_source(records, None, None)
   assert infer_lib.frozen_model_source(records, "/given", None) == ("/given", CONFIG)
@@ -248,7 +255,6 @@ def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
 
 
 def test_progress_bar_on_a_terminal_counts_lines():
-  import io  # pylint: disable=g-import-not-at-top
   stream = io.StringIO()
   progress = infer_io.Progress(total=6, stream=stream, bar=True)
   for _ in range(3):
