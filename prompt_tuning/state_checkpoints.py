@@ -167,9 +167,19 @@ IDENTITY_FIELDS = ("initial_checkpoint_path", "model_config", "method", "trainab
                    "task", "task_feature_lengths", "batch_size", "seed")
 
 
+def has_checkpoints(model_dir: str) -> bool:
+  """True when `MODEL_DIR` holds a finished orbax checkpoint to resume from."""
+  root = pathlib.Path(model_dir)
+  return root.is_dir() and any(re.fullmatch(rf"{STEP_PREFIX}_\d+", p.name)
+                               for p in root.iterdir())
+
+
 def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
                               write: bool = True) -> None:
   """Writes `config.json`, or refuses when `MODEL_DIR` holds a different run.
+
+  A different `config.json` without any checkpoint (a run that failed before its
+  first save) is replaced.
 
   Raises:
     ValueError: naming the fields that differ and how to resume or start fresh.
@@ -180,13 +190,16 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     old = json.loads(path.read_text())
     diffs = [f"  {k}: {old.get(k)!r} in {path} vs {record.get(k)!r} now"
              for k in IDENTITY_FIELDS if old.get(k) != record.get(k)]
-    if diffs:
+    if not diffs:
+      return
+    if has_checkpoints(model_dir):
       raise ValueError(
           f"MODEL_DIR {model_dir} was used by a run with a different configuration:\n"
           + "\n".join(diffs) + "\nTo resume that run, rerun it with its original "
           f"gin files and flags (see {pathlib.Path(model_dir) / 'config.gin'}); to "
           "start fresh, pass a new --gin.MODEL_DIR=... or delete the directory.")
-    return
+    logging.warning("Replacing %s (no checkpoint was written under it):\n%s", path,
+                    "\n".join(diffs))
   if write:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

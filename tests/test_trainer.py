@@ -135,3 +135,15 @@ def test_resume_after_sigterm_is_bit_identical_and_config_change_is_refused(tmp_
   record = json.loads((tmp_path / "resumed" / "config.json").read_text())
   assert record["method"] == "decoder_mlp" and record["seed"] == 0
   assert record["trainable"] == [r"decoder/.*/mlp/.*"]
+
+
+def test_config_json_of_a_run_that_never_saved_is_replaced(tmp_path):
+  record = {"method": "prompt", "seed": 0, "task": "t"}
+  state_checkpoints.check_or_write_run_config(str(tmp_path), record)
+  # No checkpoint yet (e.g. the first attempt failed while loading): replaced.
+  state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
+  assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+  (tmp_path / "checkpoint_10").mkdir()
+  with pytest.raises(ValueError, match="seed: 1 in .* vs 2 now"):
+    state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=2))
+  state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
