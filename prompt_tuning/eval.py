@@ -60,15 +60,16 @@ def load_trained(method: Method, model_config: Optional[T5Config],
                  mesh=None, seed: int = 0) -> Tuple[Any, Dict[str, Any], Any, str]:
   """Model + parameters for evaluation or inference.
 
-  With `model_dir`, the method's export there replaces its parameters (and the
-  frozen model / config default to those recorded in `config.json`); without it
-  the method's initializer runs (e.g. a prompt from `PROMPT_FILE`).
+  With `model_dir`, the method's `.npy` export there replaces its parameters (a
+  method that exports nothing, like model tuning, is read from the orbax
+  checkpoint instead), and the frozen model / config default to those recorded in
+  `config.json`; without it the method's initializer runs (e.g. a prompt from
+  `PROMPT_FILE`).
 
   Returns:
     (model, params, shardings, description of what was loaded).
   """
-  source = "the method's initializer"
-  arrays = None
+  export = None
   if model_dir:
     record = ckpt.read_run_config(model_dir)
     if record.get("method") != method.name:
@@ -79,20 +80,50 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       initial_checkpoint_path = record.get("initial_checkpoint_path")
     if model_config is None:
       model_config = T5Config.from_dict(record["model_config"])
-    path = export_dir(model_dir, checkpoint)
-    arrays = ckpt.read_arrays(str(path))
-    source = str(path)
+    export = export_dir(model_dir, checkpoint)
   if model_config is None:
     raise ValueError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
                      "or pass a MODEL_DIR that has config.json.")
-  run_method = method.inference_method() if arrays is not None and hasattr(
-      method, "inference_method") else method
+  has_npy = export is not None and any(export.glob("*.npy"))
+  run_method = method.inference_method() if has_npy else method
   config, params, shardings = initial_params.build_params(
       run_method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
-      mesh=mesh, run_initializer=arrays is None)
-  if arrays is not None:
-    params = initial_params.apply_exported(params, arrays, source)
+      mesh=mesh, run_initializer=export is None)
+  if has_npy:
+    params = initial_params.apply_exported(params, ckpt.read_arrays(str(export)),
+                                           str(export))
+    source = str(export)
+  elif export is not None:
+    params, source = _orbax_trained(method, params, model_dir, _step_of(str(export)))
+  else:
+    source = "the method's initializer"
   return run_method.build(config), params, shardings, source
+
+
+def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
+                   step: int) -> Tuple[Dict[str, Any], str]:
+  """`params` with the trained subtree of an orbax checkpoint (model tuning).
+
+  Uses checkpoint `step` when it is still kept, else the latest one (logged).
+  """
+  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  checkpointer = ckpt.StateCheckpointer(model_dir, keep=None)
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"{model_dir} has neither .npy exports nor orbax "
+                            "checkpoints to evaluate.")
+  if step not in steps:
+    logging.warning("The orbax checkpoint of step %d is not kept in %s; evaluating "
+                    "the latest one (%d).", step, model_dir, steps[-1])
+    step = steps[-1]
+  trainable, frozen = trainer.split_params(params, method)
+  restored = checkpointer.restore_trainable(step, trainable)
+  checkpointer.close()
+  if all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(trainable)):
+    restored = initial_params.place(
+        restored, jax.tree_util.tree_map(lambda x: x.sharding, trainable))
+  return (trainer.merge_params(restored, frozen),
+          f"{model_dir}/{ckpt.STEP_PREFIX}_{step}")
 
 
 def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:

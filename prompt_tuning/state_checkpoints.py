@@ -81,6 +81,21 @@ class StateCheckpointer:
         data=ocp.args.JsonRestore()))
     return restored["state"], int(restored["data"]["batches_consumed"])
 
+  def restore_trainable(self, step: int, abstract_trainable: Any) -> Any:
+    """Only the trained parameters of checkpoint `step`, as host numpy arrays.
+
+    `abstract_trainable` is the trainable subtree (arrays or ShapeDtypeStructs); the
+    optimizer state is not read (evaluation of e.g. a model-tuning run).
+    """
+    item = {"trainable": jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract_trainable)}
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args,
+                                     partial_restore=True)))
+    return restored["state"]["trainable"]
+
   def close(self) -> None:
     self.manager.close()
 

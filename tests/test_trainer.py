@@ -147,3 +147,20 @@ def test_config_json_of_a_run_that_never_saved_is_replaced(tmp_path):
   with pytest.raises(ValueError, match="seed: 1 in .* vs 2 now"):
     state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=2))
   state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
+
+
+def test_eval_loads_a_model_tuning_run_from_its_orbax_checkpoint(tmp_path):
+  from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods.base import Method  # pylint: disable=g-import-not-at-top
+  method = Method(name="model", trainable=(".*",), export=lambda params: {})
+  result = trainer.train(tl.train_config(tmp_path, train_steps=1),
+                         method=method, model_config=tl.tiny_config(),
+                         optimizer=tl.adam(), batches_fn=tl.fixed_batches(8))
+  # Nothing was exported as .npy, so eval reads the trained tree from orbax.
+  assert not list((tmp_path / "numpy_checkpoints" / "checkpoint_1").iterdir())
+  _, params, _, source = eval_lib.load_trained(method, None, None,
+                                               model_dir=str(tmp_path))
+  assert source.endswith("checkpoint_1")
+  for path, value in flatten(result.trainable).items():
+    np.testing.assert_array_equal(np.asarray(flatten(params)[path]), value,
+                                  err_msg=path)
