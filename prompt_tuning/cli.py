@@ -12,7 +12,8 @@ Flags (as in T5X):
                       package's `configs/` are always searched
   --multiprocess_gpu / --coordinator_address / --process_count / --process_index
                       join a multi-process run (`jax.distributed.initialize`);
-  --multiprocess      join with auto-detection (TPU pods, SLURM)
+  --multiprocess      join with auto-detection (TPU pods, SLURM); also on when
+                      JAX_COORDINATOR_ADDRESS is set (with JAX's other env vars)
   --tfds_data_dir     where TFDS data lives
 
 An entry point calls `cli.run(main)`; `main` calls `cli.setup(required_macros)`
@@ -201,7 +202,9 @@ def macro(name: str, default=None):
 
 
 def distributed_config() -> partitioning.DistributedConfig:
-  enabled = bool(FLAGS.multiprocess_gpu or FLAGS.multiprocess)
+  """From the flags; `JAX_COORDINATOR_ADDRESS` in the environment also enables it."""
+  enabled = bool(FLAGS.multiprocess_gpu or FLAGS.multiprocess or
+                 FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"))
   return partitioning.DistributedConfig(
       enabled=enabled, coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.process_count, process_id=FLAGS.process_index)
