@@ -116,9 +116,16 @@ def frozen_checksum() -> str:
   return digest.hexdigest()
 
 
-def _metric(results, name: str = "accuracy") -> float:
+def _metrics(results) -> Dict[str, float]:
   (result,) = results.values()
-  return float(result.metrics[name])
+  return {k: float(v) for k, v in result.metrics.items()
+          if isinstance(v, (int, float))}
+
+
+def _not_a_label(metrics: Dict[str, float]) -> float:
+  """Percent of predictions that were none of the task's label strings."""
+  return 100.0 * metrics.get("invalid_predictions", 0.0) / max(
+      metrics.get("num_examples", 1.0), 1.0)
 
 
 def _curve(model_dir: pathlib.Path, task: str) -> List[Dict[str, float]]:
@@ -129,7 +136,8 @@ def _curve(model_dir: pathlib.Path, task: str) -> List[Dict[str, float]]:
     for line in path.read_text().splitlines():
       row = json.loads(line)
       if row.get("task") == task and "accuracy" in row:
-        points.append({"step": row["step"], "accuracy": row["accuracy"]})
+        points.append({"step": row["step"], "accuracy": row["accuracy"],
+                       "not_a_label": _not_a_label(row)})
   return points
 
 
@@ -137,12 +145,14 @@ def _curve(model_dir: pathlib.Path, task: str) -> List[Dict[str, float]]:
 # Output.
 # ----------------------------------------------------------------------------------
 def format_table(rows: Sequence[Dict], chance: float) -> str:
-  lines = [f"{'setting':36s} {'accuracy':>9s} {'trained params':>15s}",
-           "-" * 62]
+  """accuracy, share of outputs that are no label at all, trained parameters."""
+  lines = [f"{'setting':36s} {'accuracy':>9s} {'not a label':>12s} "
+           f"{'trained params':>15s}", "-" * 75]
   for row in rows:
     lines.append(f"{row['label']:36s} {row['accuracy']:8.1f}% "
-                 f"{row['trained_parameters']:>15,d}")
-  lines.append(f"{'(chance: majority class)':36s} {chance:8.1f}%")
+                 f"{row['not_a_label']:11.1f}% {row['trained_parameters']:>15,d}")
+  chance_label = f"(chance: 1 of {round(100 / chance)} labels)"
+  lines.append(f"{chance_label:36s} {chance:8.1f}%")
   return "\n".join(lines)
 
 
@@ -242,14 +252,16 @@ def main(argv=None) -> Dict:
           f"  {run.command()}", flush=True)
     result = run_entry(run)
     if run.entry == "eval":
-      accuracy = _metric(result)
+      metrics = _metrics(result)
+      accuracy, not_a_label = metrics["accuracy"], _not_a_label(metrics)
       baselines[run.label] = accuracy
       trained = 0
-      record = {"accuracy": accuracy}
+      record = {"accuracy": accuracy, "metrics": metrics}
     else:
       model_dir = pathlib.Path(run.model_dir)
       points = _curve(model_dir, f"taskless_tiny_{args.task}")
       accuracy = points[-1]["accuracy"] if points else float("nan")
+      not_a_label = points[-1]["not_a_label"] if points else float("nan")
       prompt = _prompt_of(result)
       np.save(out / f"{run.name.replace('prompt_tuning', 'prompt')}.npy", prompt)
       trained = int(prompt.size)
@@ -259,7 +271,7 @@ def main(argv=None) -> Dict:
                 "model_dir": str(model_dir)}
     print(f"  -> accuracy {accuracy:.1f}%", flush=True)
     rows.append({"name": run.name, "label": run.label, "accuracy": accuracy,
-                 "trained_parameters": trained})
+                 "not_a_label": not_a_label, "trained_parameters": trained})
     runs_out[run.name] = dict(record, command=run.command())
 
   after = frozen_checksum()

@@ -44,6 +44,10 @@ def test_the_frozen_model_needs_the_task_word(short_demo):
   by_name = {row["name"]: row["accuracy"] for row in summary["table"]}
   assert by_name["prompt_design"] >= 95.0  # the skill is there with its task word
   assert by_name["no_prompt"] <= summary["chance"] + 10.0  # not without it
+  rows = {row["name"]: row for row in summary["table"]}
+  # Without a task word it continues the text instead of answering with a label.
+  assert rows["no_prompt"]["not_a_label"] >= 90.0
+  assert rows["prompt_design"]["not_a_label"] == 0.0
 
 
 def test_printed_commands_are_the_entry_points_flags(tmp_path):
