@@ -95,12 +95,15 @@ def run_entry(run: Run) -> object:
   from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
   gin.clear_config()
-  cli.parse_gin(run.gin_files, run.bindings)
-  if run.entry == "train":
-    cli.check_required_macros(cli.TRAIN_MACROS)
-    return train_lib.train(gin_config=gin.config_str())
-  cli.check_required_macros(eval_lib.EVAL_MACROS)
-  return eval_lib.evaluate()
+  try:
+    cli.parse_gin(run.gin_files, run.bindings)
+    if run.entry == "train":
+      cli.check_required_macros(cli.TRAIN_MACROS)
+      return train_lib.train(gin_config=gin.config_str())
+    cli.check_required_macros(eval_lib.EVAL_MACROS)
+    return eval_lib.evaluate()
+  finally:
+    gin.clear_config()  # leave no binding (e.g. the tasks' vocabulary) behind
 
 
 def frozen_checksum() -> str:

@@ -32,6 +32,14 @@ def test_writes_table_prompt_curve_and_metrics(short_demo, capsys):
   assert summary["table"][2]["accuracy"] == curve[-1]["accuracy"]
 
 
+def test_leaves_no_gin_binding_behind(short_demo):
+  import gin  # pylint: disable=g-import-not-at-top
+  import tasks  # pylint: disable=g-import-not-at-top
+  del short_demo
+  assert "tiny_t5" not in gin.config_str()
+  assert "tiny_t5" not in tasks.vocabulary_path()
+
+
 def test_frozen_weights_are_unchanged_and_checked(short_demo):
   _, summary = short_demo
   assert summary["frozen_unchanged"]

@@ -84,3 +84,12 @@ def test_metrics_score_labels_and_words():
       [subject.postprocess_fn(b"dog", is_target=True)] * 2,
       [subject.postprocess_fn(b"dog"), subject.postprocess_fn(b"cat")])
   assert scores["accuracy"] == 50.0
+
+
+def test_seqio_and_pretraining_tokenize_alike():
+  from prompt_tuning.tiny import pretraining  # pylint: disable=g-import-not-at-top
+  tokenizer = pretraining.Tokenizer(str(assets.VOCAB_PATH))
+  for example in _examples("tiny_count", n=5):
+    text = example["inputs_pretokenized"].decode()
+    assert tokenizer.encode(text) == list(example["inputs"][:-1])
+  assert tokenizer.sentinel_start == tiny.VOCABULARY.vocab_size - 1
