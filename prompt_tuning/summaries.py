@@ -125,6 +125,10 @@ class Progress:
     self._last_time = time.time()
     self.steps_per_sec: Optional[float] = None
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (a checkpoint, an evaluation) out of the next steps/s."""
+    self._last_time += seconds
+
   def due(self, step: int) -> bool:
     return step % self.every == 0 or step == self.total_steps
 

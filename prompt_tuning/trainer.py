@@ -21,6 +21,7 @@ import logging
 import pathlib
 import signal
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import flax
@@ -486,6 +487,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 
       preempted = preemption.reached(step)
       last = step == config.train_steps
+      paused = time.time()  # checkpoints and evaluations do not count in steps/s
       if _due(step, config.checkpoint_period) or last or preempted:
         save(step, state)
       if preempted:
@@ -494,6 +496,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
         break
       if (_due(step, config.eval_period) or (last and config.eval_period >= 0)):
         evaluate(step, state)
+      progress.exclude(time.time() - paused)
 
   for s, m in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):
     step_losses[s] = float(m["loss"])
