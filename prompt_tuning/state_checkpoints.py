@@ -11,7 +11,9 @@
 
 The frozen model is never re-saved: `config.json` records where it came from.
 Orbax writes each checkpoint to a temporary directory and renames it when complete,
-so a preempted save never leaves a half-written `checkpoint_<step>`.
+so a preempted save never leaves a half-written `checkpoint_<step>`; a save that
+fails (disk full, no permission) raises `CheckpointWriteError` after removing its
+temporary directory, leaving the previous checkpoint as the latest.
 """
 from __future__ import annotations
 
@@ -40,6 +42,26 @@ STEP_PREFIX = "checkpoint"
 # ------------------------------------------------------------------------------------
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint or export could not be written; the previous one is intact."""
+
+
+def _write_failed(what: pathlib.Path, error: BaseException,
+                  latest: Optional[int]) -> CheckpointWriteError:
+  kept = (f"the latest complete checkpoint is still {what.parent}/{STEP_PREFIX}_"
+          f"{latest}" if latest is not None else "no checkpoint was completed yet")
+  return CheckpointWriteError(
+      f"Could not write {what}: {error} ({type(error).__name__}). Nothing partial "
+      f"was kept: {kept}. Free disk space (or fix the quota / permissions of "
+      f"{what.parent}), then rerun the same command to resume from there.")
+
+
+def _remove_partial(directory: pathlib.Path, name: str) -> None:
+  """Deletes the temporary directories of an unfinished write of `name`."""
+  for path in directory.glob(f"{name}.orbax-checkpoint-tmp*"):
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class StateCheckpointer:
   """Saves and restores `{'step', 'trainable', 'opt_state'}` + data position.
 
@@ -60,14 +82,36 @@ class StateCheckpointer:
   def all_steps(self) -> List[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Mapping[str, Any], batches_consumed: int) -> None:
-    """Writes checkpoint `step` (blocking; atomic)."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(dict(state)),
-        data=ocp.args.JsonSave({"batches_consumed": int(batches_consumed)})),
-                      force=True)
-    self.manager.wait_until_finished()
+  def save(self, step: int, state: Mapping[str, Any], batches_consumed: int,
+           data: Optional[Mapping[str, Any]] = None) -> None:
+    """Writes checkpoint `step` (blocking; atomic).
+
+    Args:
+      step: the step number (`checkpoint_<step>`).
+      state: `{'step', 'trainable', 'opt_state'}`.
+      batches_consumed: the data position.
+      data: more JSON-able counters stored with the data position.
+
+    Raises:
+      CheckpointWriteError: the write failed (e.g. disk full); the partial
+        temporary directory is removed and the previous checkpoint stays latest.
+    """
+    record = {**(data or {}), "batches_consumed": int(batches_consumed)}
+    latest = self.latest_step()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(dict(state)), data=ocp.args.JsonSave(record)),
+                        force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      _remove_partial(self.directory, f"{STEP_PREFIX}_{step}")
+      raise _write_failed(self.directory / f"{STEP_PREFIX}_{step}", e, latest) from e
     logging.info("Saved checkpoint %s/%s_%d.", self.directory, STEP_PREFIX, step)
+
+  def read_data(self, step: int) -> Dict[str, Any]:
+    """The data record of checkpoint `step` (`batches_consumed` and counters)."""
+    return dict(self.manager.restore(step, args=ocp.args.Composite(
+        data=ocp.args.JsonRestore()))["data"])
 
   def restore(self, step: int, abstract_state: Mapping[str, Any]
               ) -> Tuple[Dict[str, Any], int]:
@@ -113,10 +157,17 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp",
                                       dir=directory.parent))
-  for name, value in arrays.items():
-    np.save(tmp / f"{name}.npy", np.asarray(value))
-  if extra is not None:
-    (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
+  try:
+    for name, value in arrays.items():
+      np.save(tmp / f"{name}.npy", np.asarray(value))
+    if extra is not None:
+      (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
+  except OSError as e:  # e.g. disk full: keep nothing partial
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise CheckpointWriteError(
+        f"Could not write {directory}: {e}. Nothing partial was kept (the previous "
+        f"export, if any, is intact). Free disk space (or fix the quota / "
+        f"permissions of {directory.parent}), then rerun the same command.") from e
   if directory.exists():
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)
