@@ -282,18 +282,20 @@ def main(argv=None) -> Dict:
   plot(curves, baselines, chance, out / "learning_curve.png",
        f"taskless_tiny_{args.task} (validation)")
   design = baselines.get(runs[1].label, float("nan"))
-  tuned = [r["accuracy"] for r in rows if r["name"].startswith("prompt_tuning")]
+  relative = {r["name"]: round(100.0 * r["accuracy"] / design, 1) if design else None
+              for r in rows if r["name"].startswith("prompt_tuning")}
   summary = {
       "task": f"taskless_tiny_{args.task}", "labels": list(labels),
       "chance": chance, "table": rows, "runs": runs_out,
       "frozen_sha256_before": before, "frozen_sha256_after": after,
       "frozen_unchanged": before == after,
-      "prompt_tuning_over_prompt_design": (max(tuned) / design if tuned and design
-                                           else None),
+      "percent_of_prompt_design": relative,
       "seconds": round(time.time() - start, 1),
   }
   (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
   print("\n" + table, flush=True)
+  for name, value in relative.items():
+    print(f"{name}: {value}% of prompt design's accuracy")
   print(f"\nFrozen weights sha256 after training: {after} "
         f"({'unchanged' if before == after else 'CHANGED'})")
   print(f"Wrote {out}/results.json, learning_curve.png and the prompts "

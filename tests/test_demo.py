@@ -30,6 +30,9 @@ def test_writes_table_prompt_curve_and_metrics(short_demo, capsys):
   curve = on_disk["runs"]["prompt_tuning_class_labels"]["eval_curve"]
   assert [p["step"] for p in curve] == [3, 6]
   assert summary["table"][2]["accuracy"] == curve[-1]["accuracy"]
+  design = summary["table"][1]["accuracy"]
+  assert summary["percent_of_prompt_design"]["prompt_tuning_class_labels"] == (
+      pytest.approx(100.0 * curve[-1]["accuracy"] / design, abs=0.05))
 
 
 def test_leaves_no_gin_binding_behind(short_demo):
