@@ -53,6 +53,12 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, MeshAxes], ...] = (
     ("layers", None),
     ("head_dim", None),
     ("rank", None),
+    # Method-owned names (prefix reparametrization MLP, LoPA heads): small, replicated.
+    ("prefix_embed", None),
+    ("prefix_mlp", None),
+    ("kv_pair", None),
+    ("lopa_hidden", None),
+    ("lopa_out", None),
 )
 
 _warned_names = set()
