@@ -27,6 +27,7 @@ from tasks import qa
 from tasks import generation
 from tasks import local
 from tasks import tiny  # bundled demo tasks (owned by the demo work)
+from tasks import tiny_shift  # domain-shifted tiny tasks (research workflows)
 
 from tasks.labels import TASK_PREFIXES
 from tasks.labels import get_label_strings

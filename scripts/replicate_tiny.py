@@ -1,0 +1,332 @@
+r"""Tiny-scale replication of the prompt-tuning paper's claims on the bundled model.
+
+  python scripts/replicate_tiny.py --output_dir results/replicate_tiny \
+      --figures docs/figures          # about 30 minutes on 2 idle CPU cores
+
+Everything runs through the entry points (`prompt_tuning.train` / `eval` / `infer`
+calls configured by the repo's gin files, printed as commands), on the bundled tiny
+LM-adapted T5 (`configs/models/tiny_bundled.gin`) and its generated tasks. The task
+is topic classification without the task word (`taskless_tiny_shift_topic_source`:
+"the happy man wants the cheese ." -> person), the frozen model's weakest skill
+(60% with the word `topic:`), so methods differ. Experiments (`--experiments`):
+
+  methods   prompt design (the frozen model + the text `topic:`) vs prompt tuning vs
+            model tuning, plus prefix tuning and LoPA, each with its paper optimizer
+            and settings (prompt length 10, class-label init), --seeds seeds
+  inits     class-label vs sampled-vocabulary vs random-uniform initialization
+  lengths   prompt lengths (--lengths, default 1, 5, 20, 100), class-label init
+  shift     zero-shot domain shift: the methods' prompt- and model-tuning runs
+            evaluated on four shifted domains (tasks/tiny_shift.py: unseen nouns,
+            unseen mood words, longer sentences, all three), as in Tables 1 and 2
+  ensemble  --ensemble prompts (seeds) served as a majority-vote ensemble by
+            prompt_tuning.infer vs their mean and best single accuracy
+
+Writes to --output_dir: sweep.yaml (the grid, rerunnable with scripts/sweep.py),
+runs/ (every MODEL_DIR), results.csv, results.json, results.md (the tables, timing
+and machine load); and methods.png, init.png, prompt_length.png, shift.png to
+--figures. Finished runs are reused, so an interrupted replication continues.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Dict, List
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import yaml  # pylint: disable=g-import-not-at-top
+
+from prompt_tuning.research import collect, ensembles  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import plots, runs as runs_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-top
+
+EXPERIMENTS = ("methods", "inits", "lengths", "shift", "ensemble")
+METHODS = ("prompt_design", "prompt_tuning", "model_tuning", "prefix_tuning", "lopa")
+MODEL_GIN = "models/tiny_bundled.gin"
+COMMON_GIN = "demo/tiny_common.gin"
+PRESET = "tiny_topic"
+LENGTH, INIT = 10, "class_labels"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="scripts/replicate_tiny.py",
+                              description=__doc__.split("\n\n")[0],
+                              epilog=__doc__.split("\n\n", 1)[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--output_dir", default="results/replicate_tiny")
+  p.add_argument("--figures", default=None,
+                 help="where the PNGs go (default <output_dir>/figures)")
+  p.add_argument("--experiments", default=",".join(EXPERIMENTS))
+  p.add_argument("--methods", default=",".join(METHODS),
+                 help=f"methods of the 'methods' experiment, among {METHODS}")
+  p.add_argument("--steps", type=int, default=300, help="TRAIN_STEPS of every run")
+  p.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
+  p.add_argument("--ensemble", type=int, default=5, help="prompts in the ensemble")
+  p.add_argument("--lengths", default="1,5,20,100")
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--max_eval_examples", type=int, default=500,
+                 help="validation examples per evaluation (500 = all)")
+  p.add_argument("--no_compilation_cache", action="store_true",
+                 help="do not keep XLA programs in <output_dir>/xla_cache")
+  return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------
+# The grid.
+# ------------------------------------------------------------------------------------
+
+
+def sweep_config(args, experiments: List[str]) -> Dict[str, Any]:
+  preset = transfer.presets()[PRESET]
+  methods = [m for m in args.methods.split(",") if m]
+  seeds = list(range(args.seeds))
+  grids: List[Dict[str, Any]] = []
+  if "methods" in experiments or "shift" in experiments:
+    chosen = methods if "methods" in experiments else ["prompt_tuning",
+                                                       "model_tuning"]
+    for method in chosen:
+      grid = {"method": [method], "prompt_length": [LENGTH], "init": [INIT],
+              "seed": seeds}
+      if method == "prompt_design":
+        grid.pop("seed")
+      grids.append(grid)
+  if "ensemble" in experiments:
+    grids.append({"method": ["prompt_tuning"], "prompt_length": [LENGTH],
+                  "init": [INIT], "seed": list(range(args.ensemble))})
+  if "inits" in experiments:
+    grids.append({"method": ["prompt_tuning"], "prompt_length": [LENGTH],
+                  "init": ["class_labels", "sampled_vocab", "random_uniform"],
+                  "seed": seeds})
+  if "lengths" in experiments:
+    grids.append({"method": ["prompt_tuning"], "init": [INIT], "seed": seeds,
+                  "prompt_length": [int(x) for x in args.lengths.split(",") if x]})
+  return {
+      "output_dir": str(pathlib.Path(args.output_dir)),
+      "task": preset.source,
+      "design_task": preset.source.replace("taskless_", "", 1),
+      "metric": "accuracy",
+      "gin_files": [COMMON_GIN],
+      "bindings": {"TRAIN_STEPS": args.steps, "EVAL_PERIOD": args.steps,
+                   "CHECKPOINT_PERIOD": args.steps, "BATCH_SIZE": args.batch_size,
+                   "MAX_EVAL_EXAMPLES": args.max_eval_examples,
+                   "EVAL_BATCH_SIZE": min(100, args.max_eval_examples),
+                   "TrainConfig.eval_batch_size": min(100, args.max_eval_examples),
+                   "TrainConfig.log_period": max(1, min(50, args.steps))},
+      "models": {"tiny": [MODEL_GIN]},
+      "grids": grids,
+  }
+
+
+def _eval_bindings(args) -> List[str]:
+  return [runs_lib.binding("MAX_EVAL_EXAMPLES", args.max_eval_examples),
+          runs_lib.binding("EVAL_BATCH_SIZE", min(100, args.max_eval_examples))]
+
+
+def _runs_of(sweep, method, **fields):
+  return [r for r in sweep.runs if r.method == method and all(
+      getattr(r, k) == v for k, v in fields.items())]
+
+
+# ------------------------------------------------------------------------------------
+# The experiments.
+# ------------------------------------------------------------------------------------
+
+
+def train_all(sweep) -> List[str]:
+  """Trains / evaluates every unfinished run; returns the names that failed."""
+  failed = []
+  todo = [r for r in sweep.runs if sweep.status(r) != "done"]
+  print(f"{len(sweep.runs) - len(todo)} of {len(sweep.runs)} runs done; "
+        f"{len(todo)} to run.", flush=True)
+  for i, run in enumerate(todo, 1):
+    print(f"[{i}/{len(todo)}] {run.name}\n  {run.run.command()}", flush=True)
+    try:
+      run.run.run_in_process()
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
+      failed.append(run.name)
+  return failed
+
+
+def no_prompt(args, sweep) -> float:
+  """The frozen model on the taskless task (no task word, no prompt)."""
+  cache = pathlib.Path(args.output_dir) / "no_prompt.json"
+  if not cache.exists():
+    rows = evaluate_lib.evaluate(
+        [evaluate_lib.source("frozen", name="no_prompt")], [sweep.task],
+        output_dir=args.output_dir, model_gin_files=[MODEL_GIN],
+        gin_files=[COMMON_GIN], bindings=_eval_bindings(args))
+    cache.write_text(json.dumps(rows, indent=2) + "\n")
+  return float(json.loads(cache.read_text())[0]["accuracy"])
+
+
+def shift(args, sweep) -> Dict[str, Any]:
+  preset = transfer.presets()[PRESET]
+  plan = transfer.Plan(
+      source=preset.source, targets=preset.targets, model_gin_files=[MODEL_GIN],
+      output_dir=str(pathlib.Path(args.output_dir) / "shift"), metrics=["accuracy"],
+      gin_files=[COMMON_GIN], eval_bindings=_eval_bindings(args),
+      checkpoint="latest", domains=dict(preset.domains))
+  runs = [r for m in plan.methods for r in _runs_of(sweep, m, prompt_length=(
+      LENGTH if m == "prompt_tuning" else None), init=(
+          INIT if m == "prompt_tuning" else None)) if r.seed < args.seeds]
+  rows = transfer.evaluate_targets(plan, runs)
+  table = transfer.transfer_table(rows, plan)
+  return {"table": table, "markdown": transfer.format_markdown(table, ["accuracy"]),
+          "rows": rows}
+
+
+def ensemble(args, sweep) -> Dict[str, Any]:
+  members = sorted(_runs_of(sweep, "prompt_tuning", prompt_length=LENGTH, init=INIT),
+                   key=lambda r: r.seed)[:args.ensemble]
+  out = pathlib.Path(args.output_dir) / "ensemble"
+  cache = out / "ensemble.json"
+  if cache.exists():
+    return json.loads(cache.read_text())
+  return ensembles.ensemble_eval(
+      {f"seed{r.seed}": str(r.model_dir) for r in members}, sweep.task,
+      output_dir=str(out), max_examples=args.max_eval_examples,
+      model_gin_files=[MODEL_GIN], gin_files=[COMMON_GIN],
+      bindings=[runs_lib.binding("INFER_BATCH_SIZE", 100)])
+
+
+# ------------------------------------------------------------------------------------
+# Tables.
+# ------------------------------------------------------------------------------------
+
+
+def _trained_parameters(row) -> int:
+  from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
+  if row["method"] == "prompt_design":
+    return 0
+  arrays = model_dirs.trained_params(row["model_dir"])
+  return int(sum(a.size for a in arrays.values()))
+
+
+def summary_table(rows, key: str, order=None) -> List[Dict[str, Any]]:
+  groups = collect.aggregate(rows, [key], "best")
+  if order:
+    groups.sort(key=lambda g: order.index(g[key]) if g[key] in order else 99)
+  return groups
+
+
+def markdown_rows(groups, key: str, label=str, extra=None) -> str:
+  head = f"| {key} | accuracy (mean ± std) | seeds |" + (" trained parameters |"
+                                                        if extra else "")
+  lines = [head, "|---|---|---|" + ("---|" if extra else "")]
+  for g in groups:
+    line = f"| {label(g[key])} | {g['mean']:.1f} ± {g['std']:.1f} | {g['n']} |"
+    if extra:
+      line += f" {extra.get(g[key], ''):,} |" if isinstance(
+          extra.get(g[key]), int) else " |"
+    lines.append(line)
+  return "\n".join(lines)
+
+
+def main(argv=None) -> Dict[str, Any]:
+  args = parse_args(argv)
+  start, load_start = time.time(), os.getloadavg()
+  experiments = [e for e in args.experiments.split(",") if e]
+  unknown = set(experiments) - set(EXPERIMENTS)
+  if unknown:
+    raise SystemExit(f"--experiments: unknown {sorted(unknown)}; choose from "
+                     f"{EXPERIMENTS}.")
+  out = pathlib.Path(args.output_dir)
+  figures = pathlib.Path(args.figures or out / "figures")
+  out.mkdir(parents=True, exist_ok=True)
+  if not args.no_compilation_cache:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", str((out / "xla_cache").absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  runs_lib.quiet_console()
+  config = sweep_config(args, experiments)
+  (out / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+  sweep = sweep_lib.expand(config)
+  failed = train_all(sweep)
+  rows = collect.collect(sweep)
+  collect.write_csv(rows, str(out / "results.csv"), collect.columns())
+  done = [r for r in rows if r["status"] == "done" and r["best"] is not None]
+  results: Dict[str, Any] = {"failed": failed, "settings": vars(args)}
+  sections = []
+
+  at_length = [r for r in done if r["method"] != "prompt_tuning" or (
+      r["prompt_length"] == LENGTH and r["init"] == INIT)]
+  if "methods" in experiments:
+    base = {"no prompt (frozen, taskless)": no_prompt(args, sweep)}
+    seeds_only = [r for r in at_length if r["seed"] < args.seeds]
+    groups = summary_table(seeds_only, "method", list(plots.METHOD_ORDER))
+    params = {}
+    for r in seeds_only:
+      params.setdefault(r["method"], _trained_parameters(r))
+    results["methods"] = {"groups": groups, "no_prompt": base, "trained": params}
+    sections.append("## Methods (prompt length 10, class-label init)\n\n" +
+                    markdown_rows(groups, "method", lambda m: plots.METHOD_LABELS.get(
+                        m, m), params) +
+                    f"\n\nNo prompt (frozen model, taskless input): "
+                    f"{list(base.values())[0]:.1f}")
+    plots.methods_plot(seeds_only, str(figures / "methods.png"), baselines=base,
+                       title="Tiny T5 (1.3M): methods", ylabel="accuracy (%)")
+  if "inits" in experiments:
+    rows_init = [r for r in done if r["method"] == "prompt_tuning" and
+                 r["prompt_length"] == LENGTH and r["seed"] < args.seeds]
+    groups = summary_table(rows_init, "init", list(plots.INIT_LABELS))
+    results["inits"] = groups
+    sections.append("## Prompt initialization (prompt length 10)\n\n" +
+                    markdown_rows(groups, "init",
+                                  lambda i: plots.INIT_LABELS.get(i, i)))
+    plots.ablation_plot(rows_init, str(figures / "init.png"), "init",
+                        title="Tiny T5: prompt initialization",
+                        ylabel="accuracy (%)")
+  if "lengths" in experiments:
+    rows_len = [r for r in done if r["method"] == "prompt_tuning" and
+                r["init"] == INIT and r["seed"] < args.seeds]
+    groups = sorted(summary_table(rows_len, "prompt_length"),
+                    key=lambda g: g["prompt_length"])
+    results["lengths"] = groups
+    sections.append("## Prompt length (class-label init)\n\n" +
+                    markdown_rows(groups, "prompt_length"))
+    plots.ablation_plot(rows_len, str(figures / "prompt_length.png"),
+                        "prompt_length", title="Tiny T5: prompt length",
+                        ylabel="accuracy (%)")
+  if "shift" in experiments:
+    results["shift"] = shift(args, sweep)
+    sections.append("## Domain shift (trained on the source domain, zero-shot on "
+                    "the others)\n\n" + results["shift"]["markdown"])
+    plots.transfer_plot(results["shift"]["table"], str(figures / "shift.png"),
+                        title="Tiny T5: zero-shot domain shift")
+  if "ensemble" in experiments:
+    results["ensemble"] = ensemble(args, sweep)
+    e = results["ensemble"]
+    sections.append(
+        f"## Prompt ensemble ({len(e['members'])} prompts, majority vote)\n\n"
+        "| | accuracy |\n|---|---|\n" +
+        "".join(f"| {k} | {v:.1f} |\n" for k, v in e["members"].items()) +
+        f"| mean of the prompts | {e['mean']:.1f} |\n| best prompt | {e['best']:.1f} |"
+        f"\n| **ensemble** | **{e['ensemble']:.1f}** |")
+
+  results["seconds"] = round(time.time() - start, 1)
+  results["load_average"] = {"start": load_start, "end": os.getloadavg()}
+  results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+  header = (f"# Tiny replication ({sweep.task}, {args.steps} steps, "
+            f"{args.seeds} seeds)\n\nWall time {results['seconds'] / 60:.1f} min on "
+            f"{os.cpu_count()} CPUs; load average (1/5/15 min) "
+            f"{'/'.join(f'{x:.1f}' for x in load_start)} at the start, "
+            f"{'/'.join(f'{x:.1f}' for x in results['load_average']['end'])} at the "
+            "end." + (f"\n\nFAILED runs: {failed}" if failed else ""))
+  (out / "results.md").write_text("\n\n".join([header] + sections) + "\n")
+  (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+  print("\n\n".join([header] + sections), flush=True)
+  print(f"\nWrote {out}/results.md, results.json, results.csv; figures in {figures}.")
+  return results
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
