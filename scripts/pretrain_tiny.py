@@ -13,7 +13,7 @@ task with and without the task prefix, saves the model with
 `prompt_tuning.checkpoints.save` and writes `MANIFEST.json` (command, seed, steps,
 corpus, parameter count, held-out numbers, sha256 of every file).
 
-The documented full run (about 20 minutes on 2 CPU cores):
+The documented full run (about 15-20 minutes of CPU time on 2 cores):
 
   JAX_PLATFORMS=cpu python scripts/pretrain_tiny.py \
       --output_dir prompt_tuning/assets/tiny_t5
