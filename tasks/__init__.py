@@ -46,6 +46,7 @@ def register_all() -> None:
   super_glue.register()
   qa.register()
   generation.register()
+  tiny.register()
 
 
 register_all()

@@ -93,7 +93,10 @@ def _replace(name: str, provider) -> None:
 
 
 def register() -> None:
-  """(Re-)registers every tiny task, its taskless twin and the two mixtures."""
+  """(Re-)registers every tiny task, its taskless twin and the two mixtures.
+
+  Called by `tasks.register_all()`, which `import tasks` runs.
+  """
   tokenize = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
               seqio.preprocessors.append_eos_after_trim]
   for task in corpus.TASKS:
@@ -115,5 +118,3 @@ def register() -> None:
     _replace(name, seqio.Mixture(name, [task_name(t, taskless) for t in corpus.TASKS],
                                  default_rate=1.0))
 
-
-register()
