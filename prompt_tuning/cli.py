@@ -22,9 +22,12 @@ required macro together with the flag that sets it.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging as std_logging
 import os
 import pathlib
+import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -153,8 +156,44 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
                                          for p in paths):
       raise FileNotFoundError(f"Gin file {f!r} not found in the current directory or "
                               f"the search paths {paths}; pass --gin_search_paths.")
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
-                                      finalize_config=False)
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
+                                        finalize_config=False)
+  except ValueError as e:
+    # Gin's message names the binding and the file (or bindings line) it came from;
+    # add close matches for a misspelt configurable or parameter.
+    hint = gin_typo_hint(str(e))
+    if not hint:
+      raise
+    raise ValueError(f"{e}\n{hint}") from None
+
+
+_NO_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named "
+                           r"'([^']+)'")
+_NO_CONFIGURABLE = re.compile(r"No configurable matching '([^']+)'")
+
+
+def gin_typo_hint(message: str) -> Optional[str]:
+  """'Did you mean …?' for gin's unknown-configurable / unknown-parameter errors."""
+  registry = gin.config._REGISTRY  # pylint: disable=protected-access
+  try:
+    match = _NO_PARAMETER.search(message)
+    if match:
+      wrapped = registry.get_match(match.group(1)).wrapped
+      names = list(inspect.signature(wrapped).parameters)
+      close = difflib.get_close_matches(match.group(2), names, n=3, cutoff=0.6)
+    else:
+      match = _NO_CONFIGURABLE.search(message)
+      if not match:
+        return None
+      names = sorted({n for selector, c in registry.items()
+                      for n in (selector, c.name)})
+      close = difflib.get_close_matches(match.group(1), names, n=3, cutoff=0.6)
+  except Exception:  # pylint: disable=broad-except  (a hint must never mask gin's error)
+    return None
+  if not close:
+    return None
+  return f"  Did you mean {' or '.join(repr(c) for c in close)}?"
 
 
 def _is_required_marker(value) -> bool:

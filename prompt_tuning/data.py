@@ -8,7 +8,13 @@ Training batches (`train_batches`):
   * per-host sharding with `seqio.ShardInfo(process_index, process_count)`: each
     host reads its own `b = B / num_hosts` rows of every global batch;
   * resumable: `start_batch=n` skips the `n` batches a previous run consumed, so
-    the stream continues exactly where the checkpoint left it.
+    the stream continues exactly where the checkpoint left it;
+  * `truncated [b]` (int32 0/1): whether an example was longer than
+    `task_feature_lengths` and was cut (seqio's trimming is unchanged; the trainer
+    counts these in its summaries).
+
+Start-up checks (`check_task`): the task name exists (else close matches are listed)
+and its vocabularies fit the model's embedding table.
 
 Evaluation examples (`eval_examples`): the task's split in order, unshuffled, with
 the raw (pre-tokenized) fields kept for the postprocessor and the metrics.
@@ -16,6 +22,8 @@ the raw (pre-tokenized) fields kept for the postprocessor and the metrics.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import logging
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -32,15 +40,94 @@ def feature_converter() -> seqio.FeatureConverter:
   return seqio.EncDecFeatureConverter(pack=False)
 
 
+class UnknownTaskError(ValueError):
+  """No seqio task or mixture of that name is registered (close matches listed)."""
+
+
 def get_task(name: str):
-  """The registered seqio task or mixture, or an error saying how to register it."""
+  """The registered seqio task or mixture, or an error listing close matches."""
   try:
     return seqio.get_mixture_or_task(name)
-  except ValueError as e:
-    raise ValueError(
-        f"No seqio task or mixture named {name!r} is registered ({e}). Check "
-        "--gin.MIXTURE_OR_TASK_NAME, and that the module registering it is imported "
-        "(e.g. `import tasks`, or --gin.cli.import_modules=['my_tasks']).") from None
+  except ValueError:
+    pass
+  known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+  close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.6)
+  hint = (f" Did you mean {', '.join(repr(c) for c in close)}?" if close else
+          f" ({len(known)} are registered; `python -m tasks.list` lists them.)")
+  raise UnknownTaskError(
+      f"No seqio task or mixture named {name!r} is registered.{hint} Check "
+      "--gin.MIXTURE_OR_TASK_NAME; a task defined in your own module must be "
+      "imported first (add `import my_tasks` to a gin file).")
+
+
+class VocabularyTooLargeError(ValueError):
+  """A task's vocabulary has ids beyond the model's embedding table."""
+
+
+def check_task(mixture_or_task_name: str, vocab_size: int):
+  """Start-up check: the task exists and its token ids fit the embedding table.
+
+  Args:
+    mixture_or_task_name: the registered task or mixture.
+    vocab_size: rows of the model's embedding table (`T5Config.vocab_size`).
+
+  Returns:
+    The task or mixture.
+
+  Raises:
+    UnknownTaskError: no such task (close matches listed).
+    VocabularyTooLargeError: a feature's vocabulary is larger than the table.
+  """
+  provider = get_task(mixture_or_task_name)
+  for feature_name, feature in provider.output_features.items():
+    size = getattr(feature.vocabulary, "vocab_size", None)
+    if size is not None and int(size) > int(vocab_size):
+      raise VocabularyTooLargeError(
+          f"Task {mixture_or_task_name!r}: its {feature_name!r} vocabulary "
+          f"({_describe(feature.vocabulary)}) has {int(size)} ids but the model's embedding "
+          f"table has {int(vocab_size)} rows (T5Config.vocab_size), so larger ids "
+          "would index past it. Fix: use the vocabulary the model was trained with "
+          "(e.g. PROMPT_TUNING_VOCAB or the task's vocabulary), or a model (gin "
+          "models/*.gin + INITIAL_CHECKPOINT_PATH) whose vocab_size is at least "
+          f"{int(size)}.")
+  return provider
+
+
+def _describe(vocabulary) -> str:
+  path = getattr(vocabulary, "sentencepiece_model_file", None)
+  return f"{type(vocabulary).__name__} {path}" if path else type(vocabulary).__name__
+
+
+TRUNCATED = "truncated"
+
+
+def _flagging_converter() -> seqio.FeatureConverter:
+  """The training converter, passing the `truncated` flag `[1]` through."""
+  return seqio.EncDecFeatureConverter(pack=False, passthrough_features={
+      TRUNCATED: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)})
+
+
+def _flag_truncated(ex: Dict[str, tf.Tensor], lengths: Mapping[str, int],
+                    output_features: Mapping[str, Any]) -> Dict[str, tf.Tensor]:
+  """Adds `truncated [1]`: the example is (or was) longer than `lengths`.
+
+  Cut here: token ids longer than the length (seqio's final trim). Cut earlier by
+  a preprocessor (`append_eos_after_trim`, used by T5-style tasks): the ids fill
+  the length but the `<feature>_pretokenized` text, tokenized again, is longer.
+  """
+  over = tf.constant(False)
+  for key, length in lengths.items():
+    if key not in ex or ex[key].shape.rank != 1:
+      continue
+    n = tf.shape(ex[key])[0]
+    over = tf.logical_or(over, n > length)
+    text = ex.get(f"{key}_pretokenized")
+    feature = output_features.get(key)
+    if (text is not None and text.dtype == tf.string and text.shape.rank == 0
+        and feature is not None):
+      full = tf.shape(feature.vocabulary.encode_tf(text))[0] + int(feature.add_eos)
+      over = tf.logical_or(over, tf.logical_and(n >= length, full > n))
+  return {**ex, TRUNCATED: tf.reshape(tf.cast(over, tf.int32), [1])}
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -67,14 +154,24 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
     shuffle: shuffle the examples (off for debugging).
 
   Yields:
-    `{feature: np.ndarray [batch_size, length]}` with the `MODEL_FEATURES`.
+    `{feature: np.ndarray [batch_size, length]}` with the `MODEL_FEATURES`, and
+    `truncated [batch_size]` (1 where an example was cut to the feature lengths).
   """
   shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
-  ds = seqio.get_dataset(
-      get_task(mixture_or_task_name), task_feature_lengths, feature_converter(),
-      dataset_split=split, use_cached=use_cached, shuffle=shuffle, num_epochs=None,
-      shard_info=shard_info, seed=seed, verbose=False)
-  ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_FEATURES})
+  provider = get_task(mixture_or_task_name)
+  lengths = dict(task_feature_lengths)
+  # seqio.get_dataset, with trimming done here after noting which examples it cuts.
+  extra = {"copy_pretokenized": True} if isinstance(provider, seqio.Mixture) else {}
+  ds = provider.get_dataset(
+      lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
+      shard_info=shard_info, num_epochs=None, trim_output_features=False, **extra)
+  ds = ds.map(functools.partial(_flag_truncated, lengths=lengths,
+                                output_features=provider.output_features),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = seqio.utils.trim_dataset(ds, lengths, provider.output_features)
+  ds = _flagging_converter()(ds, {**lengths, TRUNCATED: 1})
+  ds = ds.map(lambda ex: {**{k: ex[k] for k in MODEL_FEATURES},
+                          TRUNCATED: ex[TRUNCATED][0]})
   ds = ds.batch(batch_size, drop_remainder=True)
   if start_batch:
     logging.info("Skipping %d batches already consumed to resume the data stream.",

@@ -163,6 +163,9 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
   if initial_checkpoint_path is None:
     initial_checkpoint_path = cli.macro("INITIAL_CHECKPOINT_PATH")
   output_dir = output_dir if output_dir is not None else cli.macro("EVAL_OUTPUT_DIR")
+  # A misspelt task fails here (with close matches), before the model is loaded.
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
+  data.get_task(mixture_or_task_name)
   mesh = cli.make_mesh()
   model, params, shardings, source = load_trained(
       method, model_config, initial_checkpoint_path, model_dir=model_dir,

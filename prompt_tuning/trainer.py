@@ -32,7 +32,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from prompt_tuning import evaluation, initial_params, losses, partitioning
+from prompt_tuning import evaluation, initial_params, losses, partitioning, run_lock
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
 from prompt_tuning.methods.base import Method, flatten, unflatten
@@ -179,6 +179,8 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  if "truncated" in batch:  # examples cut to TASK_FEATURE_LENGTHS (data.py)
+    metrics["truncated_examples"] = jnp.sum(batch["truncated"])
   lr = _learning_rate(opt_state)
   if lr is not None:
     metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -284,6 +286,39 @@ class _Preemption:
     return self.requested
 
 
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or the parameters) stopped being finite; nothing bad was saved.
+
+  Attributes:
+    step: the first step found non-finite.
+    last_checkpoint: the step of the last (good) checkpoint, or None.
+  """
+
+  def __init__(self, step: int, what: str, model_dir: str,
+               last_checkpoint: Optional[int]):
+    self.step, self.last_checkpoint = step, last_checkpoint
+    if last_checkpoint is None:
+      kept = ("No checkpoint was written yet. Fix the cause, then rerun (or start "
+              "over with a new --gin.MODEL_DIR).")
+    else:
+      kept = (f"The last good checkpoint, {model_dir}/{ckpt.STEP_PREFIX}_"
+              f"{last_checkpoint} (step {last_checkpoint}), is intact: nothing was "
+              "saved after the values went bad. Fix the cause, then rerun the same "
+              f"command to resume from step {last_checkpoint} (or start over with a "
+              "new --gin.MODEL_DIR).")
+    super().__init__(
+        f"Training stopped at step {step}: {what}. Common causes: a learning rate "
+        "too high for this method and model (lower it, e.g. --gin.optim."
+        "adafactor_prompt_tuning.learning_rate=...), float16 overflow, or a bad "
+        f"initialization (prompt file). {kept}")
+
+
+@jax.jit
+def _all_finite(tree: Params) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns (for tests and scripts)."""
@@ -316,6 +351,22 @@ def _due(step: int, period: int) -> bool:
   return period > 0 and step % period == 0
 
 
+def _holding_the_run_lock(train_fn):
+  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_lock.py).
+
+  A second run on the same MODEL_DIR fails at once with `ModelDirLockedError`; the
+  lock of a run that died (kill -9, preemption) is taken over with a warning.
+  """
+
+  @functools.wraps(train_fn)
+  def locked(config: TrainConfig, **kwargs) -> TrainResult:
+    with run_lock.held(config.model_dir, enabled=jax.process_index() == 0):
+      return train_fn(config, **kwargs)
+
+  return locked
+
+
+@_holding_the_run_lock
 def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           optimizer: optax.GradientTransformation,
           initial_checkpoint_path: Optional[str] = None,
@@ -344,8 +395,19 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   Returns:
     A `TrainResult` with the final step, trainable parameters (host numpy) and the
     training loss per step run by this call.
+
+  Raises:
+    run_lock.ModelDirLockedError: another run is using MODEL_DIR.
+    data.UnknownTaskError, data.VocabularyTooLargeError: checked before anything
+      is loaded (only when the configured task feeds the run).
+    NonFiniteLossError: the loss or the parameters became NaN/inf; nothing after
+      the last good checkpoint was saved.
+    state_checkpoints.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
+  if batches_fn is None:  # fail on a task typo in seconds, not after loading
+    from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
+    data_lib.check_task(config.mixture_or_task_name, model_config.vocab_size)
   # ---------------------------------------------------------------- setup: the mesh
   mesh = mesh if mesh is not None else partitioning.make_mesh()
   axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
@@ -385,6 +447,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   # ---------------------------------------------------------------- resume
   checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
   batches_consumed = 0
+  truncated_examples = 0  # examples cut to TASK_FEATURE_LENGTHS, over the whole run
   latest = checkpointer.latest_step()
   if latest is not None:
     abstract = jax.tree_util.tree_map(
@@ -392,6 +455,8 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
         state.as_dict())
     restored, batches_consumed = checkpointer.restore(latest, abstract)
     state = TrainState.from_dict(restored)
+    truncated_examples = int(checkpointer.read_data(latest).get(
+        "truncated_examples", 0))
     logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
                  config.model_dir, latest, batches_consumed)
   step = int(jax.device_get(state.step))
@@ -447,7 +512,12 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
                    step, config.model_dir, ckpt.BEST_DIR)
 
   def save(step: int, state: TrainState):
-    checkpointer.save(step, state.as_dict(), batches_consumed)
+    if not bool(_all_finite(state.trainable)):  # never save NaN over a good state
+      raise NonFiniteLossError(step, "the trainable parameters are not finite after "
+                               "this step's update", config.model_dir,
+                               checkpointer.latest_step())
+    checkpointer.save(step, state.as_dict(), batches_consumed,
+                      data={"truncated_examples": truncated_examples})
     arrays = _exported(method, state.trainable, frozen)
     if host0:
       ckpt.export_step(config.model_dir, step, arrays, keep=config.keep_checkpoints)
@@ -455,8 +525,31 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   # ---------------------------------------------------------------- the loop
   progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
                                     enabled=host0)
-  pending: list = []  # device metrics since the last log line
+  pending: list = []  # (step, device metrics) not fetched yet
+  window: list = []  # host metrics since the last log line
   step_losses: Dict[int, float] = {}
+
+  def drain():
+    """Fetches pending metrics; stops at the first non-finite loss or gradient."""
+    nonlocal truncated_examples
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        raise NonFiniteLossError(
+            s, f"the loss is {float(m['loss'])} and the gradient norm "
+            f"{float(m['grad_norm'])}", config.model_dir, checkpointer.latest_step())
+      step_losses[s] = float(m["loss"])
+      truncated_examples += int(m.pop("truncated_examples", 0))
+      window.append(m)
+    pending.clear()
+
+  def report_truncation(step: int, before: int):
+    if truncated_examples > before:
+      (logging.warning if before == 0 else logging.info)(
+          "%d of %d training examples so far were longer than TASK_FEATURE_LENGTHS "
+          "%s and were truncated (as seqio does); TensorBoard: truncated_examples.",
+          truncated_examples, step * config.batch_size,
+          dict(config.task_feature_lengths))
   preemption = _Preemption()
   preempted = False
   with preemption.installed():
@@ -474,32 +567,37 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       pending.append((step, metrics))
 
       if progress.due(step) or step == config.train_steps:
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched):
-          step_losses[s] = float(m["loss"])
-        pending.clear()
-        mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+        truncated_before = truncated_examples
+        drain()
+        mean = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+        window.clear()
         progress.update(step, mean["loss"])
         scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
         if learning_rate_fn is not None and "learning_rate" not in scalars:
           scalars["learning_rate"] = float(learning_rate_fn(step - 1))
+        if "truncated" in batch:
+          scalars["truncated_examples"] = truncated_examples
+          report_truncation(step, truncated_before)
         summaries.scalars(step, scalars, split="train")
 
       preempted = preemption.reached(step)
       last = step == config.train_steps
       paused = time.time()  # checkpoints and evaluations do not count in steps/s
-      if _due(step, config.checkpoint_period) or last or preempted:
+      save_due = _due(step, config.checkpoint_period) or last or preempted
+      eval_due = _due(step, config.eval_period) or (last and config.eval_period >= 0)
+      if save_due or eval_due:
+        drain()  # the losses up to here are finite before anything is saved
+      if save_due:
         save(step, state)
       if preempted:
         logging.warning("Stopped at step %d after a preemption signal; rerun the same "
                         "command to resume.", step)
         break
-      if (_due(step, config.eval_period) or (last and config.eval_period >= 0)):
+      if eval_due:
         evaluate(step, state)
       progress.exclude(time.time() - paused)
 
-  for s, m in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):
-    step_losses[s] = float(m["loss"])
+  drain()
   checkpointer.close()
   summaries.close()
   return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
