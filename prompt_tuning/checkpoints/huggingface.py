@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 from typing import Any, Callable, Dict, Tuple
 
@@ -72,7 +73,14 @@ def is_huggingface_dir(path: epath.Path) -> bool:
 # ----------------------------------------------------------------- config
 
 def read_hf_config(path: epath.Path) -> Dict[str, Any]:
-  return json.loads((path / CONFIG_FILE).read_text())
+  try:
+    hf = json.loads((path / CONFIG_FILE).read_text())
+  except (ValueError, UnicodeDecodeError) as e:  # a damaged download
+    raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({e}).") from None
+  if not isinstance(hf, dict):
+    raise CheckpointError(f"{path / CONFIG_FILE} holds a {type(hf).__name__}, not a "
+                          "JSON object.")
+  return hf
 
 
 def config_fields(hf: Dict[str, Any], path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -126,17 +134,51 @@ def _output_scale(hf: Dict[str, Any]) -> float:
 # ----------------------------------------------------------------- safetensors
 
 def _safetensors_header(file: epath.Path) -> Dict[str, Tuple[str, tuple, int, int]]:
-  """`{name: (dtype, shape, start, end)}` with absolute byte offsets in `file`."""
+  """`{name: (dtype, shape, start, end)}` with absolute byte offsets in `file`.
+
+  Raises:
+    CheckpointError: the file is not a well-formed safetensors file (a damaged or
+      partial download), naming the file and what is wrong.
+  """
+  def damaged(problem: str) -> CheckpointError:
+    return CheckpointError(f"{file} is not a readable safetensors file: {problem}. "
+                           "Download or convert it again.")
+
   with file.open("rb") as f:
-    (length,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(length))
+    f.seek(0, 2)  # the file size bounds every length and offset below
+    size = f.tell()
+    f.seek(0)
+    head = f.read(8)
+    if len(head) < 8:
+      raise damaged(f"{size} bytes, shorter than the 8-byte header length")
+    (length,) = struct.unpack("<Q", head)
+    if length > size - 8:
+      raise damaged(f"the header claims {length} bytes but the file has {size}")
+    try:
+      header = json.loads(f.read(length))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+      raise damaged(f"the header is not JSON ({e})") from None
+  if not isinstance(header, dict):
+    raise damaged("the header is not a JSON object")
   entries = {}
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    start, end = info["data_offsets"]
-    entries[name] = (info["dtype"], tuple(info["shape"]), 8 + length + start,
-                     8 + length + end)
+    try:
+      dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+      start, end = (int(o) for o in info["data_offsets"])
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+      raise damaged(f"tensor {name!r} has a malformed entry {str(info)[:200]} "
+                    f"({type(e).__name__}: {e})") from None
+    if not 0 <= start <= end <= size - 8 - length or min(shape, default=0) < 0:
+      raise damaged(f"tensor {name!r} has offsets {[start, end]} or shape {shape} "
+                    f"outside the file's {size - 8 - length} data bytes")
+    itemsize = np.dtype(_SAFETENSORS_DTYPES.get(dtype, "float32").replace(
+        "bfloat16", "float16")).itemsize
+    if dtype in _SAFETENSORS_DTYPES and end - start != math.prod(shape) * itemsize:
+      raise damaged(f"tensor {name!r} of shape {shape} ({dtype}) needs "
+                    f"{math.prod(shape) * itemsize} bytes, not {end - start}")
+    entries[name] = (dtype, shape, 8 + length + start, 8 + length + end)
   return entries
 
 
