@@ -16,6 +16,7 @@ lock of a dead pid on this host is taken over; one of another host is refused un
 its file is older than `stale_after` seconds (delete it if that run is gone).
 
 Only process 0 of a multi-host run takes the lock (the others share its MODEL_DIR).
+Remote MODEL_DIRs (`gs://…`) get no lock, with a warning.
 """
 from __future__ import annotations
 
@@ -191,6 +192,11 @@ def held(model_dir: str, enabled: bool = True,
          stale_after: float = DEFAULT_STALE_AFTER) -> Iterator[Optional[ModelDirLock]]:
   """Holds MODEL_DIR's run lock for the duration of the block (no-op if disabled)."""
   if not enabled:
+    yield None
+    return
+  if "://" in str(model_dir):  # object stores have no flock and no atomic create
+    logging.warning("No run lock for the remote MODEL_DIR %s: make sure only one run "
+                    "writes it.", model_dir)
     yield None
     return
   with ModelDirLock(model_dir, stale_after) as lock:

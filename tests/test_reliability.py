@@ -173,3 +173,10 @@ def test_safetensors_are_preferred_over_a_pickle_bin_in_the_same_directory(tmp_p
   assert not marker.exists()
   np.testing.assert_array_equal(loaded["token_embedder"]["embedding"],
                                 flat["token_embedder/embedding"])
+
+
+def test_remote_model_dir_gets_no_lock_and_a_warning(caplog):
+  with caplog.at_level("WARNING"):
+    with run_lock.held("gs://bucket/run") as lock:
+      assert lock is None
+  assert "No run lock for the remote MODEL_DIR gs://bucket/run" in caplog.text
