@@ -51,6 +51,7 @@ from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-t
 EXPERIMENTS = ("methods", "inits", "lengths", "shift", "ensemble")
 METHODS = ("prompt_design", "prompt_tuning", "model_tuning", "prefix_tuning", "lopa")
 MODEL_GIN = "models/tiny_bundled.gin"
+MODEL_NAME = "tiny_bundled"  # as scripts/transfer.py names runs of this gin
 COMMON_GIN = "demo/tiny_common.gin"
 PRESET = "tiny_topic"
 LENGTH, INIT = 10, "class_labels"
@@ -120,7 +121,7 @@ def sweep_config(args, experiments: List[str]) -> Dict[str, Any]:
                    "EVAL_BATCH_SIZE": min(100, args.max_eval_examples),
                    "TrainConfig.eval_batch_size": min(100, args.max_eval_examples),
                    "TrainConfig.log_period": max(1, min(50, args.steps))},
-      "models": {"tiny": [MODEL_GIN]},
+      "models": {MODEL_NAME: [MODEL_GIN]},
       "grids": grids,
   }
 
@@ -172,7 +173,7 @@ def shift(args, sweep) -> Dict[str, Any]:
   preset = transfer.presets()[PRESET]
   plan = transfer.Plan(
       source=preset.source, targets=preset.targets, model_gin_files=[MODEL_GIN],
-      output_dir=str(pathlib.Path(args.output_dir) / "shift"), metrics=["accuracy"],
+      output_dir=args.output_dir, metrics=["accuracy"],
       gin_files=[COMMON_GIN], eval_bindings=_eval_bindings(args),
       checkpoint="latest", domains=dict(preset.domains))
   runs = [r for m in plan.methods for r in _runs_of(sweep, m, prompt_length=(

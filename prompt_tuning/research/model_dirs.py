@@ -35,8 +35,15 @@ PROMPT_EXPORT = "encoder.prompt.prompt"
 
 
 def is_model_dir(path: PathLike) -> bool:
-  """A directory written by `prompt_tuning.train` (it has config.json)."""
-  return (pathlib.Path(path) / ckpt.CONFIG_JSON).is_file()
+  """A directory written by `prompt_tuning.train`: its config.json records a run
+  (a native model checkpoint's config.json is a `T5Config`, without `method`)."""
+  path = pathlib.Path(path) / ckpt.CONFIG_JSON
+  if not path.is_file():
+    return False
+  try:
+    return "method" in json.loads(path.read_text())
+  except ValueError:
+    return False
 
 
 def record(model_dir: PathLike) -> Dict[str, Any]:

@@ -89,11 +89,15 @@ class Plan:
   eval_bindings: Sequence[str] = ()
   checkpoint: Any = "latest"
   domains: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  model_name: Optional[str] = None  # run directory name; default: the gin's stem
+
+  def model(self) -> str:
+    return self.model_name or pathlib.Path(self.model_gin_files[0]).stem
 
 
 def sweep_of(plan: Plan) -> sweep_lib.Sweep:
   """The training runs of the plan as a sweep (one model, methods x seeds)."""
-  grid: Dict[str, Any] = {"model": ["model"], "method": list(plan.methods),
+  grid: Dict[str, Any] = {"model": [plan.model()], "method": list(plan.methods),
                           "seed": list(plan.seeds)}
   if plan.prompt_length is not None:
     grid["prompt_length"] = [plan.prompt_length]
@@ -102,7 +106,7 @@ def sweep_of(plan: Plan) -> sweep_lib.Sweep:
   return sweep_lib.expand({
       "output_dir": plan.output_dir, "task": plan.source,
       "gin_files": list(plan.gin_files), "bindings": dict(plan.bindings),
-      "models": {"model": list(plan.model_gin_files)}, "grid": grid})
+      "models": {plan.model(): list(plan.model_gin_files)}, "grid": grid})
 
 
 def training_runs(plan: Plan) -> List[sweep_lib.SweepRun]:
@@ -120,12 +124,13 @@ def train(plan: Plan) -> List[sweep_lib.SweepRun]:
 
 def _cache_path(plan: Plan, run: sweep_lib.SweepRun, task: str) -> pathlib.Path:
   return (pathlib.Path(plan.output_dir) / "evals" / run.name.replace("/", "__") /
-          f"{task}.json")
+          f"{task}@{plan.checkpoint}.json")
 
 
 def evaluate_targets(plan: Plan, runs: Sequence[sweep_lib.SweepRun]
                      ) -> List[Dict[str, Any]]:
-  """Each run on each target (cached per run x task under output_dir/evals/)."""
+  """Each run on each target (cached per run x task x checkpoint under
+  output_dir/evals/)."""
   rows = []
   for run in runs:
     src = evaluate_lib.source(str(run.model_dir), name=run.name)
