@@ -338,3 +338,15 @@ def test_presets_name_registered_tasks():
     for target in preset.targets:
       members |= {t.name for t in seqio.get_mixture_or_task(target).tasks}
     assert set(preset.domains) <= members | {preset.source}, name
+
+
+@pytest.mark.parametrize("name", ["tiny_ablations.yaml", "paper_figure1.yaml"])
+def test_example_sweep_files_expand_to_existing_gin_files(name):
+  path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "sweeps" / name
+  s = sweep.load(str(path))
+  assert len(s.runs) > 10
+  for run in s.runs:
+    for gin_file in run.run.gin_files:
+      assert (cli.REPO_CONFIGS / gin_file).is_file(), (run.name, gin_file)
+  methods = {r.method for r in s.runs}
+  assert {"prompt_design", "prompt_tuning", "model_tuning"} <= methods
