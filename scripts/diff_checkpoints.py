@@ -2,10 +2,12 @@ r"""Diff two checkpoints: which parameters changed, and by how much.
 
   # Did prompt tuning leave the frozen model alone? The frozen checkpoint vs the
   # run (its recorded frozen model + the trained state on top):
-  python scripts/diff_checkpoints.py prompt_tuning/assets/tiny_t5/checkpoint /runs/topic_prompt
+  python scripts/diff_checkpoints.py prompt_tuning/assets/tiny_t5/checkpoint \
+      /runs/topic_prompt
 
   # How far did model tuning move each weight?
-  python scripts/diff_checkpoints.py prompt_tuning/assets/tiny_t5/checkpoint /runs/topic_model
+  python scripts/diff_checkpoints.py prompt_tuning/assets/tiny_t5/checkpoint \
+      /runs/topic_model
 
   # Two steps of one run:
   python scripts/diff_checkpoints.py /runs/topic_prompt@100 /runs/topic_prompt@300

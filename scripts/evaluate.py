@@ -17,7 +17,8 @@ split, and every numeric metric (loss, accuracy, f1, …).
 
 On the bundled tiny model:
   python scripts/evaluate.py --model_gin models/tiny_bundled.gin \
-      --gin_file demo/tiny_common.gin --source frozen --source demo=results/demo/runs/prompt_tuning_class_labels \
+      --gin_file demo/tiny_common.gin --source frozen \
+      --source demo=results/demo/runs/prompt_tuning_class_labels \
       --task tiny_sentiment --task taskless_tiny_sentiment --output /tmp/eval
 """
 from __future__ import annotations

@@ -4,11 +4,12 @@ As in section 7 of Lester et al. (2021): cosine similarity between each prompt
 vector and every row of the frozen model's input embedding table.
 
   # Released prompts, with the T5 1.1 base embedding table saved as .npy:
-  python scripts/nearest_tokens.py /work/shared/fixtures/released_prompts/t5_1_1_lm100k_base/*.npy \
+  python scripts/nearest_tokens.py released_prompts/t5_1_1_lm100k_base/*.npy \
       --embeddings t5_base_embedding.npy --vocab /path/to/sentencepiece.model
 
   # A run on the bundled tiny model (table and vocabulary from the model):
-  python scripts/nearest_tokens.py /runs/topic_prompt --tiny -k 5 --output neighbors.json
+  python scripts/nearest_tokens.py /runs/topic_prompt --tiny -k 5 \
+      --output neighbors.json
 
 Prompts: `.npy` `[P, H]` files, export directories, PEFT adapters or MODEL_DIRs
 (their best export). The table: `--embeddings` (a `.npy` `[V, H]` or a checkpoint:

@@ -6,14 +6,15 @@ columns model tuning, prompt tuning and Δ (prompt − model), mean ± std over 
 
   # SQuAD -> the six MRQA out-of-domain sets (T5 1.1 base, as in Table 1):
   python scripts/transfer.py --preset squad_mrqa --model_gin models/t5_1_1_base.gin \
-      --initial_checkpoint gs://t5-data/pretrained_models/t5x/t5_1_1_lm100k_base/checkpoint_1100000 \
+      --initial_checkpoint gs://t5-data/…/t5_1_1_lm100k_base/checkpoint_1100000 \
       --seeds 0,1,2 --output_dir results/transfer_squad
 
   # QQP -> MRPC and MRPC -> QQP (Table 2): --preset qqp_mrpc / --preset mrpc_qqp
 
   # The bundled tiny model (CPU, minutes): topic with shifted nouns / words / lengths
   python scripts/transfer.py --preset tiny_topic --model_gin models/tiny_bundled.gin \
-      --gin_file demo/tiny_common.gin --gin "TRAIN_STEPS = 300" --output_dir /tmp/transfer
+      --gin_file demo/tiny_common.gin --gin "TRAIN_STEPS = 300" \
+      --output_dir /tmp/transfer
 
 Presets set the source, targets, metrics and TASK_FEATURE_LENGTHS; --source /
 --target / --metric override them. Training runs are `prompt_tuning.train` calls
@@ -50,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                               description=__doc__.split("\n\n")[0],
                               epilog=__doc__.split("\n\n", 1)[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--preset", default=None, choices=sorted(transfer.presets()))
+  p.add_argument("--preset", default=None, choices=transfer.PRESET_NAMES)
   p.add_argument("--source", default=None, help="the task trained on")
   p.add_argument("--target", action="append", default=None,
                  help="a target task (repeatable; include the source for the "

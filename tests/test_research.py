@@ -350,3 +350,7 @@ def test_example_sweep_files_expand_to_existing_gin_files(name):
       assert (cli.REPO_CONFIGS / gin_file).is_file(), (run.name, gin_file)
   methods = {r.method for r in s.runs}
   assert {"prompt_design", "prompt_tuning", "model_tuning"} <= methods
+
+
+def test_preset_names_match_the_presets():
+  assert tuple(transfer.presets()) == transfer.PRESET_NAMES

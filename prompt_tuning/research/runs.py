@@ -2,7 +2,7 @@
 
   run = GinRun("train", ["models/tiny_bundled.gin", "runs/prompt_finetune.gin"],
                [binding("MODEL_DIR", "/tmp/x"), binding("TRAIN_STEPS", 300)])
-  run.command()          # 'python -m prompt_tuning.train --gin_file=… --gin.MODEL_DIR=…'
+  run.command()          # 'python -m prompt_tuning.train --gin_file=… --gin.…'
   run.run_in_process()   # parses the gin like the command line and calls the entry
   run.run_subprocess()   # the same command in a child process (exit status)
 

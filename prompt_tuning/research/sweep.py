@@ -1,4 +1,4 @@
-"""A grid of runs (model sizes x methods x prompt lengths x inits x seeds) from one file.
+"""A grid of runs (model sizes x methods x prompt lengths x inits x seeds), one file.
 
 A sweep file (YAML or JSON):
 
@@ -275,8 +275,8 @@ def expand(config: Mapping[str, Any], output_dir: Optional[str] = None) -> Sweep
       values.update((method_extras.get(method) or {}).get("bindings") or {})
       values.update(dict(extra_pairs))
       if spec.entry == "eval":  # drop what only training reads
-        values = {k: v for k, v in values.items()
-                  if k not in TRAIN_ONLY_MACROS and not k.startswith(TRAIN_ONLY_PREFIXES)}
+        values = {k: v for k, v in values.items() if k not in TRAIN_ONLY_MACROS
+                  and not k.startswith(TRAIN_ONLY_PREFIXES)}
       run = GinRun(spec.entry, files, [binding(k, v) for k, v in values.items()])
       runs[name] = SweepRun(name, model, method, length, init, int(seed),
                             extra_pairs, model_dir, run)

@@ -23,6 +23,7 @@ from prompt_tuning.research import evaluate as evaluate_lib
 from prompt_tuning.research import sweep as sweep_lib
 
 METHOD_LABELS = {"model_tuning": "Model", "prompt_tuning": "Prompt"}
+PRESET_NAMES = ("squad_mrqa", "qqp_mrpc", "mrpc_qqp", "tiny_topic", "tiny_sentiment")
 
 
 @dataclasses.dataclass(frozen=True)
