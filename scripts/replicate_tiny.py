@@ -141,7 +141,35 @@ def _runs_of(sweep, method, **fields):
 # ------------------------------------------------------------------------------------
 
 
-def train_all(sweep) -> List[str]:
+TIMING = "timing.jsonl"
+
+
+def timed(out: pathlib.Path, name: str, fn, *fn_args):
+  """Calls `fn`, appending its wall time and the load average to timing.jsonl (so
+  the cost of a replication spread over several invocations adds up)."""
+  start, load = time.time(), os.getloadavg()
+  try:
+    return fn(*fn_args)
+  finally:
+    with open(out / TIMING, "a") as f:
+      f.write(json.dumps({"name": name, "seconds": round(time.time() - start, 1),
+                          "load_before": load, "load_after": os.getloadavg()}) + "\n")
+
+
+def timing_summary(out: pathlib.Path) -> Dict[str, Any]:
+  """Total seconds and mean 1-minute load over every timed step ever run here."""
+  path = out / TIMING
+  entries = [json.loads(l) for l in path.read_text().splitlines()] if (
+      path.exists()) else []
+  if not entries:
+    return {"seconds": 0.0, "steps": 0, "mean_load": None}
+  loads = [e["load_before"][0] for e in entries] + [e["load_after"][0]
+                                                    for e in entries]
+  return {"seconds": round(sum(e["seconds"] for e in entries), 1),
+          "steps": len(entries), "mean_load": round(sum(loads) / len(loads), 1)}
+
+
+def train_all(sweep, out: pathlib.Path) -> List[str]:
   """Trains / evaluates every unfinished run; returns the names that failed."""
   failed = []
   todo = [r for r in sweep.runs if sweep.status(r) != "done"]
@@ -150,7 +178,7 @@ def train_all(sweep) -> List[str]:
   for i, run in enumerate(todo, 1):
     print(f"[{i}/{len(todo)}] {run.name}\n  {run.run.command()}", flush=True)
     try:
-      run.run.run_in_process()
+      timed(out, run.name, run.run.run_in_process)
     except Exception as e:  # pylint: disable=broad-except
       print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
       failed.append(run.name)
@@ -251,7 +279,7 @@ def main(argv=None) -> Dict[str, Any]:
   config = sweep_config(args, experiments)
   (out / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
   sweep = sweep_lib.expand(config)
-  failed = train_all(sweep)
+  failed = train_all(sweep, out)
   rows = collect.collect(sweep)
   collect.write_csv(rows, str(out / "results.csv"), collect.columns())
   done = [r for r in rows if r["status"] == "done" and r["best"] is not None]
@@ -261,7 +289,8 @@ def main(argv=None) -> Dict[str, Any]:
   at_length = [r for r in done if r["method"] != "prompt_tuning" or (
       r["prompt_length"] == LENGTH and r["init"] == INIT)]
   if "methods" in experiments:
-    base = {"no prompt (frozen, taskless)": no_prompt(args, sweep)}
+    base = {"no prompt (frozen, taskless)": timed(out, "no_prompt", no_prompt, args,
+                                                  sweep)}
     seeds_only = [r for r in at_length if r["seed"] < args.seeds]
     groups = summary_table(seeds_only, "method", list(plots.METHOD_ORDER))
     params = {}
@@ -298,13 +327,13 @@ def main(argv=None) -> Dict[str, Any]:
                         "prompt_length", title="Tiny T5: prompt length",
                         ylabel="accuracy (%)")
   if "shift" in experiments:
-    results["shift"] = shift(args, sweep)
+    results["shift"] = timed(out, "shift", shift, args, sweep)
     sections.append("## Domain shift (trained on the source domain, zero-shot on "
                     "the others)\n\n" + results["shift"]["markdown"])
     plots.transfer_plot(results["shift"]["table"], str(figures / "shift.png"),
                         title="Tiny T5: zero-shot domain shift")
   if "ensemble" in experiments:
-    results["ensemble"] = ensemble(args, sweep)
+    results["ensemble"] = timed(out, "ensemble", ensemble, args, sweep)
     e = results["ensemble"]
     sections.append(
         f"## Prompt ensemble ({len(e['members'])} prompts, majority vote)\n\n"
@@ -316,12 +345,17 @@ def main(argv=None) -> Dict[str, Any]:
   results["seconds"] = round(time.time() - start, 1)
   results["load_average"] = {"start": load_start, "end": os.getloadavg()}
   results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+  results["timing"] = timing_summary(out)
   header = (f"# Tiny replication ({sweep.task}, {args.steps} steps, "
-            f"{args.seeds} seeds)\n\nWall time {results['seconds'] / 60:.1f} min on "
-            f"{os.cpu_count()} CPUs; load average (1/5/15 min) "
+            f"{args.seeds} seeds)\n\nThis invocation: {results['seconds'] / 60:.1f} "
+            f"min wall on {os.cpu_count()} CPUs, load average (1/5/15 min) "
             f"{'/'.join(f'{x:.1f}' for x in load_start)} at the start, "
             f"{'/'.join(f'{x:.1f}' for x in results['load_average']['end'])} at the "
-            "end." + (f"\n\nFAILED runs: {failed}" if failed else ""))
+            f"end. All {results['timing']['steps']} timed steps (runs and "
+            f"evaluations, over every invocation in {out}): "
+            f"{results['timing']['seconds'] / 60:.1f} min, mean 1-minute load "
+            f"{results['timing']['mean_load']}." +
+            (f"\n\nFAILED runs: {failed}" if failed else ""))
   (out / "results.md").write_text("\n\n".join([header] + sections) + "\n")
   (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
   print("\n\n".join([header] + sections), flush=True)
