@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Extra pytest flags, e.g. make test PYTEST_ARGS="-x -k decoding". Two workers: much of
+# the suite is compile and Python time, which a second process overlaps.
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench lock clean
@@ -17,7 +19,7 @@ $(STAMP): setup.py requirements/constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m prompt_tuning.demo
