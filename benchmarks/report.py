@@ -33,11 +33,34 @@ def _machine(meta: Dict[str, Any]) -> List[str]:
   return lines
 
 
+def _train_table(train: Dict[str, Any]) -> List[str]:
+  sides = [train["ours"], train["peft"], train["ours_nodrop"]]
+  row = lambda label, fn: f"| {label} | " + " | ".join(fn(x) for x in sides) + " |"
+  return [
+      "| | ours (JAX) | PEFT (PyTorch) | ours, dropout off (diagnostic) |",
+      "|---|---|---|---|",
+      row(f"tokens/s ({train['tokens_per_step']} per step)",
+          lambda x: _stat(x["tokens_per_second"])),
+      row("step time, s", lambda x: _stat(x["step_seconds"])),
+      row("compile time, s", lambda x: f"{x['compile_seconds']:.1f}"
+          if x["compile_seconds"] else "none (eager)"),
+      row("first step (incl. compile), s", lambda x: f"{x['first_step_seconds']:.1f}"),
+      row("first step / steady step", lambda x: f"{x['first_step_over_steady']:.1f}"),
+      row("peak RSS over baseline, MiB", lambda x: f"{x['peak_mib']:.0f}"),
+      row("steady-state peak RSS over baseline, MiB",
+          lambda x: f"{x['steady_peak_mib']:.0f}"),
+      row("RSS after loading weights, MiB", lambda x: f"{x['loaded_mib']:.0f}"),
+      row("baseline RSS after imports, MiB", lambda x: f"{x['baseline_mib']:.0f}"),
+      row("trainable parameters", lambda x: f"{x['num_trainable']:,}"),
+      row("loss after step 1", lambda x: f"{x['first_loss']:.3f}"),
+  ]
+
+
 def markdown(meta: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
              targets: List[Dict[str, Any]]) -> str:
   s = meta["shapes"]
-  train, lim, cost = sections["train_step"], sections["limit"], sections["step_cost"]
-  dec, mixed = sections["decoding"], sections["mixed_batch"]
+  train, lim, cost = sections["train_step"], sections["limit"], sections["methods"]
+  dec = sections["decoding"]
   out = ["# Benchmark results", ""]
   if meta["quick"]:
     out += ["**Quick run (tiny shapes): checks the machinery, the numbers mean "
@@ -46,50 +69,43 @@ def markdown(meta: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
       f"T5 1.1 `{s['preset']}` shape (random weights, {meta['weights']['num_params']:,} "
       f"parameters), batch {s['batch']}, {s['inputs']} input tokens + {s['prompt']} "
       f"prompt, {s['targets']} targets; {s['reps']} interleaved repetitions of "
-      f"{s['steps']} train steps (decoding: one batch of {s['decode_length']} tokens) "
-      "per contender. Ratios are of medians; the range in parentheses is the lowest "
-      "and highest ratio of paired repetitions. Absolute figures: median (± half the "
-      "max–min range). How to read and reproduce: `docs/BENCHMARKS.md`.", "",
+      f"{s['steps']} train steps per contender. Ratios are of medians; the range in "
+      "parentheses is the lowest and highest ratio of paired repetitions. Absolute "
+      "figures (context only): median (± half the max–min range). How to read and "
+      "reproduce: `docs/BENCHMARKS.md`.", "",
       "## Machine", ""] + _machine(meta) + ["", "## Targets", "",
       "| measure | value | target | |", "|---|---|---|---|"]
   for t in targets:
     out.append(f"| {t['name']} | {t['value']:.2f} | {t['op']} {t['target']} | "
                f"{'met' if t['met'] else '**missed**'} |")
-  o, p = train["ours"], train["peft"]
+  vs, nodrop = train["ours_vs_peft"], train["nodrop_vs_ours"]
   out += ["", "## Train step: prompt tuning, ours vs PEFT", "",
-          f"Tokens/s ratio (ours / PEFT): {_ratio(train['tokens_per_second_ratio'])}. "
-          f"Peak memory ratio: **{train['peak_memory_ratio']:.2f}** (steady state "
-          f"{train['steady_memory_ratio']:.2f}).", "",
-          "| | ours (JAX) | PEFT (PyTorch) |", "|---|---|---|",
-          f"| tokens/s ({train['tokens_per_step']} per step) | "
-          f"{_stat(o['tokens_per_second'])} | {_stat(p['tokens_per_second'])} |",
-          f"| step time, s | {_stat(o['step_seconds'])} | {_stat(p['step_seconds'])} |",
-          f"| compile time, s | {o['compile_seconds']:.1f} | none (eager) |",
-          f"| first step (incl. compile), s | {o['first_step_seconds']:.1f} | "
-          f"{p['first_step_seconds']:.1f} |",
-          f"| first step / steady step | {o['first_step_over_steady']:.1f} | "
-          f"{p['first_step_over_steady']:.1f} |",
-          f"| peak RSS over baseline, MiB | {o['peak_mib']:.0f} | {p['peak_mib']:.0f} |",
-          f"| steady-state peak RSS over baseline, MiB | {o['steady_peak_mib']:.0f} | "
-          f"{p['steady_peak_mib']:.0f} |",
-          f"| RSS after loading weights, MiB | {o['loaded_mib']:.0f} | "
-          f"{p['loaded_mib']:.0f} |",
-          f"| baseline RSS after imports, MiB | {o['baseline_mib']:.0f} | "
-          f"{p['baseline_mib']:.0f} |",
-          f"| trainable parameters | {o['num_trainable']:,} | {p['num_trainable']:,} |",
-          f"| loss after step 1 | {o['first_loss']:.3f} | {p['first_loss']:.3f} |"]
+          f"Tokens/s, ours / PEFT: {_ratio(vs['tokens_per_second_ratio'])}. Peak "
+          f"memory, ours / PEFT: **{vs['peak_memory_ratio']:.2f}** (steady state "
+          f"{vs['steady_memory_ratio']:.2f}). Both train with dropout 0.1. The last "
+          "column is ours with `TrainConfig.enable_dropout=False`, to show what the "
+          f"dropout masks cost: {_ratio(nodrop['tokens_per_second_ratio'])} tokens/s, "
+          f"{nodrop['compile_seconds_ratio']:.2f}× the compile time and "
+          f"{nodrop['peak_memory_ratio']:.2f}× the peak memory of ours with dropout.",
+          ""]
+  out += _train_table(train)
   xla = lim["xla_flops"]
   out += ["", "## Distance to the limit", "",
-          f"Achieved / machine: {_ratio(lim['efficiency'])} of the measured dense "
-          f"float32 matmul rate ({lim['matmul_n']}² × {lim['matmul_n']}², jitted JAX).",
+          f"Achieved FLOP/s over the measured dense float32 matmul rate "
+          f"({lim['matmul_n']}² · {lim['matmul_n']}², jitted JAX): "
+          f"{_ratio(lim['ours']['efficiency'])} (dropout off: "
+          f"{_ratio(lim['ours_nodrop']['efficiency'])}).",
           "", "| | |", "|---|---|",
           f"| FLOPs per step, analytic (fwd + bwd) | {lim['step_flops']['total']:.4g} "
           f"({lim['step_flops']['forward']:.3g} + {lim['step_flops']['backward']:.3g}) |",
           f"| FLOPs per step, XLA cost analysis | "
           f"{'n/a' if xla is None else f'{xla:.4g}'} |",
-          f"| achieved GFLOP/s | {_stat(lim['achieved_flops_per_second'], 1e-9)} |",
+          f"| achieved GFLOP/s | "
+          f"{_stat(lim['ours']['achieved_flops_per_second'], 1e-9)} |",
+          f"| achieved GFLOP/s, dropout off | "
+          f"{_stat(lim['ours_nodrop']['achieved_flops_per_second'], 1e-9)} |",
           f"| matmul GFLOP/s | {_stat(lim['matmul_flops_per_second'], 1e-9)} |"]
-  out += ["", "## Step cost by method (ours, same shapes)", "",
+  out += ["", "## Step cost by method (ours, the trainer's step, same shapes)", "",
           "| method | step time, s | tokens/s | time / model tuning | trainable "
           "| compile, s | peak RSS, MiB |", "|---|---|---|---|---|---|---|"]
   for method, row in cost.items():
@@ -98,19 +114,19 @@ def markdown(meta: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
                f"{_ratio(row['time_ratio_to_model_tuning'])} | "
                f"{row['num_trainable']:,} | {row['compile_seconds']:.1f} | "
                f"{row['peak_mib']:.0f} |")
-  out += ["", "## Greedy decoding: ours vs transformers `generate` (PEFT prompt)", "",
-          f"Tokens/s ratio: {_ratio(dec['tokens_per_second_ratio'])}; identical tokens: "
-          f"{100 * dec['token_agreement']:.1f}% of {dec['tokens_per_batch']}.", "",
-          "| | ours | generate |", "|---|---|---|",
-          f"| tokens/s | {_stat(dec['ours']['tokens_per_second'])} | "
-          f"{_stat(dec['hf']['tokens_per_second'])} |",
-          f"| batch time, s | {_stat(dec['ours']['seconds'])} | "
-          f"{_stat(dec['hf']['seconds'])} |",
-          f"| first call (incl. compile), s | {dec['ours']['first_call_seconds']:.1f} | "
-          f"{dec['hf']['first_call_seconds']:.1f} |"]
-  out += ["", f"## Mixed-task batch: {mixed['bank_size']} prompts vs 1 (greedy decoding)",
-          "", f"Tokens/s ratio (mixed / single): "
-          f"{_ratio(mixed['tokens_per_second_ratio'])}; batch time "
-          f"{_stat(mixed['mixed']['seconds'])} s mixed vs "
-          f"{_stat(mixed['single']['seconds'])} s single.", ""]
+  threads = dec["threads"]
+  out += ["", "## Greedy decoding and mixed-task batches (`benchmarks/decoding.py`)", "",
+          f"Threads: {threads['setting']} (PyTorch {threads['torch']}). Greedy tokens/s, "
+          f"ours / transformers `generate`: {_ratio(dec['tokens_per_second_ratio'])} "
+          f"(CPU time: {_ratio(dec['cpu_time_ratio'])}); identical tokens: "
+          f"{100 * dec['token_agreement']:.1f}%. A batch mixing {dec['bank_size']} "
+          f"prompts of a bank / one prompt-tuning prompt: "
+          f"{_ratio(dec['mixed_vs_single_ratio'])} (the bank all on one prompt: "
+          f"{_ratio(dec['mixed_vs_bank_one_prompt_ratio'])}).", "",
+          "| | tokens/s | batch time, s |", "|---|---|---|"]
+  for label, key in (("ours greedy", "ours"), ("transformers generate", "hf"),
+                     ("ours, one prompt", "single"), ("ours, mixed bank", "mixed")):
+    out.append(f"| {label} | {dec[key]['tokens_per_second']:.3g} | "
+               f"{_stat(dec[key]['seconds'])} |")
+  out += ["", f"Full record: `{dec['output']}`.", ""]
   return "\n".join(out)

@@ -4,20 +4,21 @@
   python benchmarks/run_all.py --quick --out /tmp/bench   # tiny shapes, seconds
   python benchmarks/run_all.py --wait-for-load 1.5 --max-wait 3600
 
-Two groups of worker processes (`benchmarks/worker.py`), all alive at once; each
-worker compiles and runs its first step alone, then the runner asks each worker in
-turn for one timed repetition, `reps` rounds:
+The training group: worker processes (`benchmarks/worker.py`), all alive at once,
+each compiling and running its first step alone; then the runner asks each in turn
+for one timed repetition, `reps` rounds:
 
-  training   ours prompt tuning | PEFT prompt tuning | float32 matmul |
-             ours prefix tuning | ours LoPA | ours model tuning
-  decoding   ours greedy, one prompt | ours greedy, mixed prompt bank |
-             PEFT + transformers `generate`
+  ours prompt tuning (the trainer's step) | the same without dropout (what the
+  dropout masks cost) | PEFT prompt tuning (PyTorch) | float32 matmul | ours prefix
+  tuning | ours LoPA | ours model tuning
 
-From these come the sections (see `analysis.py`): train step vs PEFT (tokens/s,
-peak memory, compile and first-step time), distance to the limit (analytic FLOP/s
-over the measured matmul FLOP/s), step cost by method (ratio to model tuning),
-greedy decoding vs `generate`, mixed-task batches vs one prompt. Every reported
-figure is a ratio of measurements taken in this run.
+then `benchmarks/decoding.py` (greedy decoding vs transformers `generate`, mixed
+prompt bank vs one prompt; its own interleaved workers, every core to each side).
+
+Sections (see `analysis.py`): train step vs PEFT (tokens/s, peak memory, compile
+and first-step time), distance to the limit (analytic FLOP/s over the measured
+matmul FLOP/s), step cost by method (ratio to model tuning), decoding and mixed
+batches. Every reported figure is a ratio of measurements taken in this run.
 """
 from __future__ import annotations
 
@@ -43,37 +44,46 @@ Spec = Tuple[str, str, Dict[str, Any]]  # (name, "module:Class", kwargs)
 
 def training_specs(shapes: common.Shapes, directory: str) -> List[Spec]:
   base = {"shapes": shapes.to_dict(), "directory": directory}
+  train = "benchmarks.train_ours:OursTrain"
   return [
-      ("ours", "benchmarks.train_ours:OursTrain", dict(base, cost_analysis=True)),
+      ("ours", train, dict(base, cost_analysis=True)),
+      ("ours_nodrop", train, dict(base, dropout=False)),
       ("peft", "benchmarks.train_peft:PeftTrain", base),
       ("matmul", "benchmarks.flops:Matmul", {"shapes": shapes.to_dict()}),
-      ("prefix", "benchmarks.train_ours:OursTrain", dict(base, method="prefix")),
-      ("lopa", "benchmarks.train_ours:OursTrain", dict(base, method="lopa")),
-      ("model", "benchmarks.train_ours:OursTrain", dict(base, method="model")),
+      ("prefix", train, dict(base, method="prefix")),
+      ("lopa", train, dict(base, method="lopa")),
+      ("model", train, dict(base, method="model")),
   ]
 
 
-def decoding_specs(shapes: common.Shapes, directory: str) -> List[Spec]:
-  base = {"shapes": shapes.to_dict(), "directory": directory}
-  return [
-      ("ours", "benchmarks.decode_ours:OursDecode", dict(base, mode="prompt")),
-      ("bank", "benchmarks.decode_ours:OursDecode", dict(base, mode="bank")),
-      ("hf", "benchmarks.decode_hf:HfDecode", base),
-  ]
+def run_decoding(quick: bool, reps: int, out: str) -> Dict[str, Any]:
+  """`benchmarks/decoding.py` (the decoding engineer's), every core to each side."""
+  from benchmarks import decoding  # pylint: disable=g-import-not-at-top
+  argv = ["--threads", "all", "--reps", str(reps),
+          "--output", os.path.join(out, "decoding.json")]
+  return decoding.main(argv + (["--quick"] if quick else []))
 
 
-def run_group(specs: List[Spec], reps: int, log: Callable[[str], None]
-              ) -> Dict[str, Dict[str, Any]]:
-  """Starts every worker, sets each up alone, then interleaves `reps` rounds."""
+def run_group(specs: List[Spec], reps: int, log: Callable[[str], None],
+              parallel_setup: bool = False) -> Dict[str, Dict[str, Any]]:
+  """Starts every worker, sets each up alone, then interleaves `reps` rounds.
+
+  `parallel_setup` compiles all contenders at once (quick runs: their compile
+  times then mean nothing, but a loaded machine gives the group more CPU).
+  """
   workers = {name: Worker(target, kwargs, name) for name, target, kwargs in specs}
   try:
     out = {name: {"target": target, "kwargs": kwargs, "reps": []}
            for name, target, kwargs in specs}
     for name, worker in workers.items():
       out[name]["import_seconds"] = worker.request("ready")["import_seconds"]
+    if parallel_setup:
+      for worker in workers.values():
+        worker.send("setup")
     for name, worker in workers.items():
       start = time.perf_counter()
-      out[name]["setup"] = worker.request("setup")
+      out[name]["setup"] = (worker.receive("setup") if parallel_setup
+                            else worker.request("setup"))
       out[name]["setup"]["load_average"] = common.load_average()
       log(f"  {name}: set up in {time.perf_counter() - start:.1f}s")
     names = list(workers)
@@ -135,6 +145,7 @@ def main(argv=None) -> int:
     meta["quiet_wait"] = wait_for_quiet(args.wait_for_load, args.max_wait, log)
   meta["load_average_start"] = common.load_average()
 
+  os.makedirs(args.out, exist_ok=True)
   with tempfile.TemporaryDirectory(prefix="pt-bench-") as directory:
     log(f"Writing the shared weights ({shapes.preset}) to {directory}.")
     with Worker("benchmarks.weights:Prepare",
@@ -142,20 +153,21 @@ def main(argv=None) -> int:
       meta["weights"] = prepare.request("setup")
       prepare.request("finish")
     log("Training group:")
-    training = run_group(training_specs(shapes, directory), shapes.reps, log)
-    log("Decoding group:")
-    decoding = run_group(decoding_specs(shapes, directory), shapes.reps, log)
+    training = run_group(training_specs(shapes, directory), shapes.reps, log,
+                         parallel_setup=args.quick)
+  log("Decoding (benchmarks/decoding.py):")
+  decoding = run_decoding(args.quick, shapes.reps, args.out)
 
   meta["load_average_end"] = common.load_average()
   meta["duration_seconds"] = time.time() - started
   sections = analysis.sections(shapes, training, decoding)
-  os.makedirs(args.out, exist_ok=True)
-  for name, section in sections.items():
-    _write_json(os.path.join(args.out, f"{name}.json"), {"meta": meta, name: section})
-  summary = {"meta": meta, "targets": analysis.targets(sections)}
+  for name in ("train_step", "limit", "methods"):
+    _write_json(os.path.join(args.out, f"{name}.json"), {"meta": meta,
+                                                          name: sections[name]})
+  summary = {"meta": meta, "targets": analysis.targets(sections),
+             "decoding": sections["decoding"]}
   _write_json(os.path.join(args.out, "summary.json"), summary)
-  _write_json(os.path.join(args.out, "raw.json"),
-              {"meta": meta, "training": training, "decoding": decoding})
+  _write_json(os.path.join(args.out, "raw.json"), {"meta": meta, "training": training})
   with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
     f.write(report.markdown(meta, sections, summary["targets"]))
   log(f"Done in {meta['duration_seconds'] / 60:.1f} min; results in {args.out}.")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
@@ -74,10 +74,18 @@ class CompileTimer:
 
 
 class OursTrain:
-  """One method's train step (default: prompt tuning, the issue's headline case)."""
+  """One method's train step (default: prompt tuning, the issue's headline case).
+
+  `prng_impl='rbg'` runs the same trainer code with JAX's `rbg` PRNG (what
+  `JAX_DEFAULT_PRNG_IMPL=rbg` does): dropout masks come from XLA's RngBitGenerator
+  instead of threefry hashes computed elementwise (see docs/BENCHMARKS.md).
+  """
 
   def __init__(self, shapes: Dict[str, Any], directory: str, method: str = "prompt",
-               dropout: bool = True, cost_analysis: bool = False):
+               dropout: bool = True, cost_analysis: bool = False,
+               prng_impl: Optional[str] = None):
+    if prng_impl is not None:  # as JAX_DEFAULT_PRNG_IMPL=<impl>, before any key
+      jax.config.update("jax_default_prng_impl", prng_impl)
     self.shapes = common.Shapes.from_dict(shapes)
     self.directory = directory
     self.method_name = method

@@ -58,11 +58,19 @@ class Worker:
 
   def request(self, command: str) -> Dict[str, Any]:
     """Sends `ready` | `setup` | `rep` | `finish`; returns the contender's answer."""
+    self.send(command)
+    return self.receive(command)
+
+  def send(self, command: str):
+    """Sends a command without waiting (pair with `receive`)."""
     try:
       self._proc.stdin.write(command + "\n")
       self._proc.stdin.flush()
     except BrokenPipeError:
-      pass  # reported below with the worker's stderr
+      pass  # reported by `receive` with the worker's stderr
+
+  def receive(self, command: str) -> Dict[str, Any]:
+    """The answer to the last command sent (`command` only names it in errors)."""
     for line in self._proc.stdout:
       if line.startswith(MARK):
         answer = json.loads(line[len(MARK):])
