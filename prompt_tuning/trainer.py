@@ -543,13 +543,19 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       window.append(m)
     pending.clear()
 
-  def report_truncation(step: int, before: int):
-    if truncated_examples > before:
-      (logging.warning if before == 0 else logging.info)(
+  truncated_logged = truncated_examples
+
+  def report_truncation(step: int):
+    """A log line when more examples were truncated (a warning the first time)."""
+    nonlocal truncated_logged
+    if truncated_examples > truncated_logged:
+      (logging.warning if truncated_logged == 0 else logging.info)(
           "%d of %d training examples so far were longer than TASK_FEATURE_LENGTHS "
           "%s and were truncated (as seqio does); TensorBoard: truncated_examples.",
           truncated_examples, step * config.batch_size,
           dict(config.task_feature_lengths))
+      truncated_logged = truncated_examples
+
   preemption = _Preemption()
   preempted = False
   with preemption.installed():
@@ -567,7 +573,6 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       pending.append((step, metrics))
 
       if progress.due(step) or step == config.train_steps:
-        truncated_before = truncated_examples
         drain()
         mean = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
         window.clear()
@@ -577,7 +582,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           scalars["learning_rate"] = float(learning_rate_fn(step - 1))
         if "truncated" in batch:
           scalars["truncated_examples"] = truncated_examples
-          report_truncation(step, truncated_before)
+          report_truncation(step)
         summaries.scalars(step, scalars, split="train")
 
       preempted = preemption.reached(step)

@@ -85,13 +85,22 @@ def _worker(model_dir: str, mode: str) -> None:
   _train(model_dir, batches)
 
 
-def _start(model_dir, mode) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+def _start(model_dir, mode, compile_cache) -> subprocess.Popen:
+  # The workers share a persistent compilation cache: one compiles, the rest load.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             JAX_COMPILATION_CACHE_DIR=str(compile_cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.Popen([sys.executable, __file__, str(model_dir), mode], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # ------------------------------------------------------------------ checks
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +133,10 @@ def _entries(model_dir):
 
 
 def test_kill_9_during_training_resumes_bit_identical_and_second_run_is_refused(
-    tmp_path, reference, caplog):
-  from prompt_tuning import run_lock, trainer  # pylint: disable=g-import-not-at-top
+    tmp_path, reference, compile_cache, caplog):
+  from prompt_tuning import run_lock  # pylint: disable=g-import-not-at-top
   model_dir = tmp_path / "run"
-  proc = _start(model_dir, "slow")
+  proc = _start(model_dir, "slow", compile_cache)
   deadline = time.time() + 300
   while not (model_dir / f"checkpoint_{PERIOD}").is_dir():
     assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -160,10 +169,10 @@ def test_kill_9_during_training_resumes_bit_identical_and_second_run_is_refused(
 
 
 def test_kill_9_inside_a_checkpoint_commit_keeps_the_previous_one_latest(
-    tmp_path, reference):
+    tmp_path, reference, compile_cache):
   from prompt_tuning import state_checkpoints  # pylint: disable=g-import-not-at-top
   model_dir = tmp_path / "run"
-  proc = _start(model_dir, "kill_commit:4")
+  proc = _start(model_dir, "kill_commit:4", compile_cache)
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == -signal.SIGKILL, err[-3000:]
 
@@ -183,9 +192,9 @@ def test_kill_9_inside_a_checkpoint_commit_keeps_the_previous_one_latest(
 
 
 def test_disk_full_at_checkpoint_time_is_a_clear_error_and_nothing_partial_is_kept(
-    tmp_path, reference):
+    tmp_path, reference, compile_cache):
   model_dir = tmp_path / "run"
-  proc = _start(model_dir, "fsize:4")
+  proc = _start(model_dir, "fsize:4", compile_cache)
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 1, err[-3000:]
   assert "CheckpointWriteError" in err and "File too large" in err
