@@ -23,6 +23,8 @@ def _call_name(node: ast.Call) -> str:
     func = func.value
   if isinstance(func, ast.Name):
     parts.append(func.id)
+  else:  # a method of a computed value, e.g. `load(...).eval()`: not the builtin
+    parts.append("<expr>")
   return ".".join(reversed(parts))
 
 
@@ -75,6 +77,7 @@ def test_scanner_catches_each_construct():
   found = list(violations(bad, "bad.py"))
   assert len(found) == 6, found
   good = "\n".join(["import torch", "torch.load('x', weights_only=True)",
+                    "model.eval()", "Model.from_pretrained('d').eval()",
                     "import numpy as np", "np.load('x.npy', allow_pickle=False)",
                     "import subprocess", "subprocess.run(['ls', path])"])
   assert not list(violations(good, "good.py"))
