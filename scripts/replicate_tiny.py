@@ -20,6 +20,8 @@ is topic classification without the task word (`taskless_tiny_shift_topic_source
             unseen mood words, longer sentences, all three), as in Tables 1 and 2
   ensemble  --ensemble prompts (seeds) served as a majority-vote ensemble by
             prompt_tuning.infer vs their mean and best single accuracy
+  budget    prompt vs model tuning trained --budget_steps steps (one seed,
+            evaluated every --steps): does either get past the frozen skill?
 
 Writes to --output_dir: sweep.yaml (the grid, rerunnable with scripts/sweep.py),
 runs/ (every MODEL_DIR), results.csv, results.json, results.md (the tables, timing
@@ -42,13 +44,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml  # pylint: disable=g-import-not-at-top
 
-from prompt_tuning.research import collect, ensembles  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import collect, ensembles, model_dirs  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import plots, runs as runs_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-top
 
-EXPERIMENTS = ("methods", "inits", "lengths", "shift", "ensemble")
+EXPERIMENTS = ("methods", "inits", "lengths", "shift", "ensemble", "budget")
 METHODS = ("prompt_design", "prompt_tuning", "model_tuning", "prefix_tuning", "lopa")
 MODEL_GIN = "models/tiny_bundled.gin"
 MODEL_NAME = "tiny_bundled"  # as scripts/transfer.py names runs of this gin
@@ -72,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seeds", type=int, default=3, help="seeds per configuration")
   p.add_argument("--ensemble", type=int, default=5, help="prompts in the ensemble")
   p.add_argument("--lengths", default="1,5,20,100")
+  p.add_argument("--budget_steps", type=int, default=1500,
+                 help="TRAIN_STEPS of the 'budget' experiment")
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--max_eval_examples", type=int, default=500,
                  help="validation examples per evaluation (500 = all)")
@@ -109,6 +113,10 @@ def sweep_config(args, experiments: List[str]) -> Dict[str, Any]:
   if "lengths" in experiments:
     grids.append({"method": ["prompt_tuning"], "init": [INIT], "seed": seeds,
                   "prompt_length": [int(x) for x in args.lengths.split(",") if x]})
+  if "budget" in experiments:
+    grids.append({"method": ["prompt_tuning", "model_tuning"],
+                  "prompt_length": [LENGTH], "init": [INIT], "seed": [0],
+                  "TRAIN_STEPS": [args.budget_steps]})
   return {
       "output_dir": str(pathlib.Path(args.output_dir)),
       "task": preset.source,
@@ -132,7 +140,8 @@ def _eval_bindings(args) -> List[str]:
 
 
 def _runs_of(sweep, method, **fields):
-  return [r for r in sweep.runs if r.method == method and all(
+  """The main runs (no extra axis, e.g. not the budget runs) of a method."""
+  return [r for r in sweep.runs if r.method == method and not r.extra and all(
       getattr(r, k) == v for k, v in fields.items())]
 
 
@@ -213,6 +222,23 @@ def shift(args, sweep) -> Dict[str, Any]:
           "rows": rows}
 
 
+def budget(args, sweep) -> Dict[str, Any]:
+  """Evaluation curves of the longer prompt- and model-tuning runs."""
+  curves = {}
+  for run in sweep.runs:
+    if dict(run.extra).get("TRAIN_STEPS") == args.budget_steps:
+      points = [(int(e["step"]), float(e["accuracy"])) for e in
+                model_dirs.evaluations(run.model_dir, sweep.task) if "accuracy" in e]
+      curves[run.method] = sorted(points)
+  return {"curves": curves}
+
+
+def _design(rows) -> Dict[str, float]:
+  """{'prompt design': accuracy} when the rows have a prompt-design run."""
+  values = [r["best"] for r in rows if r["method"] == "prompt_design"]
+  return {"prompt design": values[0]} if values else {}
+
+
 def ensemble(args, sweep) -> Dict[str, Any]:
   members = sorted(_runs_of(sweep, "prompt_tuning", prompt_length=LENGTH, init=INIT),
                    key=lambda r: r.seed)[:args.ensemble]
@@ -233,7 +259,6 @@ def ensemble(args, sweep) -> Dict[str, Any]:
 
 
 def _trained_parameters(row) -> int:
-  from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
   if row["method"] == "prompt_design":
     return 0
   arrays = model_dirs.trained_params(row["model_dir"])
@@ -281,8 +306,9 @@ def main(argv=None) -> Dict[str, Any]:
   sweep = sweep_lib.expand(config)
   failed = train_all(sweep, out)
   rows = collect.collect(sweep)
-  collect.write_csv(rows, str(out / "results.csv"), collect.columns())
-  done = [r for r in rows if r["status"] == "done" and r["best"] is not None]
+  collect.write_csv(rows, str(out / "results.csv"), collect.columns(sweep.extra_axes))
+  finished = [r for r in rows if r["status"] == "done" and r["best"] is not None]
+  done = [r for r in finished if r.get("TRAIN_STEPS") is None]  # the main runs
   results: Dict[str, Any] = {"failed": failed, "settings": vars(args)}
   sections = []
 
@@ -326,6 +352,22 @@ def main(argv=None) -> Dict[str, Any]:
     plots.ablation_plot(rows_len, str(figures / "prompt_length.png"),
                         "prompt_length", title="Tiny T5: prompt length",
                         ylabel="accuracy (%)")
+  if "budget" in experiments:
+    results["budget"] = budget(args, sweep)
+    curves = results["budget"]["curves"]
+    steps = sorted({s for c in curves.values() for s, _ in c})
+    sections.append(
+        f"## Longer training ({args.budget_steps} steps, seed 0, evaluated every "
+        f"{args.steps})\n\n| method | " + " | ".join(str(s) for s in steps) +
+        " |\n|---|" + "---|" * len(steps) + "\n" +
+        "".join(f"| {plots.METHOD_LABELS.get(m, m)} | " + " | ".join(
+            f"{dict(c).get(s, float('nan')):.1f}" for s in steps) + " |\n"
+                for m, c in curves.items()))
+    plots.curves_plot({plots.METHOD_LABELS.get(m, m): c for m, c in curves.items()},
+                      str(figures / "budget.png"),
+                      baselines=_design(done),
+                      title=f"Tiny T5: {args.budget_steps} training steps",
+                      ylabel="accuracy (%)")
   if "shift" in experiments:
     results["shift"] = timed(out, "shift", shift, args, sweep)
     sections.append("## Domain shift (trained on the source domain, zero-shot on "

@@ -7,11 +7,13 @@ nearest tokens and plots.
 """
 import importlib.util
 import json
+import os
 import pathlib
 import shlex
 
 import numpy as np
 import pytest
+import yaml
 
 from prompt_tuning import cli
 from prompt_tuning.research import collect, model_dirs
@@ -20,7 +22,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 TASK = "taskless_tiny_shift_topic_source"
 QUICK = ["--steps", "2", "--seeds", "1", "--ensemble", "2", "--max_eval_examples",
-         "16", "--batch_size", "8", "--experiments", "methods,shift,ensemble",
+         "16", "--batch_size", "8", "--experiments", "methods,shift,ensemble,budget",
+         "--budget_steps", "4",
          "--methods", "prompt_design,prompt_tuning,model_tuning"]
 
 
@@ -34,9 +37,14 @@ def _script(name):
 
 @pytest.fixture(scope="module")
 def replication(tmp_path_factory):
-  out = tmp_path_factory.mktemp("replicate")
-  results = _script("replicate_tiny").main(["--output_dir", str(out)] + QUICK)
-  return out, results
+  parent = tmp_path_factory.mktemp("replicate")
+  cwd = os.getcwd()
+  os.chdir(parent)  # a relative --output_dir, as on the command line
+  try:
+    results = _script("replicate_tiny").main(["--output_dir", "out"] + QUICK)
+  finally:
+    os.chdir(cwd)
+  return parent / "out", results
 
 
 def _run_dir(out, name):
@@ -49,6 +57,9 @@ def _run_dir(out, name):
 def test_replication_tables_figures_and_csv(replication):
   out, results = replication
   assert results["failed"] == []
+  timing = [json.loads(l) for l in (out / "timing.jsonl").read_text().splitlines()]
+  assert [t["name"] for t in timing][-3:] == ["no_prompt", "shift", "ensemble"]
+  assert results["timing"]["steps"] == len(timing) == 6 + 3
   on_disk = json.loads((out / "results.json").read_text())
   assert on_disk["methods"]["trained"] == {"prompt_design": 0, "prompt_tuning": 1280,
                                            "model_tuning": 1312512}
@@ -58,10 +69,15 @@ def test_replication_tables_figures_and_csv(replication):
   # Prompt design is the frozen model with its task word: near its manifest skill.
   assert groups["prompt_design"]["mean"] >= 25.0
   rows = collect.read_csv(str(out / "results.csv"))
-  assert list(rows[0]) == collect.COLUMNS
+  assert list(rows[0]) == collect.columns(["TRAIN_STEPS"])
   assert {r["status"] for r in rows} == {"done"}
   assert {r["parameters"] for r in rows} == {1312512}
-  for name in ("methods", "shift"):
+  budget = {r["method"]: r for r in rows if r["TRAIN_STEPS"] == 4}
+  assert set(budget) == {"prompt_tuning", "model_tuning"}
+  for method, curve in results["budget"]["curves"].items():
+    assert [s for s, _ in curve] == [2, 4]  # evaluated every --steps
+    assert budget[method]["final"] == curve[-1][1]
+  for name in ("methods", "shift", "budget"):
     assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG
   md = (out / "results.md").read_text()
   assert "load average" in md and "## Prompt ensemble" in md
@@ -113,13 +129,15 @@ def test_sweep_lists_collects_and_reruns_only_missing_runs(replication, capsys):
   out, _ = replication
   script = _script("sweep")
   config = str(out / "sweep.yaml")
-  assert script.main(["commands", config]) == 0
+  assert yaml.safe_load((out / "sweep.yaml").read_text())["output_dir"] == "out"
+  config = [config, "--output_dir", str(out)]  # relative to where it was written
+  assert script.main(["commands", *config]) == 0
   assert capsys.readouterr().out == ""  # everything is done
   design = _run_dir(out, "prompt_design")
   (design / "metrics.jsonl").rename(design / "old.jsonl")
   prompt_dir = _run_dir(out, "prompt_tuning-p10-class_labels")
   before = (prompt_dir / "metrics.jsonl").stat().st_mtime_ns
-  script.main(["commands", config])
+  script.main(["commands", *config])
   (line,) = capsys.readouterr().out.splitlines()
   argv = shlex.split(line)
   assert argv[:3] == ["python", "-m", "prompt_tuning.eval"]
@@ -127,15 +145,18 @@ def test_sweep_lists_collects_and_reruns_only_missing_runs(replication, capsys):
   assert (f"--gin_bindings=EVAL_OUTPUT_DIR = {str(design)!r}" in
           cli.rewrite_gin_args(argv))
   csv_path = out / "again.csv"
-  assert script.main(["run", config, "--csv", str(csv_path)]) == 0
+  # In a child `python -m prompt_tuning.eval`, logged to <output_dir>/logs/.
+  assert script.main(["run", *config, "--csv", str(csv_path), "--subprocess"]) == 0
   assert (prompt_dir / "metrics.jsonl").stat().st_mtime_ns == before  # not rerun
+  log = (out / "logs" / "tiny_bundled__prompt_design__seed0.log").read_text()
+  assert log.startswith("$ python -m prompt_tuning.eval ")
   new = model_dirs.evaluations(design)
   old = [json.loads(l) for l in (design / "old.jsonl").read_text().splitlines()]
   assert new[0]["accuracy"] == old[0]["accuracy"]  # same frozen model, same data
   rows = collect.read_csv(str(csv_path))
-  assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+  assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
   listing = capsys.readouterr().out
-  assert "3 of 4 runs already done; 1 to run." in listing
+  assert "5 of 6 runs already done; 1 to run." in listing
 
 
 # ---------------------------------------------------------------------------- extract

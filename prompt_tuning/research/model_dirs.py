@@ -187,7 +187,7 @@ def export_model(model_dir: PathLike, checkpoint: Checkpoint = "latest",
                      "is under best/ and numpy_checkpoints/).")
   step = resolve_step(model_dir, checkpoint)
   out = pathlib.Path(output or pathlib.Path(model_dir) /
-                     f"{EXPORTED_MODEL_PREFIX}_{step}")
+                     f"{EXPORTED_MODEL_PREFIX}_{step}").absolute()  # orbax needs it
   if (out / "config.json").is_file() and (out / "params").is_dir():
     return out
   config, params = full_params(model_dir, step)

@@ -209,3 +209,23 @@ def transfer_plot(table: Sequence[Mapping[str, Any]], path: str, *,
   ax.set_ylabel(metric)
   ax.legend(fontsize=8)
   return _finish(fig, ax, path, title)
+
+
+def curves_plot(curves: Mapping[str, Sequence[Tuple[float, float]]], path: str, *,
+                baselines: Optional[Mapping[str, float]] = None,
+                xlabel: str = "training step", ylabel: str = "score",
+                title: Optional[str] = None) -> pathlib.Path:
+  """One line per label through its (x, y) points, optional reference lines."""
+  if not any(curves.values()):
+    raise ValueError("No points to plot.")
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4.2))
+  for label, points in curves.items():
+    points = sorted(points)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+  for (name, level), style in zip((baselines or {}).items(), ("--", ":", "-.")):
+    ax.axhline(level, linestyle=style, color="gray", label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=8)
+  return _finish(fig, ax, path, title)
