@@ -52,7 +52,7 @@ class Shapes:
   decode_length: int = 32
   bank_size: int = 8
   reps: int = 5
-  steps: int = 3
+  steps: int = 2
   matmul: int = 2048
   matmul_seconds: float = 0.5
 
