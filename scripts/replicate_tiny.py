@@ -22,6 +22,8 @@ is topic classification without the task word (`taskless_tiny_shift_topic_source
             prompt_tuning.infer vs their mean and best single accuracy
   budget    prompt vs model tuning trained --budget_steps steps (one seed,
             evaluated every --steps): does either get past the frozen skill?
+  interpret the nearest vocabulary token of every position of the trained
+            length-10 prompts (section 7), for each initializer and seed
 
 Writes to --output_dir: sweep.yaml (the grid, rerunnable with scripts/sweep.py),
 runs/ (every MODEL_DIR), results.csv, results.json, results.md (the tables, timing
@@ -50,7 +52,8 @@ from prompt_tuning.research import plots, runs as runs_lib  # pylint: disable=g-
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-top
 
-EXPERIMENTS = ("methods", "inits", "lengths", "shift", "ensemble", "budget")
+EXPERIMENTS = ("methods", "inits", "lengths", "shift", "ensemble", "budget",
+               "interpret")
 METHODS = ("prompt_design", "prompt_tuning", "model_tuning", "prefix_tuning", "lopa")
 MODEL_GIN = "models/tiny_bundled.gin"
 MODEL_NAME = "tiny_bundled"  # as scripts/transfer.py names runs of this gin
@@ -233,6 +236,24 @@ def budget(args, sweep) -> Dict[str, Any]:
   return {"curves": curves}
 
 
+def interpret(args, sweep) -> List[Dict[str, Any]]:
+  """Top-1 cosine neighbor of every position of each length-10 prompt."""
+  from prompt_tuning.research import neighbors  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.tiny import assets  # pylint: disable=g-import-not-at-top
+  table = neighbors.embedding_table(str(assets.CHECKPOINT_PATH))
+  pieces = neighbors.Pieces(str(assets.VOCAB_PATH))
+  out = []
+  for run in sorted(_runs_of(sweep, "prompt_tuning", prompt_length=LENGTH),
+                    key=lambda r: (r.init or "", r.seed)):
+    if run.seed >= args.seeds or sweep.status(run) != "done":
+      continue
+    rows = neighbors.neighbor_rows(model_dirs.prompt_of(run.model_dir, "latest"),
+                                   table, pieces, k=1)
+    out.append({"init": run.init, "seed": run.seed,
+                "top1": [(r["tokens"][0], r["cosine"][0]) for r in rows]})
+  return out
+
+
 def _design(rows) -> Dict[str, float]:
   """{'prompt design': accuracy} when the rows have a prompt-design run."""
   values = [r["best"] for r in rows if r["method"] == "prompt_design"]
@@ -368,6 +389,16 @@ def main(argv=None) -> Dict[str, Any]:
                       baselines=_design(done),
                       title=f"Tiny T5: {args.budget_steps} training steps",
                       ylabel="accuracy (%)")
+  if "interpret" in experiments:
+    results["interpret"] = interpret(args, sweep)
+    lines = ["| init | seed | nearest token of each prompt position (cosine) |",
+             "|---|---|---|"]
+    for item in results["interpret"]:
+      cells = " ".join(f"`{t}` ({c:.2f})" for t, c in item["top1"])
+      lines.append(f"| {plots.INIT_LABELS.get(item['init'], item['init'])} | "
+                   f"{item['seed']} | {cells} |")
+    sections.append("## Nearest vocabulary tokens of the trained prompts (length "
+                    "10)\n\n" + "\n".join(lines))
   if "shift" in experiments:
     results["shift"] = timed(out, "shift", shift, args, sweep)
     sections.append("## Domain shift (trained on the source domain, zero-shot on "

@@ -22,7 +22,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 TASK = "taskless_tiny_shift_topic_source"
 QUICK = ["--steps", "2", "--seeds", "1", "--ensemble", "2", "--max_eval_examples",
-         "16", "--batch_size", "8", "--experiments", "methods,shift,ensemble,budget",
+         "16", "--batch_size", "8", "--experiments",
+         "methods,shift,ensemble,budget,interpret",
          "--budget_steps", "4",
          "--methods", "prompt_design,prompt_tuning,model_tuning"]
 
@@ -77,6 +78,10 @@ def test_replication_tables_figures_and_csv(replication):
   for method, curve in results["budget"]["curves"].items():
     assert [s for s, _ in curve] == [2, 4]  # evaluated every --steps
     assert budget[method]["final"] == curve[-1][1]
+  (interpreted,) = results["interpret"]  # the one length-10 prompt of seed 0
+  assert (interpreted["init"], interpreted["seed"]) == ("class_labels", 0)
+  assert len(interpreted["top1"]) == 10
+  assert all(-1.0 <= cos <= 1.0 and token for token, cos in interpreted["top1"])
   for name in ("methods", "shift", "budget"):
     assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG
   md = (out / "results.md").read_text()
