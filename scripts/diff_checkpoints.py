@@ -61,9 +61,13 @@ def main(argv=None):
   counts = ", ".join(f"{n} {k}" for k, n in sorted(summary["counts"].items()))
   print(f"\n{len(diffs)} parameters: {counts}.")
   if trainable is not None:
-    if summary["frozen_unchanged"]:
-      print(f"Every change is inside the trainable regexes {trainable}: the frozen "
-            "parameters are unchanged.")
+    frozen = [d.path for d in diffs if not diff_lib.matches(d.path, trainable)]
+    if summary["frozen_unchanged"] and frozen:
+      print(f"Every change is inside the trainable regexes {trainable}: the "
+            f"{len(frozen)} frozen parameters are unchanged.")
+    elif summary["frozen_unchanged"]:
+      print(f"Every parameter matches the trainable regexes {trainable}: nothing is "
+            "frozen.")
     else:
       print(f"CHANGED OUTSIDE the trainable regexes {trainable}: "
             f"{summary['changed_outside_trainable']}")

@@ -191,7 +191,7 @@ def test_diff_shows_what_each_method_changed(replication, tmp_path):
   from prompt_tuning.tiny import assets
   out, _ = replication
   script = _script("diff_checkpoints")
-  frozen = str(assets.CHECKPOINT_PATH)
+  frozen = os.path.relpath(assets.CHECKPOINT_PATH)  # relative paths work too
   prompt_run = _run_dir(out, "prompt_tuning-p10-class_labels")
   assert script.main([frozen, str(prompt_run), "--json",
                       str(tmp_path / "p.json")]) == 0

@@ -136,6 +136,12 @@ def trained_params(model_dir: PathLike, checkpoint: Checkpoint = "latest"
   return {k: np.asarray(v) for k, v in flatten(restored["trainable"]).items()}
 
 
+def local_absolute(path: PathLike) -> str:
+  """An absolute path for local files (orbax refuses relative ones); URLs as is."""
+  text = str(path)
+  return text if "://" in text else str(pathlib.Path(text).absolute())
+
+
 def frozen_params(initial_checkpoint_path: Optional[str], what: str = "the run"
                   ) -> Tuple[Any, Dict[str, np.ndarray]]:
   """(T5Config, {path: array}) of a frozen model checkpoint (any format)."""
@@ -145,7 +151,7 @@ def frozen_params(initial_checkpoint_path: Optional[str], what: str = "the run"
     raise ValueError(f"{what} started from a randomly initialized model "
                      "(INITIAL_CHECKPOINT_PATH = None), which was never saved: the "
                      "frozen parameters cannot be reconstructed.")
-  config, tree = checkpoints.load(initial_checkpoint_path)
+  config, tree = checkpoints.load(local_absolute(initial_checkpoint_path))
   return config, flatten(tree)
 
 
