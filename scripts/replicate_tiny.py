@@ -1,16 +1,22 @@
 r"""Tiny-scale replication of the prompt-tuning paper's claims on the bundled model.
 
-  python scripts/replicate_tiny.py --output_dir results/replicate_tiny \
-      --figures docs/figures          # about 30 minutes on 2 idle CPU cores
+  python scripts/replicate_tiny.py --task count --output_dir results/replicate_count \
+      --figures docs/figures          # under 30 minutes on 2 idle CPU cores
 
 Everything runs through the entry points (`prompt_tuning.train` / `eval` / `infer`
 calls configured by the repo's gin files, printed as commands), on the bundled tiny
-LM-adapted T5 (`configs/models/tiny_bundled.gin`) and its generated tasks. The task
-is topic classification without the task word (`taskless_tiny_shift_topic_source`:
-"the happy man wants the cheese ." -> person), the frozen model's weakest skill
-(60% with the word `topic:`), so methods differ. Experiments (`--experiments`):
+LM-adapted T5 (`configs/models/tiny_bundled.gin`) and its generated tasks, without
+the task word (tasks/tiny_shift.py, source domain):
 
-  methods   prompt design (the frozen model + the text `topic:`) vs prompt tuning vs
+  --task count  "the happy man wants the cheese ." -> seven (words before ".");
+                the frozen model counts at 93% with the word `count:`
+  --task topic  "the happy man wants the cheese ." -> person (the subject's
+                category); the frozen model is at 60% with `topic:`
+  --task sentiment  -> positive / negative (100% with `sentiment:`)
+
+Experiments (`--experiments`):
+
+  methods   prompt design (the frozen model + the task word) vs prompt tuning vs
             model tuning, plus prefix tuning and LoPA, each with its paper optimizer
             and settings (prompt length 10, class-label init), --seeds seeds
   inits     class-label vs sampled-vocabulary vs random-uniform initialization
@@ -25,10 +31,12 @@ is topic classification without the task word (`taskless_tiny_shift_topic_source
   interpret the nearest vocabulary token of every position of the trained
             length-10 prompts (section 7), for each initializer and seed
 
-Writes to --output_dir: sweep.yaml (the grid, rerunnable with scripts/sweep.py),
-runs/ (every MODEL_DIR), results.csv, results.json, results.md (the tables, timing
-and machine load); and methods.png, init.png, prompt_length.png, shift.png to
---figures. Finished runs are reused, so an interrupted replication continues.
+Class-label initialization uses the task's labels (count: the number words five …
+twelve, bound as CLASS_LABELS). Writes to --output_dir: sweep.yaml (the grid,
+rerunnable with scripts/sweep.py), runs/ (every MODEL_DIR), results.csv,
+results.json, results.md (the tables, timing and machine load); and
+tiny_<task>_{methods,init,prompt_length,budget,shift}.png to --figures. Finished
+runs are reused, so an interrupted replication continues.
 """
 from __future__ import annotations
 
@@ -46,6 +54,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml  # pylint: disable=g-import-not-at-top
 
+import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning.tiny import corpus  # pylint: disable=g-import-not-at-top
+
 from prompt_tuning.research import collect, ensembles, model_dirs  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import plots, runs as runs_lib  # pylint: disable=g-import-not-at-top
@@ -58,7 +69,7 @@ METHODS = ("prompt_design", "prompt_tuning", "model_tuning", "prefix_tuning", "l
 MODEL_GIN = "models/tiny_bundled.gin"
 MODEL_NAME = "tiny_bundled"  # as scripts/transfer.py names runs of this gin
 COMMON_GIN = "demo/tiny_common.gin"
-PRESET = "tiny_topic"
+TASKS = ("count", "topic", "sentiment")
 LENGTH, INIT = 10, "class_labels"
 
 
@@ -67,7 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                               description=__doc__.split("\n\n")[0],
                               epilog=__doc__.split("\n\n", 1)[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--output_dir", default="results/replicate_tiny")
+  p.add_argument("--task", default="count", choices=TASKS)
+  p.add_argument("--output_dir", default=None,
+                 help="default results/replicate_<task>")
   p.add_argument("--figures", default=None,
                  help="where the PNGs go (default <output_dir>/figures)")
   p.add_argument("--experiments", default=",".join(EXPERIMENTS))
@@ -93,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sweep_config(args, experiments: List[str]) -> Dict[str, Any]:
-  preset = transfer.presets()[PRESET]
+  preset = transfer.presets()[f"tiny_{args.task}"]
   methods = [m for m in args.methods.split(",") if m]
   seeds = list(range(args.seeds))
   grids: List[Dict[str, Any]] = []
@@ -120,6 +133,9 @@ def sweep_config(args, experiments: List[str]) -> Dict[str, Any]:
     grids.append({"method": ["prompt_tuning", "model_tuning"],
                   "prompt_length": [LENGTH], "init": [INIT], "seed": [0],
                   "TRAIN_STEPS": [args.budget_steps]})
+  bindings = {}
+  if not tasks_lib.get_label_strings(preset.source):  # count: its label words
+    bindings["CLASS_LABELS"] = list(corpus.NUMBER_WORDS[5:13])
   return {
       "output_dir": str(pathlib.Path(args.output_dir)),
       "task": preset.source,
@@ -131,7 +147,8 @@ def sweep_config(args, experiments: List[str]) -> Dict[str, Any]:
                    "MAX_EVAL_EXAMPLES": args.max_eval_examples,
                    "EVAL_BATCH_SIZE": min(100, args.max_eval_examples),
                    "TrainConfig.eval_batch_size": min(100, args.max_eval_examples),
-                   "TrainConfig.log_period": max(1, min(50, args.steps))},
+                   "TrainConfig.log_period": max(1, min(50, args.steps)),
+                   **bindings},
       "models": {MODEL_NAME: [MODEL_GIN]},
       "grids": grids,
   }
@@ -210,7 +227,7 @@ def no_prompt(args, sweep) -> float:
 
 
 def shift(args, sweep) -> Dict[str, Any]:
-  preset = transfer.presets()[PRESET]
+  preset = transfer.presets()[f"tiny_{args.task}"]
   plan = transfer.Plan(
       source=preset.source, targets=preset.targets, model_gin_files=[MODEL_GIN],
       output_dir=args.output_dir, metrics=["accuracy"],
@@ -308,6 +325,7 @@ def markdown_rows(groups, key: str, label=str, extra=None) -> str:
 
 def main(argv=None) -> Dict[str, Any]:
   args = parse_args(argv)
+  args.output_dir = args.output_dir or f"results/replicate_{args.task}"
   start, load_start = time.time(), os.getloadavg()
   experiments = [e for e in args.experiments.split(",") if e]
   unknown = set(experiments) - set(EXPERIMENTS)
@@ -349,8 +367,9 @@ def main(argv=None) -> Dict[str, Any]:
                         m, m), params) +
                     f"\n\nNo prompt (frozen model, taskless input): "
                     f"{list(base.values())[0]:.1f}")
-    plots.methods_plot(seeds_only, str(figures / "methods.png"), baselines=base,
-                       title="Tiny T5 (1.3M): methods", ylabel="accuracy (%)")
+    plots.methods_plot(seeds_only, str(figures / f"tiny_{args.task}_methods.png"), baselines=base,
+                       title=f"Tiny T5 (1.3M), {args.task}: methods",
+                       ylabel="accuracy (%)")
   if "inits" in experiments:
     rows_init = [r for r in done if r["method"] == "prompt_tuning" and
                  r["prompt_length"] == LENGTH and r["seed"] < args.seeds]
@@ -359,8 +378,8 @@ def main(argv=None) -> Dict[str, Any]:
     sections.append("## Prompt initialization (prompt length 10)\n\n" +
                     markdown_rows(groups, "init",
                                   lambda i: plots.INIT_LABELS.get(i, i)))
-    plots.ablation_plot(rows_init, str(figures / "init.png"), "init",
-                        title="Tiny T5: prompt initialization",
+    plots.ablation_plot(rows_init, str(figures / f"tiny_{args.task}_init.png"), "init",
+                        title=f"Tiny T5, {args.task}: prompt initialization",
                         ylabel="accuracy (%)")
   if "lengths" in experiments:
     rows_len = [r for r in done if r["method"] == "prompt_tuning" and
@@ -370,8 +389,9 @@ def main(argv=None) -> Dict[str, Any]:
     results["lengths"] = groups
     sections.append("## Prompt length (class-label init)\n\n" +
                     markdown_rows(groups, "prompt_length"))
-    plots.ablation_plot(rows_len, str(figures / "prompt_length.png"),
-                        "prompt_length", title="Tiny T5: prompt length",
+    plots.ablation_plot(rows_len, str(figures / f"tiny_{args.task}_prompt_length.png"),
+                        "prompt_length",
+                        title=f"Tiny T5, {args.task}: prompt length",
                         ylabel="accuracy (%)")
   if "budget" in experiments:
     results["budget"] = budget(args, sweep)
@@ -385,9 +405,9 @@ def main(argv=None) -> Dict[str, Any]:
             f"{dict(c).get(s, float('nan')):.1f}" for s in steps) + " |\n"
                 for m, c in curves.items()))
     plots.curves_plot({plots.METHOD_LABELS.get(m, m): c for m, c in curves.items()},
-                      str(figures / "budget.png"),
+                      str(figures / f"tiny_{args.task}_budget.png"),
                       baselines=_design(done),
-                      title=f"Tiny T5: {args.budget_steps} training steps",
+                      title=f"Tiny T5, {args.task}: {args.budget_steps} steps",
                       ylabel="accuracy (%)")
   if "interpret" in experiments:
     results["interpret"] = interpret(args, sweep)
@@ -403,8 +423,8 @@ def main(argv=None) -> Dict[str, Any]:
     results["shift"] = timed(out, "shift", shift, args, sweep)
     sections.append("## Domain shift (trained on the source domain, zero-shot on "
                     "the others)\n\n" + results["shift"]["markdown"])
-    plots.transfer_plot(results["shift"]["table"], str(figures / "shift.png"),
-                        title="Tiny T5: zero-shot domain shift")
+    plots.transfer_plot(results["shift"]["table"], str(figures / f"tiny_{args.task}_shift.png"),
+                        title=f"Tiny T5, {args.task}: zero-shot domain shift")
   if "ensemble" in experiments:
     results["ensemble"] = timed(out, "ensemble", ensemble, args, sweep)
     e = results["ensemble"]

@@ -1,9 +1,9 @@
-"""Domain-shifted variants of two tiny tasks, for zero-shot transfer experiments.
+"""Domain-shifted variants of three tiny tasks, for zero-shot transfer experiments.
 
 The paper's domain-shift experiments (Lester et al. 2021, section 6: SQuAD -> MRQA
 out-of-domain sets, QQP <-> MRPC) in the bundled model's toy language
 (`prompt_tuning.tiny.corpus`): the task stays the same, the input distribution moves.
-For `sentiment` and `topic`:
+For `sentiment`, `topic` and `count` (the number of words, as a word):
 
   tiny_shift_<task>_source     train/eval domain: half of the nouns (5 per category)
                                and half of the mood adjectives (5 + 5), no sentence
@@ -18,13 +18,17 @@ each with its `taskless_` twin (no task word, the setting trained on), and the
 mixture `[taskless_]tiny_shift_<task>_all_domains` of all five (one evaluation call
 scores every domain). The frozen
 model saw every word in pretraining, so what a target domain tests is whether tuning
-kept that knowledge or fitted the source domain. Splits are fixed by the corpus's
-sentence hash, so validation/test sentences were never pretrained on. Labels are
-registered for class-label prompt initialization.
+kept that knowledge or fitted the source domain. For `count`, `long` also moves the
+labels: source sentences have six to eight words, long ones nine to eleven, counts
+the frozen model learned in pretraining but tuning never sees. Splits are fixed by
+the corpus's sentence hash, so validation/test sentences were never pretrained on.
+The labels of sentiment and topic are registered for class-label prompt
+initialization (count has none: bind CLASS_LABELS to number words).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import zlib
 from typing import Dict, Iterator, List, Tuple
@@ -39,7 +43,7 @@ from tasks import postprocessors
 from tasks import preprocessors as prep
 from tasks import tiny
 
-TASKS = ("sentiment", "topic")
+TASKS = ("sentiment", "topic", "count")
 SPLIT_SIZES: Dict[str, int] = {"train": 50_000, "validation": 500, "test": 500}
 DATA_SEED = 0
 
@@ -142,15 +146,23 @@ def _dataset_fn(task: str, domain: str):
   return dataset_fn
 
 
+def _to_class_id(text, example=None, is_target=False, *, labels):
+  return postprocessors.string_label_to_class_id(text, labels, example, is_target)
+
+
 def register() -> None:
   """(Re-)registers every shifted task and its taskless twin."""
   tokenize = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
               seqio.preprocessors.append_eos_after_trim]
   for task in TASKS:
-    labels = corpus.LABELS[task]
-
-    def to_class_id(text, example=None, is_target=False, labels=labels):
-      return postprocessors.string_label_to_class_id(text, labels, example, is_target)
+    labels = corpus.LABELS.get(task)
+    if labels is None:  # count: the number word, exact match
+      postprocess_fn = (lambda text, example=None, is_target=False:
+                        postprocessors.as_text(text))
+      metric_fns = [metrics.accuracy]
+    else:
+      postprocess_fn = functools.partial(_to_class_id, labels=labels)
+      metric_fns = [metrics.accuracy, metrics.invalid_predictions]
 
     for domain in DOMAINS:
       source = seqio.FunctionDataSource(_dataset_fn(task, domain),
@@ -163,8 +175,8 @@ def register() -> None:
         seqio.TaskRegistry.add_provider(name, seqio.Task(
             name, source=source,
             preprocessors=([prep.remove_leading_word] if taskless else []) + tokenize,
-            output_features=tiny.OUTPUT_FEATURES, postprocess_fn=to_class_id,
-            metric_fns=[metrics.accuracy, metrics.invalid_predictions]))
+            output_features=tiny.OUTPUT_FEATURES, postprocess_fn=postprocess_fn,
+            metric_fns=metric_fns))
         labels_lib.register_labels(name, labels,
                                    None if taskless else corpus.task_prefix(task))
     for taskless in (False, True):  # every domain, for one evaluation call

@@ -20,7 +20,7 @@ from prompt_tuning.research import collect, model_dirs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-TASK = "taskless_tiny_shift_topic_source"
+TASK = "taskless_tiny_shift_count_source"
 QUICK = ["--steps", "2", "--seeds", "1", "--ensemble", "2", "--max_eval_examples",
          "16", "--batch_size", "8", "--experiments",
          "methods,shift,ensemble,budget,interpret",
@@ -83,10 +83,12 @@ def test_replication_tables_figures_and_csv(replication):
   assert len(interpreted["top1"]) == 10
   assert all(-1.0 <= cos <= 1.0 and token for token, cos in interpreted["top1"])
   for name in ("methods", "shift", "budget"):
-    assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG
+    assert (out / "figures" / f"tiny_count_{name}.png").read_bytes()[:8] == PNG
   md = (out / "results.md").read_text()
   assert "load average" in md and "## Prompt ensemble" in md
-  assert "| `taskless_tiny_shift_topic_new_nouns` | unseen nouns |" in md
+  assert "| `taskless_tiny_shift_count_new_nouns` | unseen nouns |" in md
+  config = yaml.safe_load((out / "sweep.yaml").read_text())
+  assert config["bindings"]["CLASS_LABELS"][0] == "five"  # count's label words
 
 
 def test_shift_table_has_every_domain_for_both_methods(replication):
@@ -301,7 +303,7 @@ def test_nearest_tokens_on_released_prompts(tmp_path, t5_vocab_path):
 
 def test_transfer_script_reuses_runs_and_reproduces_the_shift_table(replication):
   out, results = replication
-  args = ["--preset", "tiny_topic", "--model_gin", "models/tiny_bundled.gin",
+  args = ["--preset", "tiny_count", "--model_gin", "models/tiny_bundled.gin",
           "--gin_file", "demo/tiny_common.gin", "--gin", "TRAIN_STEPS = 2",
           "--gin", "MAX_EVAL_EXAMPLES = 16", "--prompt_length", "10",
           "--init", "class_labels", "--seeds", "0", "--output_dir", str(out)]

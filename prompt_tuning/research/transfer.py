@@ -23,7 +23,8 @@ from prompt_tuning.research import evaluate as evaluate_lib
 from prompt_tuning.research import sweep as sweep_lib
 
 METHOD_LABELS = {"model_tuning": "Model", "prompt_tuning": "Prompt"}
-PRESET_NAMES = ("squad_mrqa", "qqp_mrpc", "mrpc_qqp", "tiny_topic", "tiny_sentiment")
+PRESET_NAMES = ("squad_mrqa", "qqp_mrpc", "mrpc_qqp", "tiny_topic", "tiny_sentiment",
+                "tiny_count")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ def presets() -> Dict[str, Preset]:
                          {"inputs": 512, "targets": 8}),
       "tiny_topic": _tiny("topic"),
       "tiny_sentiment": _tiny("sentiment"),
+      "tiny_count": _tiny("count"),
   }
 
 
