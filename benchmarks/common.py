@@ -41,7 +41,8 @@ class Shapes:
     reps: timed repetitions per contender (median and spread are over these).
     steps: train steps per repetition; decoding runs one batch per repetition.
     matmul: n of the `[n, n] @ [n, n]` float32 matmul that measures the machine.
-    matmul_seconds: work per matmul repetition.
+    matmul_seconds: work per matmul repetition (about a train step's: short bursts
+      pair badly with steps on a loaded machine).
   """
   preset: str = "small"
   overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -54,7 +55,7 @@ class Shapes:
   reps: int = 5
   steps: int = 2
   matmul: int = 2048
-  matmul_seconds: float = 0.5
+  matmul_seconds: float = 2.0
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)

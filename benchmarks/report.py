@@ -26,8 +26,9 @@ def _machine(meta: Dict[str, Any]) -> List[str]:
       f"{meta['duration_seconds'] / 60:.1f} min",
       f"- Load average (1, 5, 15 min): {meta['load_average_start']} at the start, "
       f"{meta['load_average_end']} at the end" +
-      (f"; waited for < {load['waited_for']}: "
-       f"{'reached' if load['quiet'] else 'not reached, ran anyway'}" if load else ""),
+      (f"; waited {load.get('waited_seconds', 0) / 60:.0f} min for < "
+       f"{load['waited_for']}: {'reached' if load['quiet'] else 'not reached, ran anyway'}"
+       if load else ""),
       f"- Command: `{meta['command']}`",
   ]
   return lines

@@ -90,7 +90,9 @@ def run_group(specs: List[Spec], reps: int, log: Callable[[str], None],
     for r in range(reps):
       # Rotate the order so no contender always runs right after the same one.
       for name in names[r % len(names):] + names[:r % len(names)]:
-        out[name]["reps"].append(workers[name].request("rep"))
+        answer = workers[name].request("rep")
+        answer["load_average"] = common.load_average()
+        out[name]["reps"].append(answer)
       log(f"  round {r + 1}/{reps}: " + ", ".join(
           f"{n} {out[n]['reps'][-1]['seconds']:.3g}s" for n in names) +
           f" (load {common.load_average()})")
@@ -143,6 +145,8 @@ def main(argv=None) -> int:
   }
   if args.wait_for_load > 0:
     meta["quiet_wait"] = wait_for_quiet(args.wait_for_load, args.max_wait, log)
+    meta["quiet_wait"]["waited_seconds"] = time.time() - started
+    started = time.time()  # the run's duration excludes the wait
   meta["load_average_start"] = common.load_average()
 
   os.makedirs(args.out, exist_ok=True)
