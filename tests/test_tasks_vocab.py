@@ -26,7 +26,14 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture()
 def clean(monkeypatch):
+  """No env var and no gin binding, whatever earlier tests in this worker did.
+
+  Entry points run in-process elsewhere in the suite parse gin files (e.g.
+  `tiny_bundled.gin` binds the tasks' vocabulary), so start from a clean gin
+  config rather than trusting the previous test to have tidied up.
+  """
   monkeypatch.delenv(vocab.ENV_VAR, raising=False)
+  gin.clear_config()
   yield monkeypatch
   gin.bind_parameter("tasks.vocab.vocabulary_path.path", None)
 
