@@ -32,7 +32,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from prompt_tuning import evaluation, initial_params, losses, partitioning, run_lock
+from prompt_tuning import (evaluation, host_memory, initial_params, losses, optim,
+                           partitioning, run_lock)
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
 from prompt_tuning.methods.base import Method, flatten, unflatten
@@ -118,16 +119,18 @@ class TrainState:
 
 
 def split_params(tree: Params, method: Method) -> Tuple[Params, Params]:
-  """(trainable, frozen) subtrees of `tree` by `method.trainable` regexes."""
-  flat = flatten(tree)
-  trainable = {k: v for k, v in flat.items() if method.is_trainable(k)}
-  frozen = {k: v for k, v in flat.items() if k not in trainable}
+  """(trainable, frozen) subtrees of `tree` by `method.trainable` regexes.
+
+  `optim.split` on nested trees: works on any tree shaped like the parameters
+  (e.g. their shardings).
+  """
+  trainable, frozen = optim.split(tree, method)
   return unflatten(trainable), unflatten(frozen)
 
 
 def merge_params(trainable: Params, frozen: Params) -> Params:
-  """The full parameter tree from its two parts."""
-  return unflatten({**flatten(frozen), **flatten(trainable)})
+  """The full parameter tree from its two parts (inverse of `split_params`)."""
+  return optim.merge(flatten(trainable), flatten(frozen))
 
 
 # ====================================================================================
@@ -237,7 +240,15 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                    donate_argnums=(0,))
   static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
             config.enable_dropout)
-  train = lambda state, frozen, batch, rng: jitted(state, frozen, batch, rng, *static)
+  compiled = []
+
+  def train(state, frozen, batch, rng):
+    out = jitted(state, frozen, batch, rng, *static)
+    if not compiled:  # the first call compiled: give the compiler's memory back
+      compiled.append(jax.block_until_ready(out) is not None)
+      host_memory.release_freed()
+    return out
+
   return CompiledSteps(train, init_state, state_shardings, frozen_shardings,
                        batch_sharding)
 
@@ -337,6 +348,8 @@ def run_record(config: TrainConfig, method: Method, model_config: T5Config,
       "model_config": model_config.to_dict(),
       "method": method.name,
       "trainable": list(method.trainable),
+      # Where the prompt goes ('prefix', 'suffix', 'after_bos'); serving uses it.
+      "prompt_combine": getattr(method.prompt, "combine", None),
       "task": config.mixture_or_task_name,
       "task_feature_lengths": dict(config.task_feature_lengths),
       "batch_size": config.batch_size,

@@ -32,7 +32,7 @@ from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.methods.base import Method, Params, with_params
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.models.layers import param
+from prompt_tuning.models.layers import Dropout, param
 
 Array = jax.Array
 FEATURES = ("encoder", "embeddings")
@@ -54,7 +54,7 @@ class Head(nn.Module):
     """x [B, H] → [B, out_dim]."""
     init = nn.initializers.normal(0.02)
     zeros = nn.initializers.zeros
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
     w1 = param(self, "hidden_kernel", init, (x.shape[-1], self.hidden_dim),
                ("embed", "lopa_hidden"))
     b1 = param(self, "hidden_bias", zeros, (self.hidden_dim,), ("lopa_hidden",))

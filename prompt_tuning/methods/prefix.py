@@ -27,7 +27,7 @@ import numpy as np
 
 from prompt_tuning.methods.base import Method, Params, get_param, with_params, without_params
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.models.layers import param
+from prompt_tuning.models.layers import Dropout, param
 
 Array = jax.Array
 STACKS = ("encoder", "decoder")
@@ -119,7 +119,7 @@ class Prefix(nn.Module):
       keys, values = PrefixMlp(self.length, _num_layers(cfg, stack), cfg.num_heads,
                                cfg.head_dim, self.prefix_dim or cfg.emb_dim,
                                self.hidden_dim, name=stack)()
-      dropout = nn.Dropout(self.dropout_rate)
+      dropout = Dropout(self.dropout_rate)
       out[stack] = (dropout(keys, deterministic=deterministic),
                     dropout(values, deterministic=deterministic))
     return out

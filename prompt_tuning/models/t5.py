@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.models.layers import (Dense, Embed, GatedMlp, MultiHeadAttention,
-                                         RelativePositionBiases, RMSNorm)
+from prompt_tuning.models.layers import (Dense, Dropout, Embed, GatedMlp,
+                                         MultiHeadAttention, RelativePositionBiases,
+                                         RMSNorm)
 
 Array = jax.Array
 Prefixes = Dict[str, Tuple[Array, Array]]
@@ -55,7 +56,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, mask, bias, prefix=None, deterministic=True):
     """x [B, T, H], mask [B, 1, 1, T], bias [1, N, T, T] → [B, T, H]."""
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype, cfg.dropout_rate,
                            name="attention")(y, y, mask, bias, prefix=prefix,
@@ -75,7 +76,7 @@ class DecoderLayer(nn.Module):
     """x [B, T, H], encoded [B, S, H], self_mask [B, 1, T, T] or None,
     cross_mask [B, 1, 1, S], bias [1, N, T, T] → [B, T, H]."""
     cfg = self.config
-    dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = lambda name: MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype,
                                                 cfg.dropout_rate, name=name)
     norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name=name)
@@ -104,7 +105,7 @@ class Encoder(nn.Module):
         cfg.num_heads, bidirectional=True, dtype=cfg.dtype)
     self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
     self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
-    self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    self.dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
   def __call__(self, tokens: Array, *, use_prompt: bool = True,
                features: Optional[Array] = None, prompt_index: Optional[Array] = None,
@@ -142,7 +143,7 @@ class Decoder(nn.Module):
         cfg.num_heads, bidirectional=False, dtype=cfg.dtype)
     self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
-    self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    self.dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), cfg.dtype)
 
   def __call__(self, encoded: Array, encoder_mask: Array, tokens: Array, *,
