@@ -123,10 +123,29 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
   return initial_checkpoint_path, model_config
 
 
+def prompt_combine(records: Mapping[str, Dict[str, Any]],
+                   combine: Optional[str]) -> str:
+  """The bank's combination: `combine` if given, else the MODEL_DIRs' own."""
+  recorded = {d: r.get("prompt_combine") or "prefix" for d, r in records.items()}
+  if combine is None:
+    modes = set(recorded.values())
+    if len(modes) > 1:
+      raise InferError(f"The served MODEL_DIRs place their prompts differently "
+                       f"({recorded}); one bank uses one combination. Serve them "
+                       "separately, or force one with --gin.infer.combine.")
+    return modes.pop() if modes else "prefix"
+  for model_dir, mode in recorded.items():
+    if mode != combine:
+      logging.warning("%s was trained with its prompt combined %r but is served "
+                      "%r (infer.combine).", model_dir, mode, combine)
+  return combine
+
+
 def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                     model_config: Optional[T5Config],
                     initial_checkpoint_path: Optional[str], *, mesh=None,
-                    checkpoint: Union[str, int] = "best", seed: int = 0):
+                    checkpoint: Union[str, int] = "best", seed: int = 0,
+                    combine: Optional[str] = None):
   """Frozen T5 + a bank of the named prompts.
 
   Args:
@@ -136,6 +155,9 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
       reads); None takes a MODEL_DIR's, else the model is randomly initialized.
     mesh: place parameters on it.
     checkpoint: which export of a MODEL_DIR ('best', 'latest' or a step).
+    seed: initializes the frozen model when there is no checkpoint (tests).
+    combine: where the prompts go; None takes the MODEL_DIRs' recorded mode,
+      else 'prefix'.
 
   Returns:
     (model, params, bank, description of the frozen model).
@@ -161,7 +183,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   if not initial_checkpoint_path:
     logging.warning("No INITIAL_CHECKPOINT_PATH: the frozen model is RANDOMLY "
                     "initialized (only useful for tests).")
-  bank, bank_params = bank_lib.from_prompts(sources)
+  bank, bank_params = bank_lib.from_prompts(sources, prompt_combine(records, combine))
   method = bank_lib.bank_method(bank)
   config, params, _ = initial_params.build_params(
       method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
@@ -237,7 +259,7 @@ def _prompt_sources(prompt_files: Optional[Mapping[str, Any]]) -> Dict[str, Any]
 def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
              ensembles, labels, mixture_or_task_name, split, task_prompt,
              max_examples, model_config, initial_checkpoint_path, checkpoint,
-             batch_size, decode_fn, seed
+             batch_size, decode_fn, seed, combine=None
              ) -> Tuple[serving.PromptServer, Iterator[infer_io.Request],
                         Optional[int]]:
   """Checks the settings, loads model and prompts: (server, requests, total lines)."""
@@ -266,7 +288,7 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   mesh = cli.make_mesh()
   model, params, bank, frozen = load_bank_model(
       _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
-      mesh=mesh, checkpoint=checkpoint, seed=seed)
+      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine)
   routes = serving.make_routes(bank, ensembles,
                                resolve_labels(labels, tasks.get_label_strings))
   decodes = any(r.labels is None for r in routes.values())
@@ -318,7 +340,8 @@ def infer(input_file: Optional[str] = None,
           batch_size: int = 32,
           decode_fn: Optional[Callable[..., Any]] = None,
           log_every: int = 10,
-          seed: int = 0) -> InferSummary:
+          seed: int = 0,
+          combine: Optional[str] = None) -> InferSummary:
   """Serves requests and writes one JSONL record per request (gin: `infer.<arg>`).
 
   Args:
@@ -340,6 +363,8 @@ def infer(input_file: Optional[str] = None,
     decode_fn: DECODE_FN (configs/decoding/*.gin); default greedy.
     log_every: log a progress line every this many batches (no terminal).
     seed: sampling seed.
+    combine: where the served prompts go ('prefix', 'suffix', 'after_bos');
+      None: as the MODEL_DIRs were trained, else 'prefix'.
   """
   start = time.time()
   if model_config is None:
@@ -355,7 +380,8 @@ def infer(input_file: Optional[str] = None,
         labels=labels, mixture_or_task_name=mixture_or_task_name, split=split,
         task_prompt=task_prompt, max_examples=max_examples,
         model_config=model_config, initial_checkpoint_path=initial_checkpoint_path,
-        checkpoint=checkpoint, batch_size=batch_size, decode_fn=decode_fn, seed=seed)
+        checkpoint=checkpoint, batch_size=batch_size, decode_fn=decode_fn, seed=seed,
+        combine=combine)
   except (FileNotFoundError, ValueError, KeyError, OSError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     raise InferError(str(message)) from e

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from prompt_tuning import partitioning
+from prompt_tuning import host_memory, partitioning
 from prompt_tuning.methods.base import Method, flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
@@ -89,6 +89,7 @@ def build_params(method: Method, model_config: T5Config,
     logging.info("Loading the frozen model from %s.", initial_checkpoint_path)
     config, tree = checkpoints.load(initial_checkpoint_path, config=model_config)
     loaded = flatten(tree)
+    del tree
   model = method.build(config)
   abstract = abstract_params(model)
   expected = {p: leaf.value if isinstance(leaf, nn.Partitioned) else leaf
@@ -107,7 +108,10 @@ def build_params(method: Method, model_config: T5Config,
     return config, jax.tree_util.tree_map(np.asarray, params), None
   shardings = partitioning.param_shardings(
       abstract, mesh, axis_rules if axis_rules is not None else partitioning.rules())
-  return config, place(params, shardings), shardings
+  placed = place(params, shardings)
+  del params, flat, loaded
+  host_memory.release_freed()  # the host copies just freed (docs/BENCHMARKS.md)
+  return config, placed, shardings
 
 
 def _check_shapes(params: Params, expected: Mapping[str, Any]) -> None:

@@ -68,6 +68,45 @@ def test_mixed_batch_matches_each_task_alone(frozen):
   assert np.abs(np.asarray(other) - np.asarray(mixed)).max() > 1e-3
 
 
+@pytest.mark.parametrize("combine,names", [
+    ("suffix", ("a", "b", "c")),     # mixed lengths: b is right-padded
+    ("after_bos", ("a", "c")),       # one length only
+])
+def test_bank_places_prompts_like_the_single_prompt_module(frozen, combine, names):
+  params, tokens, decoder_inputs, prompts = frozen
+  bank, bank_params = bank_lib.from_prompts({n: prompts[n] for n in names},
+                                            combine=combine)
+  model = Transformer(CONFIG, prompt=bank)
+  full = bank_lib.with_bank(params, bank_params)
+  assign = [names[i % len(names)] for i in range(6)]
+  mixed = model.apply({"params": full}, tokens, decoder_inputs,
+                      prompt_index=bank.indices(assign))
+  for name in names:
+    rows = np.flatnonzero(np.asarray(assign) == name)
+    single = Transformer(CONFIG, prompt=Prompt(length=prompts[name].shape[0],
+                                               combine=combine))
+    alone = single.apply({"params": with_params(
+        params, {"encoder/prompt/prompt": prompts[name]})}, tokens[rows],
+                         decoder_inputs[rows])
+    np.testing.assert_allclose(mixed[rows], alone, atol=1e-5, rtol=1e-5,
+                               err_msg=name)
+    # ... and not like the prompt placed elsewhere.
+    prefix = single_prompt_logits(params, prompts[name], tokens[rows],
+                                  decoder_inputs[rows])
+    assert np.abs(np.asarray(prefix) - np.asarray(alone)).max() > 1e-3
+  if combine == "suffix":
+    np.testing.assert_array_equal(bank.length_mask()[1], [1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(bank_params["prompts"])[1, 2:], 0.0)
+
+
+def test_after_bos_bank_refuses_prompts_of_different_lengths(frozen):
+  *_, prompts = frozen
+  with pytest.raises(ValueError, match="one length"):
+    bank_lib.from_prompts(prompts, combine="after_bos")
+  with pytest.raises(ValueError, match="Unknown prompt combination 'middle'"):
+    bank_lib.PromptBank(lengths=(2,), combine="middle")
+
+
 def test_same_length_prompt_is_exact(frozen):
   params, tokens, decoder_inputs, prompts = frozen
   bank, bank_params = bank_lib.from_prompts({"a": prompts["a"], "c": prompts["c"]})

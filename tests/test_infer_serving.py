@@ -262,3 +262,18 @@ def test_progress_bar_on_a_terminal_counts_lines():
     progress.batch_done()
   progress.close()
   assert "6/6" in stream.getvalue() and "100%" in stream.getvalue()
+
+
+def test_served_prompts_are_placed_as_they_were_trained(caplog):
+  records = {"/runs/a": {"prompt_combine": "suffix"},
+             "/runs/b": {"prompt_combine": "suffix"}}
+  assert infer_lib.prompt_combine(records, None) == "suffix"
+  assert infer_lib.prompt_combine({}, None) == "prefix"
+  # Runs written before the mode was recorded were prefix prompts.
+  assert infer_lib.prompt_combine({"/runs/old": {}}, None) == "prefix"
+  with pytest.raises(infer_lib.InferError, match="--gin.infer.combine"):
+    infer_lib.prompt_combine({**records, "/runs/c": {"prompt_combine": "prefix"}},
+                             None)
+  with caplog.at_level("WARNING"):
+    assert infer_lib.prompt_combine(records, "prefix") == "prefix"
+  assert "/runs/a was trained with its prompt combined 'suffix'" in caplog.text

@@ -18,8 +18,12 @@ so T5's relative position buckets see exactly the unpadded sequence: a short
 prompt in the bank gives the outputs of that prompt alone (up to float rounding
 from sums over the extra masked positions); same-length prompts are exact.
 
-The combination is the paper's prefix one, `[prompt_k, x]`, as the single-prompt
-`Prompt(combine='prefix')` module of prompt tuning.
+`combine` places the prompt as the single-prompt `Prompt` module of prompt tuning
+does: 'prefix' (the paper's `[prompt_k, x]`, default), 'suffix' (after each
+example's last token; shorter prompts are then RIGHT-padded, so the real vectors
+still follow the input directly) or 'after_bos' (only for prompts of one length:
+padding inside the sequence would move the input's relative positions). Serve
+prompts with the combination they were trained with.
 
 Sources a bank loads (`from_prompts`): `[P, H]` arrays, `.npy` files, or a
 directory — a trainer `MODEL_DIR` (newest
@@ -38,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.methods.base import Method, Params, with_params
 from prompt_tuning.methods.initializers import load_prompt_file
 from prompt_tuning.models.layers import param
@@ -56,11 +61,14 @@ class PromptBank(nn.Module):
     lengths: the real length of each prompt (P = max(lengths)); shorter prompts
       are left-padded and their padding is masked.
     names: one name per prompt (default `prompt_0`, …), for `index`/`indices`.
+    combine: 'prefix' | 'suffix' | 'after_bos', where the prompts go (the
+      module docstring says how shorter prompts are padded).
     init_minval / init_maxval: uniform range used by `Module.init` (training a
       bank from scratch); served banks take their values from `from_prompts`.
   """
   lengths: Tuple[int, ...]
   names: Tuple[str, ...] = ()
+  combine: str = "prefix"
   init_minval: float = -0.5
   init_maxval: float = 0.5
 
@@ -75,6 +83,12 @@ class PromptBank(nn.Module):
     if len(names) != len(lengths) or len(set(names)) != len(names):
       raise ValueError(f"PromptBank needs one distinct name per prompt; got names "
                        f"{names} for {len(lengths)} lengths.")
+    prompt_lib.check_combine(self.combine)
+    if self.combine == "after_bos" and len(set(lengths)) > 1:
+      raise ValueError(f"A prompt bank combined 'after_bos' needs prompts of one "
+                       f"length (padding between the first token and the rest "
+                       f"would shift relative positions); got lengths {lengths}. "
+                       "Serve them in separate banks, or use 'prefix'.")
     object.__setattr__(self, "lengths", lengths)
     object.__setattr__(self, "names", names)
     super().__post_init__()
@@ -97,10 +111,19 @@ class PromptBank(nn.Module):
     """`prompt_index [B]` int32 for a list of per-example prompt names."""
     return np.asarray([self.index(n) for n in names], np.int32)
 
+  @property
+  def pad_side(self) -> str:
+    """Where shorter prompts are padded: 'right' for suffix prompts, else 'left'."""
+    return "right" if self.combine == "suffix" else "left"
+
   def length_mask(self) -> np.ndarray:
-    """[K, P] bool: True at real prompt positions (the last `lengths[k]`)."""
+    """[K, P] bool: True at real prompt positions (the last `lengths[k]`, or the
+    first ones for right-padded suffix prompts)."""
     positions = np.arange(self.max_length)[None, :]
-    return positions >= (self.max_length - np.asarray(self.lengths))[:, None]
+    lengths = np.asarray(self.lengths)[:, None]
+    if self.pad_side == "right":
+      return positions < lengths
+    return positions >= self.max_length - lengths
 
   @nn.compact
   def __call__(self, x: Array, mask: Array, features: Optional[Array] = None,
@@ -129,8 +152,7 @@ class PromptBank(nn.Module):
     _check_index(prompt_index, batch, self.num_prompts)
     chosen = jnp.take(prompts, prompt_index, axis=0)  # [B, P, H]
     visible = jnp.take(jnp.asarray(self.length_mask()), prompt_index, axis=0)
-    return (jnp.concatenate([chosen.astype(x.dtype), x], axis=1),
-            jnp.concatenate([visible.astype(mask.dtype), mask], axis=1))
+    return prompt_lib.combine(self.combine, chosen, x, mask, visible)
 
 
 def _check_index(prompt_index, batch: int, num_prompts: int):
@@ -191,8 +213,10 @@ def load_prompt(source: PromptSource) -> np.ndarray:
   return array
 
 
-def stack_prompts(prompts: Sequence[np.ndarray]) -> Tuple[np.ndarray, Tuple[int, ...]]:
-  """[P_k, H] arrays → (left-padded [K, max P, H] float32, lengths)."""
+def stack_prompts(prompts: Sequence[np.ndarray], pad_side: str = "left"
+                  ) -> Tuple[np.ndarray, Tuple[int, ...]]:
+  """[P_k, H] arrays → (padded [K, max P, H] float32, lengths); `pad_side` is
+  `PromptBank.pad_side`."""
   widths = {p.shape[1] for p in prompts}
   if len(widths) != 1:
     raise ValueError(f"All prompts of a bank need the same width H; got shapes "
@@ -200,7 +224,10 @@ def stack_prompts(prompts: Sequence[np.ndarray]) -> Tuple[np.ndarray, Tuple[int,
   lengths = tuple(p.shape[0] for p in prompts)
   stacked = np.zeros((len(prompts), max(lengths), widths.pop()), np.float32)
   for k, prompt in enumerate(prompts):
-    stacked[k, stacked.shape[1] - lengths[k]:] = prompt
+    if pad_side == "right":
+      stacked[k, :lengths[k]] = prompt
+    else:
+      stacked[k, stacked.shape[1] - lengths[k]:] = prompt
   return stacked, lengths
 
 
@@ -211,14 +238,16 @@ def _default_name(source: Any, k: int) -> str:
   return f"prompt_{k}"
 
 
-def from_prompts(prompts: Union[Mapping[str, PromptSource], Sequence[PromptSource]]
-                 ) -> Tuple[PromptBank, Dict[str, Array]]:
+def from_prompts(prompts: Union[Mapping[str, PromptSource], Sequence[PromptSource]],
+                 combine: str = "prefix") -> Tuple[PromptBank, Dict[str, Array]]:
   """Builds a bank and its parameters from K prompts.
 
   Args:
     prompts: name → source, or a sequence of sources (named after the file or
       directory, else `prompt_<k>`); a source is a `[P, H]` array, a `.npy` file
       or a directory (see `find_prompt_file`).
+    combine: where the prompts go ('prefix', 'suffix', 'after_bos'): the mode
+      they were trained with.
 
   Returns:
     (the `PromptBank` module, `{'prompts': [K, P, H] float32}`): pass the module as
@@ -232,8 +261,11 @@ def from_prompts(prompts: Union[Mapping[str, PromptSource], Sequence[PromptSourc
     names = [_default_name(s, k) for k, s in enumerate(sources)]
   if not sources:
     raise ValueError("from_prompts needs at least one prompt.")
-  stacked, lengths = stack_prompts([load_prompt(s) for s in sources])
-  return PromptBank(lengths=lengths, names=tuple(names)), {"prompts": jnp.asarray(stacked)}
+  loaded = [load_prompt(s) for s in sources]
+  bank = PromptBank(lengths=tuple(p.shape[0] for p in loaded), names=tuple(names),
+                    combine=combine)
+  stacked, _ = stack_prompts(loaded, bank.pad_side)
+  return bank, {"prompts": jnp.asarray(stacked)}
 
 
 def with_bank(params: Params, bank_params: Mapping[str, Array]) -> Params:

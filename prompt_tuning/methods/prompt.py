@@ -34,28 +34,41 @@ PROMPT_REGEX = r".*/prompt/.*"  # the T5X prompt-tuning regex; matches PROMPT_PA
 # ---------------------------------------------------------------- combining
 
 
-def prefix(prompt: Array, x: Array, mask: Array) -> Tuple[Array, Array]:
-  """prompt [B, P, H], x [B, T, H], mask [B, T] → ([B, P+T, H], [B, P+T])."""
-  visible = jnp.ones(prompt.shape[:2], dtype=mask.dtype)
+def _visible(prompt: Array, mask: Array, visible: Optional[Array]) -> Array:
+  """[B, P] attention mask of the prompt positions: all ones unless given."""
+  if visible is None:
+    return jnp.ones(prompt.shape[:2], dtype=mask.dtype)
+  return visible.astype(mask.dtype)
+
+
+def prefix(prompt: Array, x: Array, mask: Array, visible: Optional[Array] = None
+           ) -> Tuple[Array, Array]:
+  """prompt [B, P, H], x [B, T, H], mask [B, T] → ([B, P+T, H], [B, P+T]).
+
+  `visible [B, P]` masks prompt positions (a prompt bank's padding); default all.
+  """
+  visible = _visible(prompt, mask, visible)
   return (jnp.concatenate([prompt.astype(x.dtype), x], axis=1),
           jnp.concatenate([visible, mask], axis=1))
 
 
-def after_bos(prompt: Array, x: Array, mask: Array) -> Tuple[Array, Array]:
+def after_bos(prompt: Array, x: Array, mask: Array, visible: Optional[Array] = None
+              ) -> Tuple[Array, Array]:
   """The prompt after the first input token: [x_0, prompt, x_1, …]."""
-  visible = jnp.ones(prompt.shape[:2], dtype=mask.dtype)
+  visible = _visible(prompt, mask, visible)
   return (jnp.concatenate([x[:, :1], prompt.astype(x.dtype), x[:, 1:]], axis=1),
           jnp.concatenate([mask[:, :1], visible, mask[:, 1:]], axis=1))
 
 
-def suffix(prompt: Array, x: Array, mask: Array) -> Tuple[Array, Array]:
+def suffix(prompt: Array, x: Array, mask: Array, visible: Optional[Array] = None
+           ) -> Tuple[Array, Array]:
   """The prompt after each example's last non-padding token, padding moved after it.
 
   Inputs are padded at the end, so example b has length L_b = sum(mask[b]); output
   position j reads x[j] for j < L_b, prompt[j - L_b] for L_b <= j < L_b + P and
   x[j - P] (padding) after that — one gather over `[x, prompt]`.
   """
-  batch, length = mask.shape
+  length = mask.shape[1]
   num_prompt = prompt.shape[1]
   lengths = jnp.sum(mask.astype(jnp.int32), axis=1, keepdims=True)  # [B, 1]
   j = jnp.arange(length + num_prompt)[None, :]  # [1, T+P]
@@ -64,24 +77,31 @@ def suffix(prompt: Array, x: Array, mask: Array) -> Tuple[Array, Array]:
                                                j - num_prompt))  # [B, T+P]
   pool = jnp.concatenate([x, prompt.astype(x.dtype)], axis=1)  # [B, T+P, H]
   gathered = jnp.take_along_axis(pool, source[..., None], axis=1)
-  pool_mask = jnp.concatenate(
-      [mask, jnp.ones((batch, num_prompt), dtype=mask.dtype)], axis=1)
+  pool_mask = jnp.concatenate([mask, _visible(prompt, mask, visible)], axis=1)
   return gathered, jnp.take_along_axis(pool_mask, source, axis=1)
 
 
-COMBINERS: Dict[str, Callable[[Array, Array, Array], Tuple[Array, Array]]] = {
+COMBINERS: Dict[str, Callable[..., Tuple[Array, Array]]] = {
     "prefix": prefix,
     "after_bos": after_bos,
     "suffix": suffix,
 }
 
 
-def combine(mode: str, prompt: Array, x: Array, mask: Array) -> Tuple[Array, Array]:
-  """Combines a batched prompt `[B, P, H]` with x `[B, T, H]` by `mode`."""
+def check_combine(mode: str) -> str:
   if mode not in COMBINERS:
     raise ValueError(f"Unknown prompt combination {mode!r}; choose one of "
                      f"{sorted(COMBINERS)} (gin: methods.prompt_tuning.combine).")
-  return COMBINERS[mode](prompt, x, mask)
+  return mode
+
+
+def combine(mode: str, prompt: Array, x: Array, mask: Array,
+            visible: Optional[Array] = None) -> Tuple[Array, Array]:
+  """Combines a batched prompt `[B, P, H]` with x `[B, T, H]` by `mode`.
+
+  `visible [B, P]` (optional) masks some prompt positions out of attention.
+  """
+  return COMBINERS[check_combine(mode)](prompt, x, mask, visible)
 
 
 # ---------------------------------------------------------------- module
