@@ -190,10 +190,12 @@ class EvalExamples:
     raw: the preprocessed (pre-feature-conversion) examples, as numpy; used by the
       postprocessor (`example=`) and to compute the targets.
     features: per example, the model features (`MODEL_FEATURES`).
+    num_truncated: examples longer than the feature lengths (cut to fit).
   """
   task: Any
   raw: List[Dict[str, Any]]
   features: List[Batch]
+  num_truncated: int = 0
 
   @property
   def targets(self) -> List[Any]:
@@ -220,23 +222,33 @@ def tasks_of(mixture_or_task_name: str) -> List[Any]:
 def eval_examples(task: Any, task_feature_lengths: Mapping[str, int],
                   split: str = "validation", max_examples: Optional[int] = None,
                   use_cached: bool = False) -> EvalExamples:
-  """Reads a task's split in order (unshuffled), keeping raw and model features."""
+  """Reads a task's split in order (unshuffled), keeping raw and model features.
+
+  Examples longer than `task_feature_lengths` are cut, as in training, and counted
+  in `EvalExamples.num_truncated` (flagged as `train_batches` flags them).
+  """
   if split not in task.splits:
     raise ValueError(f"Task {task.name!r} has no split {split!r}; it has "
                      f"{list(task.splits)}. Set --gin.EVAL_SPLIT (or the run's split).")
   lengths = dict(task_feature_lengths)
   raw_ds = task.get_dataset(lengths, split=split, shuffle=False, use_cached=use_cached,
-                            num_epochs=1)
+                            num_epochs=1, trim_output_features=False)
   if max_examples:
     raw_ds = raw_ds.take(max_examples)
+  raw_ds = raw_ds.map(functools.partial(_flag_truncated, lengths=lengths,
+                                        output_features=task.output_features))
+  raw_ds = seqio.utils.trim_dataset(raw_ds, lengths, task.output_features)
+  flags = raw_ds.map(lambda ex: ex[TRUNCATED][0])
+  raw_ds = raw_ds.map(lambda ex: {k: v for k, v in ex.items() if k != TRUNCATED})
   features_ds = feature_converter()(raw_ds, lengths)
   raw = list(_options(raw_ds).as_numpy_iterator())
+  num_truncated = int(sum(_options(flags).as_numpy_iterator()))
   features = [{k: ex[k] for k in MODEL_FEATURES}
               for ex in _options(features_ds).as_numpy_iterator()]
   if len(raw) != len(features):
     raise RuntimeError(f"Task {task.name}: {len(raw)} raw examples but "
                        f"{len(features)} converted ones.")
-  return EvalExamples(task, raw, features)
+  return EvalExamples(task, raw, features, num_truncated)
 
 
 def padded_batches(features: Sequence[Batch], batch_size: int) -> Iterator[Batch]:

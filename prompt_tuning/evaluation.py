@@ -32,6 +32,9 @@ from prompt_tuning import losses, partitioning
 Params = Dict[str, Any]
 Batch = Dict[str, Any]
 
+# Metrics that are not scores (never picked as the metric to track).
+COUNTS = ("loss", "z_loss", "num_examples", "num_truncated")
+
 
 # ------------------------------------------------------------------------------------
 # The pure step.
@@ -143,8 +146,15 @@ class Evaluator:
         continue
       self.examples[task.name] = data_lib.eval_examples(
           task, task_feature_lengths, split, max_examples, use_cached)
-      logging.info("Evaluation: %d examples of %s/%s.",
-                   len(self.examples[task.name].features), task.name, split)
+      examples = self.examples[task.name]
+      logging.info("Evaluation: %d examples of %s/%s.", len(examples.features),
+                   task.name, split)
+      if examples.num_truncated:
+        logging.warning(
+            "%d of %d %s/%s examples are longer than TASK_FEATURE_LENGTHS %s and "
+            "were cut to fit (scores on them may suffer); raise the lengths to "
+            "evaluate them whole.", examples.num_truncated, len(examples.features),
+            task.name, split, dict(task_feature_lengths))
     if not self.examples:
       raise ValueError(f"Nothing to evaluate: no task of {mixture_or_task_name!r} "
                        f"has a {split!r} split.")
@@ -200,7 +210,7 @@ class Evaluator:
     metrics: Dict[str, Any] = {
         "loss": sums["loss_sum"] / max(sums["weight_sum"], 1.0),
         "z_loss": sums["z_loss_sum"] / max(sums["weight_sum"], 1.0),
-        "num_examples": n}
+        "num_examples": n, "num_truncated": examples.num_truncated}
     targets = examples.targets
     vocab = task.output_features["targets"].vocabulary
     predictions = []
@@ -232,7 +242,7 @@ def select_metric(results: Mapping[str, TaskResult], name: Optional[str]
   if name is None:
     for result in results.values():
       for key, value in result.metrics.items():
-        if key not in ("loss", "z_loss", "num_examples") and isinstance(
+        if key not in COUNTS and isinstance(
             value, (int, float)):
           name = key
           break

@@ -311,6 +311,36 @@ def test_long_inputs_are_truncated_as_seqio_does_and_counted(tmp_path, caplog):
   assert values == {1: 4.0, 2: 8.0}
 
 
+def test_evaluation_cuts_long_inputs_like_seqio_and_reports_them(caplog):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import data, evaluation  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.t5 import Transformer  # pylint: disable=g-import-not-at-top
+  name = _register_long_task()
+  task = seqio.get_mixture_or_task(name)
+  examples = data.eval_examples(task, tl.FEATURE_LENGTHS, split="train")
+  assert examples.num_truncated == 8  # the odd examples
+  # What is evaluated is exactly seqio's trimmed dataset, in order.
+  theirs = list(task.get_dataset(tl.FEATURE_LENGTHS, split="train", shuffle=False,
+                                 num_epochs=1).as_numpy_iterator())
+  assert len(theirs) == len(examples.raw) == 16
+  for ours, ref in zip(examples.raw, theirs):
+    np.testing.assert_array_equal(ours["inputs"], ref["inputs"])
+    assert "truncated" not in ours
+
+  model = Transformer(tl.tiny_config())
+  tokens = np.ones((2, 4), np.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), tokens, tokens)["params"])
+  with caplog.at_level("WARNING"):
+    evaluator = evaluation.Evaluator(model, None, None, name, tl.FEATURE_LENGTHS,
+                                     batch_size=8, split="train", decode=False)
+  assert ("8 of 16 bad_input_long_inputs/train examples are longer than "
+          "TASK_FEATURE_LENGTHS") in caplog.text
+  metrics = evaluator.evaluate(params)[name].metrics
+  assert metrics["num_truncated"] == 8 and metrics["num_examples"] == 16
+
+
 def test_text_cut_by_append_eos_after_trim_is_counted(tmp_path, t5_vocab_path,
                                                       monkeypatch):
   # T5-style tasks trim inside a preprocessor (append_eos_after_trim), before the

@@ -25,7 +25,8 @@ TRAILING = ["task", "metric", "best", "best_step", "final", "final_step",
             "evaluations", "train_steps", "status", "model_dir"]
 COLUMNS = LEADING + TRAILING
 LOWER_IS_BETTER = ("loss", "z_loss")
-SKIPPED_METRICS = ("loss", "z_loss", "num_examples", "invalid_predictions")
+SKIPPED_METRICS = ("loss", "z_loss", "num_examples", "num_truncated",
+                   "invalid_predictions")
 
 
 def columns(extra_axes: Sequence[str] = ()) -> List[str]:
