@@ -53,22 +53,17 @@ def encode(model: nn.Module, params: Params, encoder_input_tokens: Array,
 
 def init_cache(model: nn.Module, params: Params, encoded: Array,
                encoder_mask: Array, max_decode_length: int) -> Any:
-  """A zeroed decoder cache for `[B, L]` decoding (L = max_decode_length).
+  """The decoder cache for `[B, L]` decoding (L = max_decode_length).
 
-  The model creates its cache variables on a first full-length call; only the
-  shapes of that call are traced here (`eval_shape`), so no compute is spent.
+  One decoder call on a single dummy token creates it: self-attention caches of
+  L zeroed positions, and cross-attention's keys and values of `encoded`,
+  projected here once instead of at every step.
   """
-  batch = encoded.shape[0]
-
-  def first_call():
-    dummy = jnp.zeros((batch, max_decode_length), jnp.int32)
-    _, variables = model.apply({"params": params}, encoded, encoder_mask, dummy,
-                               decode=True, max_decode_length=max_decode_length,
-                               method=model.decode, mutable=["cache"])
-    return variables["cache"]
-
-  shapes = jax.eval_shape(first_call)
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  dummy = jnp.zeros((encoded.shape[0], 1), jnp.int32)
+  _, variables = model.apply({"params": params}, encoded, encoder_mask, dummy,
+                             decode=True, max_decode_length=max_decode_length,
+                             method=model.decode, mutable=["cache"])
+  return variables["cache"]
 
 
 def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,

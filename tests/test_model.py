@@ -152,3 +152,27 @@ def test_incremental_decoding_matches_full_forward(tiny):
         mutable=["cache"])
     cache = variables["cache"]
     np.testing.assert_allclose(step_logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_projects_the_encoder_output_once(tiny):
+  """Cross-attention keys/values are made when the cache is created and reused:
+  later steps read them from the cache, not from the `encoded` they are given."""
+  from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+  config, model, params, enc, dec = tiny
+  encoded, mask = model.apply({"params": params}, enc, method=model.encode)
+  length = dec.shape[1]
+  cache = decoding.init_cache(model, params, encoded, mask, length)
+  cross = cache["decoder"]["layers_0"]["encoder_decoder_attention"]
+  assert cross["cached_input_key"].shape == (enc.shape[0], encoded.shape[1],
+                                             config.num_heads, config.head_dim)
+  self_attention = cache["decoder"]["layers_0"]["self_attention"]
+  assert self_attention["cached_key"].shape[1] == length
+  assert int(self_attention["cache_index"]) == 0
+  step = lambda c, e: decoding.decode_step(model, params, c, e, mask, dec[:, 0],
+                                           length)
+  logits, _ = step(cache, encoded)
+  same, _ = step(cache, jnp.zeros_like(encoded))
+  np.testing.assert_array_equal(logits, same)
+  fresh = decoding.init_cache(model, params, jnp.zeros_like(encoded), mask, length)
+  other, _ = step(fresh, encoded)
+  assert np.abs(np.asarray(other) - np.asarray(logits)).max() > 1e-4

@@ -232,9 +232,18 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
                bias: Optional[Array] = None, *,
                prefix: Optional[Tuple[Array, Array]] = None,
-               decode: bool = False, deterministic: bool = True) -> Array:
+               decode: bool = False, cache_inputs_kv: bool = False,
+               cache_length: Optional[int] = None,
+               deterministic: bool = True) -> Array:
     """inputs_q [B, T, H], inputs_kv [B, S, H], mask [B, 1, T, S] (bool),
-    bias [1|B, N, T, S], prefix (k, v) each [B, P, N, D] → [B, T, H]."""
+    bias [1|B, N, T, S], prefix (k, v) each [B, P, N, D] → [B, T, H].
+
+    `decode`: self-attention over a key/value cache of `cache_length` positions
+    (default: the creating call's length). `cache_inputs_kv`: `inputs_kv` is the
+    same at every call (cross-attention to the encoder output while decoding),
+    so its keys and values are projected once, when the cache is created, and
+    read from the cache afterwards.
+    """
     width = self.num_heads * self.head_dim
     emb_dim = inputs_q.shape[-1]
     init = lambda scale: nn.initializers.variance_scaling(scale, "fan_in", "normal")
@@ -242,11 +251,16 @@ class MultiHeadAttention(nn.Module):
                                           kernel_init=init(scale), name=name)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
     query = split(dense("query", 1.0 / self.head_dim)(inputs_q))  # [B, T, N, D]
-    key = split(dense("key")(inputs_kv))  # [B, S, N, D]
-    value = split(dense("value")(inputs_kv))
+    project = lambda name: split(dense(name)(inputs_kv))  # [B, S, N, D]
+    if cache_inputs_kv:
+      key = self.variable("cache", "cached_input_key", project, "key").value
+      value = self.variable("cache", "cached_input_value", project, "value").value
+    else:
+      key, value = project("key"), project("value")
 
     if decode:
-      key, value, mask, bias = self._update_cache(key, value, mask, bias)
+      key, value, mask, bias = self._update_cache(key, value, mask, bias,
+                                                  cache_length)
 
     if prefix is not None:
       prefix_k, prefix_v = (p.astype(self.dtype) for p in prefix)  # [B, P, N, D]
@@ -273,20 +287,25 @@ class MultiHeadAttention(nn.Module):
     return Dense(emb_dim, ("joined_kv", "embed"), self.dtype, kernel_init=init(1.0),
                  name="out")(out)
 
-  def _update_cache(self, key, value, mask, bias):
+  def _update_cache(self, key, value, mask, bias, cache_length=None):
     """Writes this step's key/value at `cache_index`; masks the future.
 
     `bias` arrives for all `[max_length, max_length]` positions and leaves as this
-    step's row `[1, N, 1, max_length]`. The first call (from `init` with a
-    full-length input) only creates the cache.
+    step's row `[1, N, 1, max_length]`. The first call only creates the cache,
+    `cache_length` positions long (default: that call's length), and attends
+    within its own input.
     """
     initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape,
+    shape = (key.shape[0], cache_length or key.shape[1]) + key.shape[2:]
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape,
                                  value.dtype)
     cache_index = self.variable("cache", "cache_index",
                                 lambda: jnp.array(0, dtype=jnp.int32))
     if not initialized:
+      length = key.shape[1]
+      if bias is not None:
+        bias = bias[:, :, :length, :length]
       return key, value, mask, bias
     batch, max_length = cached_key.value.shape[:2]
     if key.shape[1] != 1:

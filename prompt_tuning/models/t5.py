@@ -72,9 +72,13 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, bias, prefix=None,
-               deterministic=True, decode=False):
+               deterministic=True, decode=False, max_decode_length=None):
     """x [B, T, H], encoded [B, S, H], self_mask [B, 1, T, T] or None,
-    cross_mask [B, 1, 1, S], bias [1, N, T, T] → [B, T, H]."""
+    cross_mask [B, 1, 1, S], bias [1, N, T, T] → [B, T, H].
+
+    While decoding, the self-attention cache holds `max_decode_length` positions
+    and cross-attention keeps the encoder output's keys and values in the cache.
+    """
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     attention = lambda name: MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype,
@@ -82,10 +86,12 @@ class DecoderLayer(nn.Module):
     norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name=name)
     y = norm("pre_self_attention_layer_norm")(x)
     y = attention("self_attention")(y, y, self_mask, bias, prefix=prefix,
-                                    decode=decode, deterministic=deterministic)
+                                    decode=decode, cache_length=max_decode_length,
+                                    deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = norm("pre_cross_attention_layer_norm")(x)
     y = attention("encoder_decoder_attention")(y, encoded, cross_mask,
+                                               cache_inputs_kv=decode,
                                                deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
     y = norm("pre_mlp_layer_norm")(x)
@@ -168,7 +174,8 @@ class Decoder(nn.Module):
     cross_mask = encoder_mask[:, None, None, :]
     for i, layer in enumerate(self.layers):
       x = layer(x, encoded, self_mask, cross_mask, bias,
-                _layer_prefix(prefixes, "decoder", i, batch), deterministic, decode)
+                _layer_prefix(prefixes, "decoder", i, batch), deterministic, decode,
+                max_decode_length if decode else None)
     x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
     return self.logits_dense(x).astype(jnp.float32)
 
