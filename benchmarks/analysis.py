@@ -114,6 +114,7 @@ def decoding(record: Dict[str, Any]) -> Dict[str, Any]:
       "bank_size": record["shapes"]["bank_size"],
       "mixed_vs_single_ratio": ratios["bank_mixed_vs_single_prompt"]["wall"],
       "mixed_vs_bank_one_prompt_ratio": ratios["bank_mixed_vs_bank_one_prompt"]["wall"],
+      "decode_loop": record.get("decode_loop"),
       "output": "decoding.json",
   }
 

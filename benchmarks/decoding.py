@@ -90,6 +90,8 @@ class OursDecode:
       prompt = np.load(os.path.join(self.directory, weights.PROMPT_FILE))
       model = Transformer(config, prompt=Prompt(length=prompt.shape[0]))
       params = with_params(params, {"encoder/prompt/prompt": prompt})
+    elif self.mode == "encoder":
+      model = Transformer(config)
     elif self.mode == "bank":
       stacked = np.load(os.path.join(self.directory, weights.BANK_FILE))  # [K, P, H]
       bank, bank_params = bank_lib.from_prompts(list(stacked))
@@ -98,7 +100,8 @@ class OursDecode:
       self.indices = {"mixed": np.arange(batch, dtype=np.int32) % len(stacked),
                       "one_prompt": np.zeros(batch, np.int32)}
     else:
-      raise ValueError(f"Unknown mode {self.mode!r}: plain | prompt | bank.")
+      raise ValueError(f"Unknown mode {self.mode!r}: plain | prompt | bank | "
+                       "encoder.")
     params = jax.tree_util.tree_map(jnp.asarray, params)
     tokens = jnp.asarray(weights.batch(self.shapes, config.vocab_size)[
         "encoder_input_tokens"])
@@ -107,6 +110,10 @@ class OursDecode:
     def run(index=None):
       return decoding.greedy_decode(model, params, tokens, max_decode_length=length,
                                     prompt_index=index).block_until_ready()
+
+    if self.mode == "encoder":  # what both sides spend before the first token
+      encode = jax.jit(lambda p, t: decoding.encode(model, p, t)[0])
+      run = lambda index=None: encode(params, tokens).block_until_ready()
 
     self.run = run
     first = {}
@@ -128,13 +135,44 @@ class OursDecode:
     return {"peak_rss_mib": common.lifetime_peak_rss_mib()}
 
 
-class HFGenerate:
-  """`T5ForConditionalGeneration.generate`, greedy with its cache, PyTorch CPU."""
+class MemoryStream:
+  """The machine's memory read rate: a jitted sum over a 512 MiB float32 array.
 
-  def __init__(self, shapes: Dict[str, Any], directory: str, threads: int = 1):
+  Greedy decoding at batch 8 reads every decoder kernel and the output embedding
+  at each step and does little arithmetic per byte, so bytes per step over this
+  rate is the floor of a step's time on this machine, for any framework.
+  """
+
+  def __init__(self, shapes: Dict[str, Any], directory: str, mib: int = 512):
+    del shapes, directory
+    self.mib = mib
+
+  def setup(self) -> Dict[str, Any]:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    x = jnp.ones((self.mib * 2**18,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    self.run = lambda: total(x).block_until_ready()
+    self.run()
+    return {"bytes": int(x.size) * 4}
+
+  def rep(self) -> Dict[str, Any]:
+    return _timed(self.run)
+
+  def finish(self) -> Dict[str, Any]:
+    return {}
+
+
+class HFGenerate:
+  """`T5ForConditionalGeneration.generate`, greedy with its cache, PyTorch CPU
+  (`part='encoder'`: the encoder forward alone, same inputs)."""
+
+  def __init__(self, shapes: Dict[str, Any], directory: str, threads: int = 1,
+               part: str = "generate"):
     self.shapes = common.Shapes.from_dict(shapes)
     self.directory = directory
     self.threads = threads
+    self.part = part
 
   def setup(self) -> Dict[str, Any]:
     import torch  # pylint: disable=g-import-not-at-top
@@ -153,6 +191,15 @@ class HFGenerate:
                               num_beams=1, max_new_tokens=length, use_cache=True)
 
     self.run = run
+    if self.part == "encoder":
+      def run_encoder():
+        with torch.inference_mode():
+          return model.encoder(input_ids=tokens, attention_mask=mask)
+      self.run = run_encoder
+      start = time.perf_counter()
+      run_encoder()
+      return {"first_call_seconds": time.perf_counter() - start,
+              "torch_threads": torch.get_num_threads()}
     start = time.perf_counter()
     out = run()
     first = time.perf_counter() - start
@@ -178,6 +225,33 @@ class HFGenerate:
 def _agreement(a, b) -> float:
   pairs = [(x, y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b)]
   return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+
+# Contenders that profile the others (no decoded tokens of their own).
+PROFILE = ("ours_encoder", "hf_encoder", "memory_stream")
+
+
+def _decode_loop(samples, setups, prepared, shapes) -> Dict[str, float]:
+  """Where a greedy batch's time goes: the encoder, then L steps of the loop.
+
+  A step's floor is the bytes it must read (every decoder kernel and the output
+  embedding, float32) over the measured memory read rate.
+  """
+  median = lambda name: common.summarize(samples[name]["seconds"])["median"]
+  length = shapes.decode_length
+  ours_encoder, hf_encoder = median("ours_encoder"), median("hf_encoder")
+  ours_step = (median("ours_greedy") - ours_encoder) / length
+  hf_step = (median("hf_generate") - hf_encoder) / length
+  rate = setups["memory_stream"]["bytes"] / median("memory_stream")
+  step_bytes = int(prepared.get("decoder_step_bytes", 0))
+  floor = step_bytes / rate
+  return {"ours_encoder_s": ours_encoder, "hf_encoder_s": hf_encoder,
+          "ours_step_ms": 1e3 * ours_step, "hf_step_ms": 1e3 * hf_step,
+          "floor_step_ms": 1e3 * floor, "bytes_per_step": step_bytes,
+          "read_gb_per_s": rate / 1e9,
+          "loop_ratio": hf_step / ours_step if ours_step > 0 else float("nan"),
+          "ratio_if_loop_at_floor": median("hf_generate") / (
+              ours_encoder + length * floor)}
 
 
 def main(argv=None) -> Dict[str, Any]:
@@ -213,6 +287,16 @@ def main(argv=None) -> Dict[str, Any]:
                                      dict(kwargs, mode="prompt"), "ours_single_prompt"),
         "ours_bank": Worker("benchmarks.decoding:OursDecode", dict(kwargs, mode="bank"),
                             "ours_bank"),
+        # Profile: the encoders alone (the rest is the per-token loop) and the
+        # memory read rate (the loop's floor).
+        "ours_encoder": Worker("benchmarks.decoding:OursDecode",
+                               dict(kwargs, mode="encoder"), "ours_encoder"),
+        "hf_encoder": Worker("benchmarks.decoding:HFGenerate",
+                             dict(kwargs, threads=torch_threads, part="encoder"),
+                             "hf_encoder"),
+        "memory_stream": Worker("benchmarks.decoding:MemoryStream",
+                                {"shapes": None, "directory": None,
+                                 "mib": 16 if args.quick else 512}, "memory_stream"),
     }
     try:
       setups = {name: w.request("setup") for name, w in contenders.items()}
@@ -239,9 +323,11 @@ def main(argv=None) -> Dict[str, Any]:
 
   tokens = shapes.batch * shapes.decode_length
   results = {name: {"wall": common.summarize(s["seconds"]),
-                    "cpu": common.summarize(s["cpu_seconds"]),
-                    "tokens_per_second": tokens / common.summarize(s["seconds"])["median"]}
+                    "cpu": common.summarize(s["cpu_seconds"])}
              for name, s in samples.items()}
+  for name, result in results.items():
+    if name not in PROFILE:
+      result["tokens_per_second"] = tokens / result["wall"]["median"]
   record = {
       "benchmark": "decoding",
       "command": common.command_line(),
@@ -260,6 +346,7 @@ def main(argv=None) -> Dict[str, Any]:
           "bank_mixed_vs_bank_one_prompt": ratios("ours_bank_mixed",
                                                   "ours_bank_one_prompt"),
       },
+      "decode_loop": _decode_loop(samples, setups, prepared, shapes),
       "targets": {"ours_greedy_vs_hf_generate": 2.0,
                   "bank_mixed_vs_single_prompt": 0.95},
       "checks": {"greedy_tokens_agree_with_hf": _agreement(
@@ -277,13 +364,21 @@ def main(argv=None) -> Dict[str, Any]:
         f"threads={args.threads}, load {record['load_average']}):")
   for name, result in results.items():
     print(f"  {name:28s} median {result['wall']['median']:.3f} s wall, "
-          f"{result['cpu']['median']:.3f} s cpu, "
-          f"{result['tokens_per_second']:.0f} tokens/s")
+          f"{result['cpu']['median']:.3f} s cpu" + (
+              f", {result['tokens_per_second']:.0f} tokens/s"
+              if "tokens_per_second" in result else ""))
   for name, ratio in record["ratios"].items():
     target = record["targets"].get(name)
     print(f"  {name:34s} {ratio['wall']['value']:.2f}x wall, "
           f"{ratio['cpu']['value']:.2f}x cpu" +
           (f"  (target >= {target}x)" if target else ""))
+  loop = record["decode_loop"]
+  print(f"  per decoded token: ours {loop['ours_step_ms']:.1f} ms, generate "
+        f"{loop['hf_step_ms']:.1f} ms, floor {loop['floor_step_ms']:.1f} ms "
+        f"({loop['bytes_per_step'] / 2**20:.0f} MiB read at "
+        f"{loop['read_gb_per_s']:.1f} GB/s); encoder ours {loop['ours_encoder_s']:.3f} s, "
+        f"HF {loop['hf_encoder_s']:.3f} s; best possible ratio with our encoder "
+        f"{loop['ratio_if_loop_at_floor']:.2f}x")
   print(f"  greedy tokens agree with HF: "
         f"{record['checks']['greedy_tokens_agree_with_hf']:.1%}")
   print(f"  wrote {args.output} in {record['total_seconds']:.0f} s")

@@ -129,5 +129,21 @@ def markdown(meta: Dict[str, Any], sections: Dict[str, Dict[str, Any]],
                      ("ours, one prompt", "single"), ("ours, mixed bank", "mixed")):
     out.append(f"| {label} | {dec[key]['tokens_per_second']:.3g} | "
                f"{_stat(dec[key]['seconds'])} |")
+  loop = dec.get("decode_loop")
+  if loop:
+    out += ["", "Where a greedy batch's time goes (encoders timed alone; the rest is "
+            "the per-token loop, whose floor is the bytes a step reads over the "
+            "measured memory read rate):", "",
+            "| | ours | transformers |", "|---|---|---|",
+            f"| encoder, s | {loop['ours_encoder_s']:.3f} | {loop['hf_encoder_s']:.3f} |",
+            f"| per decoded token, ms | {loop['ours_step_ms']:.1f} | "
+            f"{loop['hf_step_ms']:.1f} |",
+            f"| floor per token, ms ({loop['bytes_per_step'] / 2**20:.0f} MiB at "
+            f"{loop['read_gb_per_s']:.1f} GB/s) | {loop['floor_step_ms']:.1f} | "
+            f"{loop['floor_step_ms']:.1f} |",
+            "",
+            f"Loop alone, ours / transformers: **{loop['loop_ratio']:.2f}×**. With our "
+            f"encoder and a loop at the floor, the ratio could reach at most "
+            f"**{loop['ratio_if_loop_at_floor']:.2f}×**."]
   out += ["", f"Full record: `{dec['output']}`.", ""]
   return "\n".join(out)

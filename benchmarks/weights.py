@@ -39,6 +39,17 @@ def batch(shapes: Shapes, vocab_size: int, seed: int = 0) -> Dict[str, np.ndarra
           "decoder_loss_weights": np.ones_like(targets, np.float32)}
 
 
+def decoder_step_bytes(params) -> int:
+  """Bytes a cached decoding step must read: every decoder kernel and the output
+  projection, except cross-attention's key/value kernels (applied to the encoder
+  output once, by a cache); the token embedding is read one row per token."""
+  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  return sum(int(v.nbytes) for k, v in flatten(params).items()
+             if k.startswith("decoder/") and not (
+                 "encoder_decoder_attention/key" in k or
+                 "encoder_decoder_attention/value" in k))
+
+
 class Prepare:
   """Worker contender that writes the shared weights into `directory`."""
 
@@ -69,6 +80,7 @@ class Prepare:
             rng.uniform(-0.5, 0.5, (self.shapes.bank_size,) + shape).astype(np.float32))
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
     return {"directory": self.directory, "num_params": num_params,
+            "decoder_step_bytes": decoder_step_bytes(params),
             "model_config": config.to_dict()}
 
   def rep(self) -> Dict[str, Any]:
