@@ -93,7 +93,7 @@ def build_params(method: Method, model_config: T5Config,
   model = method.build(config)
   abstract = abstract_params(model)
   expected = {p: leaf.value if isinstance(leaf, nn.Partitioned) else leaf
-              for p, leaf in partitioning._flatten(abstract).items()}  # pylint: disable=protected-access
+              for p, leaf in flatten(abstract).items()}
   missing = [p for p in expected if p not in loaded]
   if initial_checkpoint_path:
     logging.info("Initializing %d parameters not in the checkpoint: %s", len(missing),

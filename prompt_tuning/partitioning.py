@@ -30,6 +30,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from prompt_tuning.methods.base import flatten, unflatten
+
 MeshAxes = Union[None, str, Tuple[str, ...]]
 Rules = Sequence[Tuple[str, MeshAxes]]
 
@@ -152,7 +154,7 @@ def param_shardings(abstract_boxed: Any, mesh: Mesh, axis_rules: Rules) -> Any:
   `abstract_boxed` keeps flax's `nn.Partitioned` boxes (do not unbox it first); every
   leaf must have logical names (a leaf without them is an error naming its path).
   """
-  flat = _flatten(abstract_boxed)
+  flat = flatten(abstract_boxed)
   out = {}
   for path, leaf in flat.items():
     if not isinstance(leaf, nn.Partitioned):
@@ -161,7 +163,7 @@ def param_shardings(abstract_boxed: Any, mesh: Mesh, axis_rules: Rules) -> Any:
     shape = leaf.value.shape
     out[path] = NamedSharding(mesh, mesh_axes(leaf.names, shape, mesh, axis_rules,
                                               where=path))
-  return _unflatten(out)
+  return unflatten(out)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -171,32 +173,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension over `data`, the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(DATA))
-
-
-def _flatten(tree):
-  flat = {}
-
-  def visit(prefix, node):
-    if isinstance(node, dict) or hasattr(node, "items") and not isinstance(
-        node, nn.Partitioned):
-      for k, v in node.items():
-        visit(f"{prefix}/{k}" if prefix else str(k), v)
-    else:
-      flat[prefix] = node
-
-  visit("", tree)
-  return flat
-
-
-def _unflatten(flat: Dict[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    *parents, last = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = v
-  return out
 
 
 # ------------------------------------------------------------------------------------

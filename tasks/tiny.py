@@ -18,7 +18,7 @@ SentencePiece model plus 100 extra ids), not the T5 one of the other tasks.
 Labels of the classification tasks (`sentiment`, `topic`) are registered for
 class-label prompt initialization: `tasks.get_label_strings('taskless_tiny_sentiment')`.
 """
-from typing import Dict
+from typing import Callable, Dict, Iterator, Mapping
 
 import seqio
 import tensorflow as tf
@@ -50,25 +50,37 @@ def task_name(task: str, taskless: bool = False) -> str:
   return (TASKLESS if taskless else "") + PREFIX + task
 
 
-def _dataset_fn(task: str):
-  """A seqio dataset_fn yielding the fixed examples of `task` (with its prefix)."""
+def stream_dataset_fn(name: str, stream: Callable[[str], Iterator[Dict[str, str]]],
+                      sizes: Mapping[str, int]):
+  """A seqio dataset_fn: the first `sizes[split]` examples of `stream(split)`.
+
+  The order is fixed (seqio shuffles downstream); `name` goes in the error for a
+  split the task does not have.
+  """
 
   def dataset_fn(split: str, shuffle_files: bool = False, seed=None):
-    del shuffle_files, seed  # the order is fixed; seqio shuffles downstream.
-    if split not in SPLIT_SIZES:
-      raise ValueError(f"tiny task {task!r} has splits {sorted(SPLIT_SIZES)}, "
-                       f"not {split!r}.")
+    del shuffle_files, seed
+    if split not in sizes:
+      raise ValueError(f"{name} has splits {sorted(sizes)}, not {split!r}.")
 
     def generate():
-      stream = corpus.task_examples(task, split, DATA_SEED, with_prefix=True)
-      for _ in range(SPLIT_SIZES[split]):
-        yield next(stream)
+      examples = stream(split)
+      for _ in range(sizes[split]):
+        yield next(examples)
 
     signature = {"inputs": tf.TensorSpec([], tf.string),
                  "targets": tf.TensorSpec([], tf.string)}
     return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
   return dataset_fn
+
+
+def _dataset_fn(task: str):
+  """A seqio dataset_fn yielding the fixed examples of `task` (with its prefix)."""
+  return stream_dataset_fn(
+      f"tiny task {task!r}",
+      lambda split: corpus.task_examples(task, split, DATA_SEED, with_prefix=True),
+      SPLIT_SIZES)
 
 
 def _postprocess_and_metrics(task: str):

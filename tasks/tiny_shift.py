@@ -34,7 +34,6 @@ import zlib
 from typing import Dict, Iterator, List, Tuple
 
 import seqio
-import tensorflow as tf
 
 from prompt_tuning.tiny import corpus
 from tasks import labels as labels_lib
@@ -127,23 +126,9 @@ def examples(task: str, domain: str, split: str, seed: int = DATA_SEED
 
 
 def _dataset_fn(task: str, domain: str):
-
-  def dataset_fn(split: str, shuffle_files: bool = False, seed=None):
-    del shuffle_files, seed  # a fixed order; seqio shuffles downstream.
-    if split not in SPLIT_SIZES:
-      raise ValueError(f"{task_name(task, domain)} has splits {sorted(SPLIT_SIZES)}, "
-                       f"not {split!r}.")
-
-    def generate():
-      stream = examples(task, domain, split)
-      for _ in range(SPLIT_SIZES[split]):
-        yield next(stream)
-
-    signature = {"inputs": tf.TensorSpec([], tf.string),
-                 "targets": tf.TensorSpec([], tf.string)}
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
-
-  return dataset_fn
+  return tiny.stream_dataset_fn(task_name(task, domain),
+                                lambda split: examples(task, domain, split),
+                                SPLIT_SIZES)
 
 
 def _to_class_id(text, example=None, is_target=False, *, labels):
