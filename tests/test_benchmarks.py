@@ -137,6 +137,13 @@ def test_quick_run_writes_every_section_with_finite_positive_ratios(tmp_path):
   # decoders produced the same tokens.
   assert train["peft"]["num_trainable"] == 2 * train["ours"]["num_trainable"]
   assert decoding["token_agreement"] == 1.0
+  # The decoding profile: both encoders timed, a per-token time and its floor
+  # (the bytes every step reads over a measured read rate).
+  loop = decoding["decode_loop"]
+  assert loop["bytes_per_step"] > 0
+  assert all(loop[k] > 0 for k in ("ours_encoder_s", "hf_encoder_s",
+                                   "read_gb_per_s", "floor_step_ms"))
+  assert math.isfinite(loop["ours_step_ms"]) and math.isfinite(loop["hf_step_ms"])
   for path, value in _leaves(results):
     if isinstance(value, float):
       assert math.isfinite(value), path
@@ -145,6 +152,7 @@ def test_quick_run_writes_every_section_with_finite_positive_ratios(tmp_path):
   assert len(targets) == 5 and all(isinstance(t["met"], bool) for t in targets)
   markdown = (out / "RESULTS.md").read_text()
   for heading in ("## Machine", "## Targets", "## Train step", "## Distance to the limit",
-                  "## Step cost by method", "## Greedy decoding"):
+                  "## Step cost by method", "## Greedy decoding",
+                  "Where a greedy batch's time goes"):
     assert heading in markdown
   assert meta["command"] in markdown and meta["machine"]["cpu"] in markdown
