@@ -330,3 +330,20 @@ def test_transfer_script_reuses_runs_and_reproduces_the_shift_table(replication)
   rows = collect.read_csv(str(out / "transfer.csv"))
   assert len(rows) == 2 * 5 and {r["train_method"] for r in rows} == {
       "model_tuning", "prompt_tuning"}
+
+
+def test_lopa_runs_twice_with_its_own_and_prompt_tunings_optimizer():
+  module = _script("replicate_tiny")
+  args = module.parse_args(["--output_dir", "unused", "--seeds", "2"])
+  grids = module.sweep_config(args, ["methods"])["grids"]
+  lopa = [g for g in grids if g["method"] == ["lopa"]]
+  assert len(lopa) == 2 and "OPTIMIZER" not in lopa[0]
+  assert lopa[1]["OPTIMIZER"] == ["@optim.adafactor_prompt_tuning()"]
+  assert lopa[1]["seed"] == [0, 1]
+  # Without LoPA among the methods (or without the methods experiment), no extra runs.
+  args = module.parse_args(["--output_dir", "unused", "--methods", "prompt_tuning"])
+  assert all("OPTIMIZER" not in g for g in module.sweep_config(args, ["methods"])[
+      "grids"])
+  args = module.parse_args(["--output_dir", "unused"])
+  assert all("OPTIMIZER" not in g for g in module.sweep_config(args, ["shift"])[
+      "grids"])

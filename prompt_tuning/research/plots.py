@@ -12,6 +12,7 @@ column, e.g. model tuning's prompt_length, is kept). matplotlib runs headless (A
 from __future__ import annotations
 
 import pathlib
+import textwrap
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from prompt_tuning.research import collect
@@ -159,16 +160,20 @@ def ablation_plot(rows: Sequence[Mapping[str, Any]], path: str, axis: str, *,
 def methods_plot(rows: Sequence[Mapping[str, Any]], path: str, *,
                  value: str = "best", baselines: Optional[Mapping[str, float]] = None,
                  ylabel: Optional[str] = None, title: Optional[str] = None,
-                 where: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+                 where: Optional[Mapping[str, Any]] = None,
+                 order: Optional[Sequence[str]] = None) -> pathlib.Path:
   """One bar per method (mean ± std over seeds) at one model size, with optional
-  horizontal reference lines (e.g. `{'no prompt': 0.0}`)."""
+  horizontal reference lines (e.g. `{'no prompt': 0.0}`); `order` lists methods
+  in bar order (default `METHOD_ORDER`; others go last)."""
   rows = filter_rows(rows, where)
+  order = list(order or METHOD_ORDER)
+  rank = lambda m: (order.index(m) if m in order else len(order), str(m))
   groups = sorted(collect.aggregate(rows, ["method"], value),
-                  key=lambda g: _method_key(g["method"]))
+                  key=lambda g: rank(g["method"]))
   if not groups:
     raise ValueError(f"No rows with a `{value}` to plot.")
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  fig, ax = plt.subplots(figsize=(max(6.5, 1.15 * len(groups)), 4.2))
   colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   ax.bar(range(len(groups)), [g["mean"] for g in groups],
          yerr=[g["std"] for g in groups], capsize=4,
@@ -177,7 +182,8 @@ def methods_plot(rows: Sequence[Mapping[str, Any]], path: str, *,
     ax.text(i, g["mean"] + g["std"] + 0.5, f"{g['mean']:.1f}", ha="center",
             va="bottom", fontsize=8)
   ax.set_xticks(range(len(groups)))
-  ax.set_xticklabels([METHOD_LABELS.get(str(g["method"]), str(g["method"]))
+  ax.set_xticklabels([textwrap.fill(METHOD_LABELS.get(str(g["method"]),
+                                                      str(g["method"])), 13)
                       for g in groups], fontsize=9)
   for (name, level), style in zip((baselines or {}).items(), ("--", ":", "-.")):
     ax.axhline(level, linestyle=style, color="gray", label=name)
