@@ -107,13 +107,16 @@ class OursDecode:
         "encoder_input_tokens"])
     length = self.shapes.decode_length
 
-    def run(index=None):
-      return decoding.greedy_decode(model, params, tokens, max_decode_length=length,
-                                    prompt_index=index).block_until_ready()
-
     if self.mode == "encoder":  # what both sides spend before the first token
       encode = jax.jit(lambda p, t: decoding.encode(model, p, t)[0])
-      run = lambda index=None: encode(params, tokens).block_until_ready()
+
+      def run(index=None):
+        del index
+        return encode(params, tokens).block_until_ready()
+    else:
+      def run(index=None):
+        return decoding.greedy_decode(model, params, tokens, max_decode_length=length,
+                                      prompt_index=index).block_until_ready()
 
     self.run = run
     first = {}

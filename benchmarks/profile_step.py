@@ -38,7 +38,6 @@ if __package__ in (None, ""):
 import flax.linen as nn  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common, flops, weights  # pylint: disable=g-import-not-at-top
 from prompt_tuning import losses, optim, trainer

@@ -22,6 +22,7 @@ required macro together with the flag that sets it.
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 import inspect
 import logging as std_logging
@@ -282,3 +283,15 @@ def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = N
     return main(args)
 
   app.run(wrapped, argv=argv)
+
+
+def script_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+  """The argparse parser of a `scripts/*.py` command.
+
+  The docstring's first paragraph is the description; the rest, when there is
+  any, is the epilog of `--help`, kept as written (usage examples).
+  """
+  description, _, rest = doc.partition("\n\n")
+  return argparse.ArgumentParser(
+      prog=prog, description=description, epilog=rest or None,
+      formatter_class=argparse.RawDescriptionHelpFormatter)

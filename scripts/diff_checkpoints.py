@@ -29,14 +29,12 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import diff as diff_lib  # pylint: disable=g-import-not-at-top
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/diff_checkpoints.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/diff_checkpoints.py", __doc__)
   p.add_argument("a", help="the reference (e.g. the frozen checkpoint)")
   p.add_argument("b", help="the other side (e.g. a MODEL_DIR)")
   p.add_argument("--atol", type=float, default=0.0,

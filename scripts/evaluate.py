@@ -32,6 +32,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
 
@@ -39,10 +40,7 @@ LEADING = ["source", "path", "method", "task", "split"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/evaluate.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/evaluate.py", __doc__)
   p.add_argument("--source", action="append", required=True,
                  help="[NAME=]PATH of a .npy prompt or MODEL_DIR, or 'frozen' "
                       "(repeatable)")

@@ -20,15 +20,13 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning import export  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/extract_prompt.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/extract_prompt.py", __doc__)
   p.add_argument("source", help="MODEL_DIR, export directory, PEFT adapter or .npy")
   p.add_argument("output", help="the .npy file to write")
   p.add_argument("--checkpoint", default="best",

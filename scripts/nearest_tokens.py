@@ -29,14 +29,12 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import model_dirs, neighbors  # pylint: disable=g-import-not-at-top
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/nearest_tokens.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/nearest_tokens.py", __doc__)
   p.add_argument("prompts", nargs="+", help="prompt sources (.npy, MODEL_DIR, …)")
   p.add_argument("--embeddings", default=None,
                  help=".npy [V, H] table or a model checkpoint")

@@ -21,16 +21,14 @@ import argparse
 import pathlib
 import sys
 
+from prompt_tuning import cli
 from prompt_tuning.research import collect, plots
 
 KINDS = ("scaling", "prompt_length", "init")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/plot_sweep.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/plot_sweep.py", __doc__)
   p.add_argument("csv", help="a sweep CSV (scripts/sweep.py collect)")
   p.add_argument("--output_dir", default=".")
   p.add_argument("--prefix", default="", help="file name prefix of the PNGs")

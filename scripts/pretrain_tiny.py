@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from prompt_tuning import cli
 from prompt_tuning import checkpoints
 from prompt_tuning.losses import weighted_cross_entropy
 from prompt_tuning.models.config import T5Config
@@ -55,8 +56,7 @@ EVAL_EXAMPLES_PER_TASK = 256
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/pretrain_tiny.py", __doc__)
   p.add_argument("--output_dir", default=str(assets.ASSET_DIR))
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--span_steps", type=int, default=1500,

@@ -56,6 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import yaml  # pylint: disable=g-import-not-at-top
 
 import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.tiny import corpus  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning.research import collect, ensembles, model_dirs  # pylint: disable=g-import-not-at-top
@@ -79,10 +80,7 @@ LOPA_ADAFACTOR_LABEL = "LoPA, Adafactor 0.3"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/replicate_tiny.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/replicate_tiny.py", __doc__)
   p.add_argument("--task", default="count", choices=TASKS)
   p.add_argument("--output_dir", default=None,
                  help="default results/replicate_<task>")

@@ -23,6 +23,7 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect as collect_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
 
@@ -30,10 +31,7 @@ RESULTS_CSV = "results.csv"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/sweep.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/sweep.py", __doc__)
   p.add_argument("action", choices=("list", "run", "commands", "collect"))
   p.add_argument("config", help="the sweep file (.yaml, .yml or .json)")
   p.add_argument("--output_dir", default=None,

@@ -37,6 +37,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import runs as runs_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-top
@@ -47,10 +48,7 @@ TRAIN_ONLY = ("TRAIN_STEPS", "EVAL_PERIOD", "CHECKPOINT_PERIOD", "KEEP_CHECKPOIN
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="scripts/transfer.py",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.script_parser("scripts/transfer.py", __doc__)
   p.add_argument("--preset", default=None, choices=transfer.PRESET_NAMES)
   p.add_argument("--source", default=None, help="the task trained on")
   p.add_argument("--target", action="append", default=None,

@@ -12,16 +12,14 @@ local data lines (tests/test_tasks_local.py), a MODEL_DIR of another run
 """
 import concurrent.futures
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import gin
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, T5_VOCAB, T5X_TINY_CHECKPOINT
+from conftest import T5X_TINY_CHECKPOINT, run_entry_point
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import trainer_testlib as tl  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -87,11 +85,7 @@ def _cases(root: pathlib.Path):
 
 
 def _run(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             PROMPT_TUNING_VOCAB=str(T5_VOCAB))
-  return subprocess.run([sys.executable, "-m", "prompt_tuning.train"] + args,
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
+  return run_entry_point("prompt_tuning.train", args)
 
 
 @pytest.fixture(scope="module")

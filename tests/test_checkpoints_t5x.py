@@ -9,6 +9,8 @@ import pytest
 import tensorstore as ts
 
 from conftest import SHARED_FIXTURES, T5X_TINY_CHECKPOINT
+
+from prompt_tuning.methods.base import unflatten
 from prompt_tuning import checkpoints
 from prompt_tuning.checkpoints import t5x, tree
 from prompt_tuning.models import config as config_lib
@@ -165,14 +167,7 @@ def _random_params(config, seed=0):
 
 
 def tree_from(flat):
-  out = {}
-  for name, value in flat.items():
-    node = out
-    *parents, last = name.split("/")
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[last] = value
-  return out
+  return unflatten(flat)
 
 
 def test_synthetic_roundtrip_skips_unreadable_optimizer_state(tmp_path):

@@ -80,3 +80,14 @@ def test_eval_gin_binds_evaluate_and_unknown_gin_file_is_named():
   assert cli.macro("EVAL_SPLIT") == "validation" and cli.macro("PROMPT_LENGTH") == 100
   with pytest.raises(FileNotFoundError, match="runs/no_such.gin"):
     cli.parse_gin(["runs/no_such.gin"])
+
+
+def test_script_parser_takes_its_help_from_the_docstring():
+  doc = "Does one thing.\n\n  python scripts/x.py --n 3   # an example\n"
+  parser = cli.script_parser("scripts/x.py", doc)
+  parser.add_argument("--n", type=int)
+  text = parser.format_help()
+  assert text.startswith("usage: scripts/x.py")
+  assert "Does one thing." in text
+  assert "  python scripts/x.py --n 3   # an example" in text  # kept as written
+  assert cli.script_parser("scripts/y.py", "Only a summary.").epilog is None

@@ -5,9 +5,6 @@ shorter), the T5 vocabulary of the shared fixtures. Every prediction of the comm
 line must equal running that example alone with its prompt through the Python API.
 """
 import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import gin
@@ -15,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, T5_VOCAB
+from conftest import T5_VOCAB, run_entry_point
 from prompt_tuning import checkpoints, decoding, ranking
 from prompt_tuning.methods.base import with_params
 from prompt_tuning.methods.prompt import Prompt
@@ -61,11 +58,7 @@ def setup(tmp_path_factory):
 
 
 def run_cli(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-             PROMPT_TUNING_VOCAB=str(T5_VOCAB))
-  return subprocess.run([sys.executable, "-m", "prompt_tuning.infer"] + args,
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return run_entry_point("prompt_tuning.infer", args, timeout=600)
 
 
 class Reference:

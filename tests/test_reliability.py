@@ -16,6 +16,7 @@ import pytest
 
 from prompt_tuning import run_lock
 from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning.methods.base import unflatten
 
 
 def _dead_pid() -> int:
@@ -158,13 +159,7 @@ def test_safetensors_are_preferred_over_a_pickle_bin_in_the_same_directory(tmp_p
   rng = np.random.default_rng(0)
   flat = {name: rng.normal(size=shape).astype(np.float32)
           for name, shape in tree.expected_shapes(config).items()}
-  params = {}
-  for name, value in flat.items():
-    node = params
-    *parents, last = name.split("/")
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[last] = value
+  params = unflatten(flat)
   path = checkpoints.save_huggingface(tmp_path / "hf", params, config)
   marker = tmp_path / "side_effect"
   torch.save({"payload": _Exploit(str(marker))}, str(path / "pytorch_model.bin"))

@@ -5,7 +5,6 @@ x 2 seeds, model tuning, the domain-shift evaluations and a 2-prompt ensemble) m
 the MODEL_DIRs that the other scripts then read: sweep, evaluate, extract, diff,
 nearest tokens and plots.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -14,6 +13,8 @@ import shlex
 import numpy as np
 import pytest
 import yaml
+
+from conftest import load_script
 
 from prompt_tuning import cli
 from prompt_tuning.research import collect, model_dirs
@@ -29,11 +30,7 @@ QUICK = ["--steps", "2", "--seeds", "1", "--ensemble", "2", "--max_eval_examples
 
 
 def _script(name):
-  spec = importlib.util.spec_from_file_location(
-      f"script_{name}", REPO / "scripts" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script(name)
 
 
 @pytest.fixture(scope="module")

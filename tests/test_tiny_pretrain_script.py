@@ -1,11 +1,12 @@
 """scripts/pretrain_tiny.py end to end, shortened (a few steps, a smaller model)."""
 import hashlib
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 from prompt_tuning import checkpoints
 from prompt_tuning.tiny import assets, corpus
@@ -18,11 +19,7 @@ SHORT = ["--span_steps", "4", "--lm_steps", "4", "--batch_size", "8",
 
 
 def _script():
-  spec = importlib.util.spec_from_file_location(
-      "pretrain_tiny", REPO / "scripts" / "pretrain_tiny.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("pretrain_tiny")
 
 
 @pytest.fixture(scope="module")
