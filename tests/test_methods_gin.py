@@ -101,6 +101,21 @@ def test_sampled_vocab_gin():
   assert all(_is_row(table, row) for row in prompt)
 
 
+def test_tiny_model_samples_only_its_real_pieces():
+  # tiny_bundled.gin lowers the population to the 384 SentencePiece pieces, and
+  # sampled_vocab.gin (read after it) must not put 5,000 back: ids 384-511 are
+  # sentinels and padding rows of the tiny embedding table.
+  from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+  cli.import_gin_modules()  # T5Config and the tasks' vocabulary, as the entry points
+  method, _ = build([REPO_ROOT / "configs" / "models" / "tiny_bundled.gin",
+                     METHODS / "prompt_tuning.gin", PROMPTS / "sampled_vocab.gin"],
+                    ["PROMPT_LENGTH = 100"])
+  assert gin.query_parameter("prompt_init.sampled_vocab.population") == 384
+  prompt, table = _initialized_prompt(method, vocab_rows=512)
+  rows = [int(np.flatnonzero(np.all(table == row, axis=1))[0]) for row in prompt]
+  assert len(set(rows)) == 100 and max(rows) < 384
+
+
 def test_class_labels_gin():
   method, _ = build([METHODS / "prompt_tuning.gin", PROMPTS / "class_labels.gin"],
                     ["MIXTURE_OR_TASK_NAME = 'unused_when_labels_are_given'",

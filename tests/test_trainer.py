@@ -164,3 +164,15 @@ def test_eval_loads_a_model_tuning_run_from_its_orbax_checkpoint(tmp_path):
   for path, value in flatten(result.trainable).items():
     np.testing.assert_array_equal(np.asarray(flatten(params)[path]), value,
                                   err_msg=path)
+
+
+def test_run_record_says_where_the_prompt_goes(tmp_path):
+  # prompt_tuning.infer serves a MODEL_DIR's prompt with this combination.
+  from prompt_tuning.methods.prompt import prompt_tuning  # pylint: disable=g-import-not-at-top
+  config = tl.train_config(tmp_path)
+  for combine in ("prefix", "suffix", "after_bos"):
+    record = trainer.run_record(config, prompt_tuning(length=2, combine=combine),
+                                tl.tiny_config(), None)
+    assert record["prompt_combine"] == combine
+  assert trainer.run_record(config, tl.model_tuning(), tl.tiny_config(),
+                            None)["prompt_combine"] is None
