@@ -38,7 +38,7 @@ setuptools.setup(
     ],
     extras_require={
         # Side-by-side checks against the PyTorch reference implementations.
-        "test": ["pytest", "pytest-xdist", "hypothesis", "torch==2.13.0",
+        "test": ["pytest", "pytest-xdist", "pytest-randomly", "hypothesis", "torch==2.13.0",
                  "transformers>=5", "peft", "accelerate"],
         # Accelerator installs: see the README ("Install").
         "tpu": ["jax[tpu]"],
