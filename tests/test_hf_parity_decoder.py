@@ -42,9 +42,6 @@ VARIANTS = {
                                      factor=8.0, low_freq_factor=1.0,
                                      high_freq_factor=4.0,
                                      original_max_position_embeddings=16))),
-    "llama-linear-rope": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
-                          dict(_LLAMA, rope_parameters=dict(
-                              rope_type="linear", rope_theta=500.0, factor=3.0))),
     "llama-dynamic-rope": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
                            dict(_LLAMA, max_position_embeddings=16,
                                 rope_parameters=dict(rope_type="dynamic",
@@ -53,9 +50,11 @@ VARIANTS = {
     "mistral-window": (transformers.MistralConfig, transformers.MistralForCausalLM,
                        dict(_LLAMA, num_attention_heads=4, sliding_window=5,
                             head_dim=10)),
-    "qwen2-bias-tied": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(
-        _LLAMA, num_attention_heads=3, num_key_value_heads=1, hidden_size=42,
-        tie_word_embeddings=True)),
+    "qwen2-bias-tied-linear-rope": (
+        transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(
+            _LLAMA, num_attention_heads=3, num_key_value_heads=1, hidden_size=42,
+            tie_word_embeddings=True, rope_parameters=dict(
+                rope_type="linear", rope_theta=500.0, factor=3.0))),
     "phi3-fused": (transformers.Phi3Config, transformers.Phi3ForCausalLM, dict(
         _LLAMA, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                      partial_rotary_factor=0.5),
@@ -137,8 +136,9 @@ def test_config_from_config_json(loaded):
                                if expected is LlamaConfig else reference.config.n_layer)
   if name == "llama-gqa":
     assert (config.num_heads, config.num_kv_heads, config.head_dim) == (6, 2, 8)
-  if name == "qwen2-bias-tied":
+  if name.startswith("qwen2"):
     assert config.attention_bias and config.tie_word_embeddings
+    assert config.rope == {"rope_type": "linear", "factor": 3.0}
   if name == "mistral-window":
     assert config.sliding_window == 5 and config.head_dim == 10
   if name == "phi3-fused":
@@ -155,6 +155,10 @@ def test_teacher_forced_logits_match(loaded):
   assert error <= TOLERANCE, (name, error)
 
 
+# "gpt2-inverse-layer-scale" runs the same cache code as "gpt2": spare a compilation.
+@pytest.mark.parametrize("loaded", [v for v in sorted(VARIANTS)
+                                    if v != "gpt2-inverse-layer-scale"],
+                         indirect=True)
 def test_cached_decoding_matches(loaded):
   """Prefill 9 tokens (the left-padded row starts with 6 pads), then feed the rest
   one at a time; each step's logits match transformers' teacher-forced ones."""

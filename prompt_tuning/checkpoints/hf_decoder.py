@@ -111,9 +111,12 @@ def _llama_fields(hf, path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   if model_type == "qwen2" and hf.get("use_sliding_window"):
     _refuse(path, "use_sliding_window", True,
             "Qwen2's per-layer sliding window is not implemented.")
+  if model_type != "qwen2" and hf.get("attention_bias"):
+    _refuse(path, "attention_bias", True, f"{model_type}'s attention_bias also adds "
+            "an o_proj bias, which is not implemented (Qwen2's q/k/v biases are).")
   heads = hf["num_attention_heads"]
   theta, scaling, partial = _rope(hf, path)
-  bias = {"qwen2": True}.get(model_type, bool(hf.get("attention_bias", False)))
+  bias = model_type == "qwen2"
   window = hf.get("sliding_window") if model_type in ("mistral", "phi3") else None
   head_dim = hf.get("head_dim")
   found = {
