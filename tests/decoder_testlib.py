@@ -24,12 +24,28 @@ class FixedPrompt(nn.Module):
 
 
 class FixedPrefix(nn.Module):
-  """A prefix hook returning given `(keys, values)` `[L, P, K, D]`."""
-  keys: np.ndarray
-  values: np.ndarray
+  """A prefix hook whose `(keys, values)` `[L, P, K, D]` are the parameters
+  `prefix/key` and `prefix/value` (hashable, so decoding can jit over it)."""
+  shape: tuple
 
+  @nn.compact
   def __call__(self, deterministic=True):
-    return {"decoder": (jnp.asarray(self.keys), jnp.asarray(self.values))}
+    init = nn.initializers.zeros
+    return {"decoder": (self.param("key", init, self.shape),
+                        self.param("value", init, self.shape))}
+
+
+def past_as_prefix(config, params, tokens):
+  """(a FixedPrefix model, params with the prefix) whose prefix is the cached
+  keys/values of `tokens [1, P]`."""
+  model = families.build(config)
+  _, cache = apply(model, {"params": params}, jnp.asarray(tokens), method="prefill",
+                   cache_length=tokens.shape[1])
+  layers = _attention_caches(cache["cache"])
+  keys = np.stack([np.asarray(c["cached_key"][0]) for c in layers])  # [L, P, K, D]
+  values = np.stack([np.asarray(c["cached_value"][0]) for c in layers])
+  prefixed = families.build(config, prefix=FixedPrefix(keys.shape))
+  return prefixed, {**params, "prefix": {"key": keys, "value": values}}
 
 
 def apply(model, variables, *args, method=None, cache_length=None):
@@ -124,20 +140,16 @@ def prefix_equals_past(config, seed=0):
   rng = np.random.default_rng(seed)
   a = rng.integers(1, config.vocab_size, (1, 5))
   b = rng.integers(1, config.vocab_size, (1, 6))
-  _, cache = apply(model, {"params": params}, jnp.asarray(a), method="prefill",
-                   cache_length=5)
-  layers = _attention_caches(cache["cache"])
-  keys = np.stack([np.asarray(c["cached_key"][0]) for c in layers])  # [L, P, K, D]
-  values = np.stack([np.asarray(c["cached_value"][0]) for c in layers])
-  prefixed = families.build(config, prefix=FixedPrefix(keys, values))
-  got = apply(prefixed, {"params": params}, jnp.asarray(b))
+  prefixed, prefixed_params = past_as_prefix(config, params, a)
+  got = apply(prefixed, {"params": prefixed_params}, jnp.asarray(b))
   want = apply(model, {"params": params}, jnp.asarray(np.concatenate([a, b], 1)))
   np.testing.assert_allclose(got, np.asarray(want)[:, 5:], atol=1e-4, rtol=1e-4)
   # The prefix is prefilled into the cache once; steps then see it.
-  logits, cache = apply(prefixed, {"params": params}, jnp.asarray(b[:, :4]),
+  logits, cache = apply(prefixed, {"params": prefixed_params}, jnp.asarray(b[:, :4]),
                         method="prefill", cache_length=12)
-  step, _ = apply(prefixed, {"params": params, **cache}, jnp.asarray(b[:, 4:5]),
-                  method="step")
+  np.testing.assert_allclose(logits, np.asarray(want)[:, 5:9], atol=1e-4, rtol=1e-4)
+  step, _ = apply(prefixed, {"params": prefixed_params, **cache},
+                  jnp.asarray(b[:, 4:5]), method="step")
   np.testing.assert_allclose(step[:, 0], np.asarray(want)[:, 9], atol=1e-4, rtol=1e-4)
 
 

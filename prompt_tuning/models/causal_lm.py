@@ -88,9 +88,13 @@ class Backbone(nn.Module):
   def __call__(self, tokens: Array, mask: Array, *, prefixes: LayerPrefixes = None,
                use_prompt: bool = True, features: Optional[Array] = None,
                prompt_index: Optional[Array] = None, mode: str = "train",
-               cache_length: Optional[int] = None,
+               cache_length: Optional[int] = None, new_tokens: Optional[int] = None,
                deterministic: bool = True) -> Tuple[Array, Array]:
-    """tokens [B, T], mask [B, T] → (hidden [B, T', H], mask [B, T'])."""
+    """tokens [B, T], mask [B, T] → (hidden [B, T', H], mask [B, T']).
+
+    `prefill` sizes the cache by `cache_length` (all slots) or `new_tokens` (slots
+    after the prefix and the prompted input).
+    """
     if mode not in MODES:
       raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
     x = self.embed(tokens)
@@ -111,6 +115,8 @@ class Backbone(nn.Module):
                                          deterministic)), mask
 
     if mode == "prefill":
+      if cache_length is None and new_tokens is not None:
+        cache_length = num_prefix + length + new_tokens
       if cache_length is None or num_prefix + length > cache_length:
         raise ValueError(f"prefill needs cache_length >= prefix + prompted input = "
                          f"{num_prefix} + {length}; got {cache_length}.")
@@ -174,15 +180,16 @@ class CausalLM(nn.Module):
 
   def hidden_states(self, tokens: Array, attention_mask: Optional[Array] = None,
                     enable_dropout: bool = False, prompt_index: Optional[Array] = None,
-                    mode: str = "train", cache_length: Optional[int] = None
-                    ) -> Tuple[Array, Array]:
+                    mode: str = "train", cache_length: Optional[int] = None,
+                    new_tokens: Optional[int] = None) -> Tuple[Array, Array]:
     """Final hidden states [B, T', H] and their mask [B, T'] (after the prompt)."""
     deterministic = not enable_dropout
     mask = tokens > 0 if attention_mask is None else attention_mask.astype(bool)
     features = self._features(tokens, mask) if mode != "step" else None
     return self.backbone(tokens, mask, prefixes=self._prefixes(deterministic),
                          features=features, prompt_index=prompt_index, mode=mode,
-                         cache_length=cache_length, deterministic=deterministic)
+                         cache_length=cache_length, new_tokens=new_tokens,
+                         deterministic=deterministic)
 
   def __call__(self, tokens: Array, attention_mask: Optional[Array] = None,
                enable_dropout: bool = False,
@@ -198,6 +205,17 @@ class CausalLM(nn.Module):
     hidden, _ = self.hidden_states(tokens, attention_mask, prompt_index=prompt_index,
                                    mode="prefill", cache_length=cache_length)
     return self.logits(hidden)
+
+  def prefill_last(self, tokens: Array, attention_mask: Optional[Array] = None, *,
+                   new_tokens: int, prompt_index: Optional[Array] = None) -> Array:
+    """Fills a cache with room for `new_tokens` more; returns the logits [B, V] at
+    each row's last real position (the next-token distribution)."""
+    hidden, mask = self.hidden_states(tokens, attention_mask, prompt_index=prompt_index,
+                                      mode="prefill", new_tokens=new_tokens)
+    positions = jnp.arange(mask.shape[1])
+    last = jnp.max(jnp.where(mask, positions, 0), axis=1)  # [B]
+    hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)  # [B, 1, H]
+    return self.logits(hidden)[:, 0]
 
   def step(self, tokens: Array, attention_mask: Optional[Array] = None) -> Array:
     """tokens [B, T] (usually T = 1) after the cached ones → logits [B, T, V]."""
