@@ -260,7 +260,7 @@ LLAMA_PRESETS: Dict[str, LlamaConfig] = {
     "phi3_mini": LlamaConfig(vocab_size=32064, hidden_size=3072,
                              intermediate_size=8192, num_hidden_layers=32,
                              num_attention_heads=32, num_key_value_heads=32,
-                             rms_norm_eps=1e-5),
+                             rms_norm_eps=1e-5, sliding_window=2047),
 }
 
 

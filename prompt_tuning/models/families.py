@@ -23,6 +23,13 @@ DECODER_ONLY = (GPT2Config, LlamaConfig)
 _NETWORKS = {T5Config: Transformer, GPT2Config: GPT2LMHeadModel,
              LlamaConfig: LlamaForCausalLM}
 _BY_FAMILY = {"t5": T5Config, "gpt2": GPT2Config, "llama": LlamaConfig}
+# Per family: the frozen token embedding table, and the scope the prompt hook lives
+# in (prompt tuning's prompt is `<scope>/prompt`, a bank's `<scope>/prompts`).
+_EMBEDDING = {T5Config: "token_embedder/embedding",
+              GPT2Config: "transformer/wte/embedding",
+              LlamaConfig: "model/embed_tokens/embedding"}
+_PROMPT_SCOPE = {T5Config: "encoder/prompt", GPT2Config: "transformer/prompt",
+                 LlamaConfig: "model/prompt"}
 
 
 def _network(config: ModelConfig):
@@ -41,6 +48,28 @@ def build(config: ModelConfig, prompt: Optional[nn.Module] = None,
 
 def is_decoder_only(config: ModelConfig) -> bool:
   return isinstance(config, DECODER_ONLY)
+
+
+def embedding_path(config: ModelConfig) -> str:
+  """Where the frozen token embedding `[V, H]` is in the parameter tree."""
+  _network(config)
+  return _EMBEDDING[type(config)]
+
+
+def prompt_scope(config: ModelConfig) -> str:
+  """Where the prompt hook's parameters live (`encoder/prompt`, `model/prompt`, …)."""
+  _network(config)
+  return _PROMPT_SCOPE[type(config)]
+
+
+def prompt_scope_in(params: Dict[str, Any]) -> str:
+  """The prompt scope of a parameter tree (the family whose top-level scope it has)."""
+  for scope in _PROMPT_SCOPE.values():
+    parent, name = scope.split("/")
+    if parent in params and name in params[parent]:
+      return scope
+  raise KeyError(f"No prompt in the parameters (looked for "
+                 f"{sorted(_PROMPT_SCOPE.values())}).")
 
 
 def init_inputs(config: ModelConfig) -> Tuple[Any, ...]:
