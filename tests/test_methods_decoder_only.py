@@ -11,6 +11,7 @@ from prompt_tuning import checkpoints, export
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.base import flatten
 from prompt_tuning.methods.prompt import prompt_tuning
+from prompt_tuning.models import families
 from prompt_tuning.models.decoder_config import gpt2_preset, llama_preset
 
 torch = pytest.importorskip("torch")
@@ -120,3 +121,52 @@ def test_adapter_written_by_peft_gives_the_same_loss_here(hf_gpt2, tmp_path):
   tokens = _batch()
   ours = _our_loss(config, params, method, tokens)
   assert abs(ours - _hf_loss(peft_model.eval(), tokens)) < 1e-4
+
+
+def test_prefix_tuning_on_gqa_llama_trains_folds_and_decodes():
+  from prompt_tuning.methods.prefix import prefix_tuning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.decoder_decoding import greedy_decode  # pylint: disable=g-import-not-at-top
+  config, params = _frozen("llama")
+  method = prefix_tuning(length=3, hidden_dim=8)
+  params = method.initialize(jax.random.PRNGKey(0), params, config)
+  layers, heads, head_dim = config.num_layers, config.num_kv_heads, config.head_dim
+  assert sorted(params["prefix"]) == ["decoder"]  # one stack
+  assert params["prefix"]["decoder"]["out_kernel"].shape == (8, layers, 2, heads,
+                                                              head_dim)
+  trained = [k for k, v in flatten(method.trainable_mask(params)).items() if v]
+  assert trained and all(k.startswith("prefix/decoder/") for k in trained)
+  tokens = jnp.asarray(_batch())
+  training = lib.apply(method.build(config), {"params": params}, tokens)
+  plain = lib.apply(families.build(config), {"params": params}, tokens)
+  assert training.shape == plain.shape and not np.allclose(training, plain)
+  inference, folded = method.inference_method(), method.inference_params(params)
+  np.testing.assert_allclose(lib.apply(inference.build(config), {"params": folded},
+                                       tokens), training, atol=1e-5)
+  exported = method.exported(params)
+  assert sorted(exported) == ["prefix.decoder.key", "prefix.decoder.value"]
+  assert exported["prefix.decoder.key"].shape == (layers, 3, heads, head_dim)
+  out = greedy_decode(inference.build(config), folded, tokens, max_decode_length=4,
+                      eos_id=-1)
+  assert out.shape == (2, 4)
+
+
+def test_lopa_on_llama_is_instance_dependent():
+  from prompt_tuning.methods.lopa import lopa  # pylint: disable=g-import-not-at-top
+  config, params = _frozen("llama")
+  method = lopa(length=3, rank=2, hidden_dim=8, dropout_rate=0.0)
+  params = method.initialize(jax.random.PRNGKey(0), params, config)
+  trained = [k for k, v in flatten(method.trainable_mask(params)).items() if v]
+  assert trained and all(k.startswith("model/prompt/") for k in trained)
+  model = method.build(config)
+  assert model.prompt.needs_encoder_features  # pooled frozen hidden states
+  tokens = jnp.asarray(_batch())
+  both = np.asarray(lib.apply(model, {"params": params}, tokens))
+  alone = np.asarray(lib.apply(model, {"params": params}, tokens[:1]))
+  np.testing.assert_allclose(both[:1], alone, atol=1e-5)
+  # The same Z_S as a plain prompt gives other logits: the input-dependent part
+  # (from the pooled features) changes the prompt.
+  plain_params = {**params, "model": {**params["model"], "prompt": {
+      "prompt": params["model"]["prompt"]["prompt"]}}}
+  plain = np.asarray(lib.apply(prompt_tuning(length=3).build(config),
+                               {"params": plain_params}, tokens))
+  assert not np.allclose(plain, both, atol=1e-3)
