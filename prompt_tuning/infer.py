@@ -44,6 +44,7 @@ from absl import flags
 from prompt_tuning import cli, infer_io, initial_params, serving
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning.methods import bank as bank_lib
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 FLAGS = flags.FLAGS
@@ -119,7 +120,8 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
                        "one frozen model. Set --gin.INITIAL_CHECKPOINT_PATH.")
     initial_checkpoint_path = paths.pop()
   if model_config is None and records:
-    model_config = T5Config.from_dict(next(iter(records.values()))["model_config"])
+    model_config = families.config_from_dict(
+        next(iter(records.values()))["model_config"])
   return initial_checkpoint_path, model_config
 
 

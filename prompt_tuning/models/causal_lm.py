@@ -36,7 +36,7 @@ beam search can reorder them.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -224,7 +224,3 @@ class CausalLM(nn.Module):
     hidden, _ = self.hidden_states(tokens, attention_mask, mode="step")
     return self.logits(hidden)
 
-
-def init_inputs() -> Tuple[Any, ...]:
-  """Dummy inputs that initialize every parameter of a `CausalLM`."""
-  return (jnp.ones((1, 4), jnp.int32),)
