@@ -1,0 +1,227 @@
+"""Runs untrusted Python (model-generated code) so that it can only fail itself.
+
+`run_program(source, limits)` runs `source` in a fresh interpreter started from
+`tasks/sandbox_child.py` and returns a `Result`; it never raises for anything the
+program does (infinite loops, fork bombs, huge allocations, `os.system("rm -rf /")`,
+`sys.exit`, segfaults), only when the isolation itself cannot be set up
+(`SandboxUnavailableError`, before any untrusted code runs).
+
+What the isolation guarantees (Linux only; see docs/TASKS.md for the same list):
+  * network: the program runs in its own network namespace, which has no interface
+    but a loopback that is down, so no socket can reach anything (kernel-enforced;
+    no Python patching is relied on);
+  * files: every mount is read-only for it except its own working directory (an
+    empty temporary directory, also its cwd and HOME) and fresh private tmpfs mounts
+    over /tmp, /var/tmp and /dev/shm (size-limited, discarded afterwards). It can
+    *read* whatever its user may read: when the harness runs as root the program
+    runs as `nobody`; otherwise it runs as the caller's uid with no capabilities in
+    a user namespace, and can read the caller's readable files (not secrets-safe);
+  * processes: its own PID namespace with a fresh /proc, so it cannot see or signal
+    the harness or read its environment; when its first process ends or is killed
+    the kernel kills every process it started. RLIMIT_NPROC bounds fork bombs;
+  * resources: wall-clock timeout (then SIGKILL), RLIMIT_CPU, RLIMIT_AS (memory),
+    RLIMIT_FSIZE (file and output size), no core dumps, 64 open files;
+  * environment: only `Limits.env` (PATH, HOME, LANG); nothing of the harness's.
+Not guaranteed: protection against kernel exploits, side channels, or a program
+that fakes its own success by reading the runner's memory (the pass marker is a
+random nonce the program is not told; reading it from the interpreter's frames is
+possible). Use a VM or gVisor for code from an adversary; this is for checking
+model outputs.
+"""
+import dataclasses
+import json
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, Optional
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+PROGRAM = "program.py"
+OUTPUT_LIMIT = 64 * 1024  # Characters of stdout/stderr kept in a Result.
+
+
+class SandboxUnavailableError(RuntimeError):
+  """The namespaces/limits could not be set up; no untrusted code was run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What one program may use.
+
+  Attributes:
+    timeout_seconds: wall-clock time before the whole process tree is killed.
+    memory_bytes: address space per process (RLIMIT_AS).
+    file_bytes: largest file (and stdout/stderr) it may write (RLIMIT_FSIZE).
+    tmpfs_bytes: size of each private tmpfs (/tmp, /var/tmp, /dev/shm).
+    max_processes: RLIMIT_NPROC of the sandbox user (counts all of its processes).
+    env: the program's entire environment.
+  """
+  timeout_seconds: float = 10.0
+  memory_bytes: int = 1 << 30
+  file_bytes: int = 1 << 20
+  tmpfs_bytes: int = 16 << 20
+  max_processes: int = 16
+  env: Dict[str, str] = dataclasses.field(default_factory=lambda: {
+      "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/work",
+      "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """Outcome of one program.
+
+  status: "passed" (ran to the end), "failed" (raised, e.g. a failing assert),
+  "exited" (sys.exit / os._exit before the end: never a pass), "timeout",
+  "killed" (a signal: segfault, memory or CPU or file-size limit).
+  """
+  status: str
+  stdout: str
+  stderr: str
+  seconds: float
+
+  @property
+  def passed(self) -> bool:
+    return self.status == "passed"
+
+
+def _sandbox_ids(user_namespace: bool):
+  if user_namespace:
+    return os.getuid(), os.getgid()
+  entry = pwd.getpwnam("nobody")
+  return entry.pw_uid, entry.pw_gid
+
+
+def _remove_tree(path: str) -> None:
+  def retry(function, name, _):
+    try:
+      os.chmod(os.path.dirname(name), stat.S_IRWXU)
+      os.chmod(name, stat.S_IRWXU)
+    except OSError:
+      pass
+    function(name)
+  shutil.rmtree(path, onerror=retry)
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+  """SIGKILLs the runner's children (the PID-namespace init) and the runner."""
+  try:
+    with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+      children = [int(p) for p in f.read().split()]
+  except OSError:
+    children = []
+  for pid in children:
+    try:
+      os.kill(pid, 9)
+    except ProcessLookupError:
+      pass
+  try:
+    os.killpg(process.pid, 9)
+  except ProcessLookupError:
+    pass
+  process.wait()
+
+
+def _read(path: str) -> str:
+  with open(path, "rb") as f:
+    return f.read(4 * OUTPUT_LIMIT).decode("utf-8", "replace")
+
+
+def run_program(source: str, limits: Limits = Limits(),
+                user_namespace: Optional[bool] = None) -> Result:
+  """Runs `source` isolated (see the module docstring); returns its Result.
+
+  Args:
+    source: the whole program (e.g. a solution followed by its test asserts).
+    limits: time, memory, file, process limits and the environment.
+    user_namespace: isolate in a user namespace as the caller's uid without
+      capabilities (default: only when not root; root runs the program as `nobody`).
+
+  Raises:
+    SandboxUnavailableError: not Linux, or the namespaces could not be created.
+  """
+  if not sys.platform.startswith("linux"):
+    raise SandboxUnavailableError(
+        f"The code sandbox needs Linux namespaces; this is {sys.platform}. Run code "
+        "evaluation on Linux (e.g. in a container).")
+  base = tempfile.mkdtemp(prefix="pt_sandbox_")
+  try:
+    work = os.path.join(base, "work")
+    os.mkdir(work, 0o700)
+    with open(os.path.join(work, PROGRAM), "w", encoding="utf-8") as f:
+      f.write(source)
+    if user_namespace is None:
+      user_namespace = os.geteuid() != 0
+    uid, gid = _sandbox_ids(user_namespace)
+    if not user_namespace:
+      for path in (work, os.path.join(work, PROGRAM)):
+        os.chown(path, uid, gid)
+    config = dict(work_dir=work, program=PROGRAM, result_path=os.path.join(
+        base, "result.json"), uid=uid, gid=gid, user_namespace=bool(user_namespace), env=dict(limits.env),
+                  memory_bytes=int(limits.memory_bytes),
+                  cpu_seconds=int(limits.timeout_seconds) + 1,
+                  file_bytes=int(limits.file_bytes),
+                  tmpfs_bytes=int(limits.tmpfs_bytes),
+                  max_processes=int(limits.max_processes))
+    config_path = os.path.join(base, "config.json")
+    with open(config_path, "w") as f:
+      json.dump(config, f)
+    nonce = secrets.token_hex(16)
+    out_path, err_path = os.path.join(base, "stdout"), os.path.join(base, "stderr")
+    start = time.monotonic()
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+      process = subprocess.Popen(
+          [sys.executable, "-I", "-S", CHILD, config_path], stdin=subprocess.PIPE,
+          stdout=out, stderr=err, cwd=work, env=dict(limits.env),
+          start_new_session=True, close_fds=True)
+      timed_out = False
+      try:
+        process.stdin.write(f"{nonce}\n".encode())
+        process.stdin.close()
+      except BrokenPipeError:
+        pass
+      try:
+        process.wait(timeout=limits.timeout_seconds)
+      except subprocess.TimeoutExpired:
+        timed_out = True
+      _kill_tree(process)
+    seconds = time.monotonic() - start
+    stdout, stderr = _read(out_path), _read(err_path)
+    try:
+      with open(config["result_path"]) as f:
+        report = json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+      report = {}
+    if report.get("setup_error"):
+      raise SandboxUnavailableError(
+          f"The code sandbox could not isolate the program: {report['setup_error']}. "
+          f"{stderr.strip()[-500:]} It needs network, mount and PID namespaces: run "
+          "as root (e.g. in a container) or enable unprivileged user namespaces "
+          "(sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces).")
+    return Result(_status(timed_out, report, stdout, nonce),
+                  _strip(stdout, nonce)[:OUTPUT_LIMIT], stderr[:OUTPUT_LIMIT], seconds)
+  finally:
+    _remove_tree(base)
+
+
+def _strip(stdout: str, nonce: str) -> str:
+  marker = f"\n{nonce}\n"
+  return stdout[:-len(marker)] if stdout.endswith(marker) else stdout
+
+
+def _status(timed_out: bool, report: dict, stdout: str, nonce: str) -> str:
+  if timed_out:
+    return "timeout"
+  if "exit_code" not in report:  # The runner itself died (e.g. killed from outside).
+    return "killed"
+  if report.get("signal") is not None:
+    return "killed"
+  code = report["exit_code"]
+  if code == 0:
+    return "passed" if stdout.endswith(f"\n{nonce}\n") else "exited"
+  return "failed" if code == 1 else "exited"
