@@ -34,6 +34,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -109,7 +110,13 @@ def _remove_tree(path: str) -> None:
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
-  """SIGKILLs the runner's children (the PID-namespace init) and the runner."""
+  """Kills the program's PID namespace, then waits for the runner.
+
+  SIGKILL to the namespace's init (the runner's child) makes the kernel kill every
+  process in the namespace; the runner's waitpid returns once all are gone, so when
+  this returns nothing the program started is left. Signals to the runner's
+  process group follow only if the runner does not exit by itself.
+  """
   try:
     with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
       children = [int(p) for p in f.read().split()]
@@ -117,14 +124,17 @@ def _kill_tree(process: subprocess.Popen) -> None:
     children = []
   for pid in children:
     try:
-      os.kill(pid, 9)
+      os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
       pass
   try:
-    os.killpg(process.pid, 9)
-  except ProcessLookupError:
-    pass
-  process.wait()
+    process.wait(timeout=10)
+  except subprocess.TimeoutExpired:
+    try:
+      os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    process.wait()
 
 
 def _read(path: str) -> str:
