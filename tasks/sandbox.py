@@ -99,12 +99,18 @@ def _sandbox_ids(user_namespace: bool):
 
 
 def _remove_tree(path: str) -> None:
+  """Deletes a finished example's directory (its processes are all gone by now).
+
+  Directories the program made unreadable are opened up for the owner first;
+  symlinks are never followed (a link to /etc stays a link).
+  """
   def retry(function, name, _):
-    try:
-      os.chmod(os.path.dirname(name), stat.S_IRWXU)
-      os.chmod(name, stat.S_IRWXU)
-    except OSError:
-      pass
+    for target in (os.path.dirname(name), name):
+      if os.path.lexists(target) and not os.path.islink(target):
+        try:
+          os.chmod(target, stat.S_IRWXU)
+        except OSError:
+          pass
     function(name)
   shutil.rmtree(path, onerror=retry)
 
@@ -137,9 +143,18 @@ def _kill_tree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _read(path: str) -> str:
+def _read(path: str, nonce: str):
+  """(text of the first OUTPUT_LIMIT bytes, whether the file ends with the marker)."""
+  marker = f"\n{nonce}\n".encode()
   with open(path, "rb") as f:
-    return f.read(4 * OUTPUT_LIMIT).decode("utf-8", "replace")
+    head = f.read(OUTPUT_LIMIT)
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(0, size - len(marker)))
+    finished = f.read() == marker
+  if finished and size <= OUTPUT_LIMIT:
+    head = head[:-len(marker)]
+  return head.decode("utf-8", "replace"), finished
 
 
 def run_program(source: str, limits: Limits = Limits(),
@@ -201,7 +216,7 @@ def run_program(source: str, limits: Limits = Limits(),
         timed_out = True
       _kill_tree(process)
     seconds = time.monotonic() - start
-    stdout, stderr = _read(out_path), _read(err_path)
+    (stdout, finished), (stderr, _) = _read(out_path, nonce), _read(err_path, nonce)
     try:
       with open(config["result_path"]) as f:
         report = json.loads(f.read() or "{}")
@@ -213,18 +228,12 @@ def run_program(source: str, limits: Limits = Limits(),
           f"{stderr.strip()[-500:]} It needs network, mount and PID namespaces: run "
           "as root (e.g. in a container) or enable unprivileged user namespaces "
           "(sysctl kernel.unprivileged_userns_clone=1 / user.max_user_namespaces).")
-    return Result(_status(timed_out, report, stdout, nonce),
-                  _strip(stdout, nonce)[:OUTPUT_LIMIT], stderr[:OUTPUT_LIMIT], seconds)
+    return Result(_status(timed_out, report, finished), stdout, stderr, seconds)
   finally:
     _remove_tree(base)
 
 
-def _strip(stdout: str, nonce: str) -> str:
-  marker = f"\n{nonce}\n"
-  return stdout[:-len(marker)] if stdout.endswith(marker) else stdout
-
-
-def _status(timed_out: bool, report: dict, stdout: str, nonce: str) -> str:
+def _status(timed_out: bool, report: dict, finished: bool) -> str:
   if timed_out:
     return "timeout"
   if "exit_code" not in report:  # The runner itself died (e.g. killed from outside).
@@ -233,5 +242,5 @@ def _status(timed_out: bool, report: dict, stdout: str, nonce: str) -> str:
     return "killed"
   code = report["exit_code"]
   if code == 0:
-    return "passed" if stdout.endswith(f"\n{nonce}\n") else "exited"
+    return "passed" if finished else "exited"
   return "failed" if code == 1 else "exited"

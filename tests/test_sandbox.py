@@ -171,3 +171,17 @@ def test_harness_survives_a_mixed_batch():
   statuses = [run(p).status for p in programs]
   assert statuses == ["passed", "timeout", "failed", "failed", "passed"]
   assert not _leftover_processes()
+
+
+def test_large_output_still_passes_and_is_truncated():
+  result = run("print('y' * 300000)\nassert True\n")
+  assert result.passed
+  assert len(result.stdout) == sandbox.OUTPUT_LIMIT
+
+
+def test_cleanup_of_a_hostile_directory_never_follows_links():
+  mode = os.stat("/etc/passwd").st_mode
+  result = run("import os\nos.symlink('/etc/passwd', 'link')\nos.mkdir('d')\n"
+               "open('d/f', 'w').write('x')\nos.chmod('d', 0)\n")
+  assert result.passed
+  assert os.stat("/etc/passwd").st_mode == mode
