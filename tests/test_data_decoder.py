@@ -158,3 +158,70 @@ def test_eval_examples_and_padded_batches(tmp_path, t5_vocab_env):
   mask = batches[0]["decoder_prompt_mask"][0]
   assert first[mask == 1][0] == 7  # the BOS after the left padding
   assert tasks.get_vocabulary().decode(first[mask == 1][1:-1].tolist()) == "one"
+
+
+# ============ against transformers: a tiny random GPT-2 as the reference ============
+def _tiny_gpt2():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2,
+                                   n_head=2, bos_token_id=63, eos_token_id=63)
+  return torch, transformers.GPT2LMHeadModel(config).eval()
+
+
+EXAMPLES = [{"inputs": [5, 6, 7, 1], "targets": [9, 10, 1]},
+            {"inputs": [3, 1], "targets": [0, 11, 12, 13, 1]},
+            {"inputs": [8, 8, 8, 8, 8, 1], "targets": [1]}]
+LENGTHS = {"inputs": 6, "targets": 5}
+
+
+def test_loss_matches_transformers_causal_lm_convention():
+  torch, model = _tiny_gpt2()
+  rows = _convert(EXAMPLES, LENGTHS, bos_id=63)
+  batch = {k: torch.tensor(np.stack([r[k] for r in rows]), dtype=torch.long)
+           for k in rows[0]}
+  with torch.no_grad():
+    logits = model(input_ids=batch["decoder_input_tokens"],
+                   attention_mask=batch["decoder_segment_ids"],
+                   position_ids=batch["decoder_positions"]).logits
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), batch["decoder_target_tokens"], reduction="none")
+    ours = (token_loss * batch["decoder_loss_weights"]).sum(1) / batch[
+        "decoder_loss_weights"].sum(1)
+    for i, ex in enumerate(EXAMPLES):
+      # transformers: ids = bos + inputs + targets, labels -100 on the prompt part.
+      ids = torch.tensor([[63] + ex["inputs"] + ex["targets"]])
+      labels = torch.tensor([[-100] * (1 + len(ex["inputs"])) + ex["targets"]])
+      reference = model(input_ids=ids, labels=labels).loss
+      np.testing.assert_allclose(ours[i].item(), reference.item(), rtol=1e-5)
+
+
+def test_left_padded_prompts_generate_like_unpadded_ones():
+  torch, model = _tiny_gpt2()
+  rows = _convert(EXAMPLES, LENGTHS, bos_id=63)
+  tokens = torch.tensor(np.stack([r["decoder_prompt_tokens"] for r in rows]),
+                        dtype=torch.long)
+  mask = torch.tensor(np.stack([r["decoder_prompt_mask"] for r in rows]),
+                      dtype=torch.long)
+  positions = np.stack([r["decoder_prompt_positions"] for r in rows])
+  # transformers derives the same positions from the mask for real tokens.
+  hf_positions = (mask.cumsum(-1) - 1).numpy()
+  np.testing.assert_array_equal(positions[mask.numpy() == 1],
+                                hf_positions[mask.numpy() == 1])
+  with torch.no_grad():
+    padded = model.generate(tokens, attention_mask=mask, max_new_tokens=4,
+                            do_sample=False, pad_token_id=0)[:, tokens.shape[1]:]
+    for i, ex in enumerate(EXAMPLES):
+      alone = torch.tensor([[63] + ex["inputs"]])
+      single = model.generate(alone, attention_mask=torch.ones_like(alone),
+                              max_new_tokens=4, do_sample=False,
+                              pad_token_id=0)[0, alone.shape[1]:]
+      np.testing.assert_array_equal(padded[i].numpy(), single.numpy())
+      # The first generated token is the teacher-forced prediction at the last
+      # prompt position of the training features.
+      r = rows[i]
+      logits = model(
+          input_ids=torch.tensor(r["decoder_input_tokens"][None], dtype=torch.long),
+          attention_mask=torch.tensor(r["decoder_segment_ids"][None])).logits
+      assert int(logits[0, len(ex["inputs"])].argmax()) == int(single[0])
