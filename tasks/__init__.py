@@ -31,6 +31,7 @@ from tasks import tiny_shift  # domain-shifted tiny tasks (research workflows)
 from tasks import table_to_text  # decoder-only (GPT-2) formats of E2E/WebNLG/DART
 from tasks import gsm8k
 from tasks import code  # MBPP-format code tasks, pass@1 through tasks.sandbox
+from tasks import hf_vocab  # tasks re-tokenized with a Hugging Face tokenizer
 
 from tasks.labels import TASK_PREFIXES
 from tasks.labels import get_label_strings
