@@ -6,13 +6,13 @@ program does (infinite loops, fork bombs, huge allocations, `os.system("rm -rf /
 `sys.exit`, segfaults), only when the isolation itself cannot be set up
 (`SandboxUnavailableError`, before any untrusted code runs).
 
-What the isolation guarantees (Linux only; see docs/TASKS.md for the same list):
+What the isolation guarantees (Linux only; docs/TASKS_DECODER.md has the same list):
   * network: the program runs in its own network namespace, which has no interface
     but a loopback that is down, so no socket can reach anything (kernel-enforced;
     no Python patching is relied on);
-  * files: every mount is read-only for it except its own working directory (an
-    empty temporary directory, also its cwd and HOME) and fresh private tmpfs mounts
-    over /tmp, /var/tmp and /dev/shm (size-limited, discarded afterwards). It can
+  * files: every mount is read-only for it except fresh private tmpfs mounts over
+    /tmp, /var/tmp and /dev/shm (size-limited, in memory, discarded afterwards);
+    its cwd and HOME is the empty /tmp/work, so nothing it writes reaches a disk. It can
     *read* whatever its user may read: when the harness runs as root the program
     runs as `nobody`; otherwise it runs as the caller's uid with no capabilities in
     a user namespace, and can read the caller's readable files (not secrets-safe);
@@ -174,20 +174,17 @@ def run_program(source: str, limits: Limits = Limits(),
     raise SandboxUnavailableError(
         f"The code sandbox needs Linux namespaces; this is {sys.platform}. Run code "
         "evaluation on Linux (e.g. in a container).")
-  base = tempfile.mkdtemp(prefix="pt_sandbox_")
+  base = tempfile.mkdtemp(prefix="pt_sandbox_")  # 0700: the program never sees it
   try:
-    work = os.path.join(base, "work")
-    os.mkdir(work, 0o700)
-    with open(os.path.join(work, PROGRAM), "w", encoding="utf-8") as f:
+    program_path = os.path.join(base, PROGRAM)
+    with open(program_path, "w", encoding="utf-8") as f:
       f.write(source)
     if user_namespace is None:
       user_namespace = os.geteuid() != 0
     uid, gid = _sandbox_ids(user_namespace)
-    if not user_namespace:
-      for path in (work, os.path.join(work, PROGRAM)):
-        os.chown(path, uid, gid)
-    config = dict(work_dir=work, program=PROGRAM, result_path=os.path.join(
-        base, "result.json"), uid=uid, gid=gid, user_namespace=bool(user_namespace), env=dict(limits.env),
+    config = dict(program_path=program_path, result_path=os.path.join(
+        base, "result.json"), uid=uid, gid=gid, user_namespace=bool(user_namespace),
+                  env=dict(limits.env),
                   memory_bytes=int(limits.memory_bytes),
                   cpu_seconds=int(limits.timeout_seconds) + 1,
                   file_bytes=int(limits.file_bytes),
@@ -202,7 +199,7 @@ def run_program(source: str, limits: Limits = Limits(),
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
       process = subprocess.Popen(
           [sys.executable, "-I", "-S", CHILD, config_path], stdin=subprocess.PIPE,
-          stdout=out, stderr=err, cwd=work, env=dict(limits.env),
+          stdout=out, stderr=err, cwd=base, env=dict(limits.env),
           start_new_session=True, close_fds=True)
       timed_out = False
       try:

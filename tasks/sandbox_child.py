@@ -8,9 +8,10 @@ the isolation, and only then runs the untrusted program:
 
   1. new namespaces: network (no interfaces but a down loopback), mount, PID; when
      not started as root, also a user namespace that maps the caller's uid to 0;
-  2. mounts (private to this process tree): fresh size-limited tmpfs over /tmp,
-     /var/tmp and /dev/shm, the example's work directory bound at WORK, and every
-     other mount remounted read-only;
+  2. mounts (private to this process tree): every mount remounted read-only (the
+     setup fails if a writable one cannot be), then fresh size-limited tmpfs mounts
+     over /tmp, /var/tmp and /dev/shm; the program's directory is WORK on that /tmp,
+     so nothing it writes reaches a disk;
   3. fork: the child is PID 1 of the new PID namespace (when it exits, the kernel
      kills every process the program started); it mounts a new /proc (the harness
      and other processes are invisible), sets the resource limits, drops privileges
@@ -96,40 +97,38 @@ def _enter_namespaces(as_root: bool) -> None:
 
 
 def _mount_points():
-  """(mount point, per-mount flags) of every mount, parents before children."""
+  """(mount point, per-mount flags, writable) of every mount, parents first."""
   points = []
   with open("/proc/self/mountinfo") as f:
     for line in f:
       fields = line.split()
       point = fields[4].encode().decode("unicode_escape")
+      options = fields[5].split(",")
       flags = 0
-      for option in fields[5].split(","):
+      for option in options:
         flags |= _ATIME_FLAGS.get(option, 0)
-      points.append((point, flags))
+      points.append((point, flags, "rw" in options))
   return points
 
 
-def _isolate_filesystem(work_dir: str, tmpfs_bytes: int) -> None:
+def _isolate_filesystem(tmpfs_bytes: int, owner) -> None:
+  """Read-only mounts everywhere but fresh tmpfs on /tmp, /var/tmp, /dev/shm."""
   _mount(None, "/", None, MS_REC | MS_PRIVATE)
-  # Everything read-only first (keeping flags a user namespace may not clear).
-  for point, flags in _mount_points():
+  for point, flags, writable in _mount_points():
     if point == "/proc" or point.startswith("/proc/"):
-      continue
+      continue  # Replaced by a fresh proc in the PID namespace (its /proc/sys read-only).
     try:
       _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
     except SetupError:
-      if point in ("/", "/tmp", "/var/tmp") or point.startswith("/work"):
+      if writable:
         raise
-  # The work directory stays reachable through the descriptor of the cwd.
-  os.chdir(work_dir)
   tmp_options = f"size={tmpfs_bytes},mode=1777"
   for point in ("/tmp", "/var/tmp", "/dev/shm"):
     if os.path.isdir(point):
       _mount("tmpfs", point, "tmpfs", MS_NOSUID | MS_NODEV, tmp_options)
-  os.mkdir(WORK)
-  _mount(f"/proc/self/fd/{os.open('.', os.O_RDONLY | os.O_DIRECTORY)}", WORK, None,
-         MS_BIND)
-  _mount(None, WORK, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+  os.mkdir(WORK, 0o700)
+  if owner is not None:
+    os.chown(WORK, *owner)
   os.chdir(WORK)
 
 
@@ -202,11 +201,12 @@ def main(config_path: str) -> int:
   report = lambda **kw: os.write(result, json.dumps(kw).encode())
   nonce = sys.stdin.readline().strip()
   as_root = os.geteuid() == 0 and not config["user_namespace"]
-  with open(os.path.join(config["work_dir"], config["program"])) as f:
+  with open(config["program_path"], encoding="utf-8") as f:
     source = f.read()
   try:
     _enter_namespaces(as_root)
-    _isolate_filesystem(config["work_dir"], config["tmpfs_bytes"])
+    _isolate_filesystem(config["tmpfs_bytes"],
+                        (config["uid"], config["gid"]) if as_root else None)
   except (SetupError, OSError) as e:
     report(setup_error=str(e))
     return SETUP_FAILED

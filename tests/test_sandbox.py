@@ -185,3 +185,13 @@ def test_cleanup_of_a_hostile_directory_never_follows_links():
                "open('d/f', 'w').write('x')\nos.chmod('d', 0)\n")
   assert result.passed
   assert os.stat("/etc/passwd").st_mode == mode
+
+
+def test_writes_stay_in_a_small_memory_tmpfs():
+  result = run("for i in range(40):\n  open(f'f{i}', 'wb').write(b'x' * (1 << 20))\n")
+  assert result.status == "failed" and "No space left" in result.stderr
+
+
+def test_setup_failure_raises_before_running_the_program():
+  with pytest.raises(sandbox.SandboxUnavailableError, match="could not isolate"):
+    run("print('never')", sandbox.Limits(tmpfs_bytes=-1))
