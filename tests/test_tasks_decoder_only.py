@@ -75,7 +75,7 @@ def test_gsm8k_format_and_metric():
                  ["so 12 apples. #### 12.00", "It is 999.", "nothing"]]
   assert gsm8k.final_number_accuracy(targets, predictions) == {
       "final_number_accuracy": pytest.approx(100 / 3), "no_number_predictions": 1}
-  assert set(task.splits) == {"train", "validation", "test"}
+  assert set(task.splits) == {"train", "test"}  # no validation set is invented
 
 
 # ================================ table-to-text ===============================
