@@ -161,3 +161,22 @@ def test_prefix_is_prefilled_like_past_tokens():
   want = greedy_decode(model, params, jnp.asarray(np.concatenate([a, b], 1)),
                        max_decode_length=LENGTH, eos_id=-1)
   np.testing.assert_array_equal(got, want)
+
+
+def test_attention_mask_lets_token_zero_be_real():
+  """With an explicit mask, id 0 (GPT-2's "!", a BOS of 0) is an input token: the
+  greedy continuation equals argmax decoding by repeated full forward passes."""
+  model, params = lib.init(GPT2, seed=5)
+  tokens = np.array([[0, 11, 12, 13, 0, 0], [0, 0, 0, 21, 22, 23]])
+  mask = np.array([[1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]], bool)  # row 1: a real 0
+  got = np.asarray(greedy_decode(model, params, jnp.asarray(tokens), eos_id=-1,
+                                 max_decode_length=4, attention_mask=jnp.asarray(mask)))
+  assert not np.array_equal(got, np.asarray(greedy_decode(
+      model, params, jnp.asarray(tokens), eos_id=-1, max_decode_length=4)))
+  for row in range(2):
+    sequence = list(tokens[row][mask[row]])
+    for _ in range(4):
+      logits = lib.apply(model, {"params": params}, jnp.asarray([sequence]),
+                         jnp.ones((1, len(sequence)), bool))
+      sequence.append(int(np.argmax(logits[0, -1])))
+    np.testing.assert_array_equal(got[row], sequence[-4:])

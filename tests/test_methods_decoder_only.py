@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import decoder_testlib as lib
-from prompt_tuning import checkpoints, export
+from prompt_tuning import checkpoints, prompt_files
 from prompt_tuning.methods import initializers as inits
-from prompt_tuning.methods.base import flatten
+from prompt_tuning.params import flatten
 from prompt_tuning.methods.prompt import prompt_tuning
 from prompt_tuning.models import families
 from prompt_tuning.models.decoder_config import gpt2_preset, llama_preset
@@ -98,7 +98,7 @@ def test_peft_adapter_gives_the_same_loss_in_pytorch(hf_gpt2, tmp_path):
   method = prompt_tuning(length=P)
   params = method.initialize(jax.random.PRNGKey(2), params, config)
   prompt = np.asarray(params["transformer"]["prompt"]["prompt"])
-  adapter = export.save_peft(tmp_path / "adapter", prompt, config)
+  adapter = prompt_files.save_peft(tmp_path / "adapter", prompt, config)
   peft_model = peft.PeftModel.from_pretrained(
       transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2), adapter).eval()
   assert peft_model.peft_config["default"].task_type == "CAUSAL_LM"

@@ -1,7 +1,7 @@
 """Cached decoding of the decoder-only families (GPT-2, Llama): continue each input.
 
 The same three decoders and output conventions as the T5 ones
-(`prompt_tuning.decoding`), for a model that reads its input and its output in one
+(`prompt_tuning.models.decoding`), for a model that reads its input and its output in one
 sequence:
 
   greedy_decode(model, params, tokens [B, T], *, max_decode_length) -> [B, L]
@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.decoding import (NEG_INF, _check_length, _gather_beams,
+from prompt_tuning.models.decoding import (NEG_INF, _check_length, _gather_beams,
                                     _reorder_cache, check_prompt_index,
                                     filter_logits, length_penalty)
 
@@ -50,9 +50,10 @@ def left_align(tokens: Array, mask: Array) -> Tuple[Array, Array]:
   return aligned, aligned_mask
 
 
-def _prefill(model, params, tokens, prompt_index, new_tokens):
-  """(next-token logits [B, V], cache) after the (left-aligned) input."""
-  tokens, mask = left_align(tokens, tokens > 0)
+def _prefill(model, params, tokens, mask, prompt_index, new_tokens):
+  """(next-token logits [B, V], cache) after the (left-aligned) input; `mask`
+  [B, T] marks real tokens (None: `tokens > 0`)."""
+  tokens, mask = left_align(tokens, tokens > 0 if mask is None else mask.astype(bool))
   logits, variables = model.apply({"params": params}, tokens, mask,
                                   new_tokens=new_tokens, prompt_index=prompt_index,
                                   method=model.prefill_last, mutable=["cache"])
@@ -67,9 +68,9 @@ def _step(model, params, cache, tokens):
   return logits[:, 0], variables["cache"]
 
 
-def _token_loop(model, params, tokens, prompt_index, length, eos_id, choose):
+def _token_loop(model, params, tokens, mask, prompt_index, length, eos_id, choose):
   """`choose(logits [B, V], step) -> tokens [B]`; returns [B, L]."""
-  logits, cache = _prefill(model, params, tokens, prompt_index, length)
+  logits, cache = _prefill(model, params, tokens, mask, prompt_index, length)
   batch = tokens.shape[0]
 
   def cond(state):
@@ -89,34 +90,37 @@ def _token_loop(model, params, tokens, prompt_index, length, eos_id, choose):
   return jax.lax.while_loop(cond, body, state)[3]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _greedy_jit(model, params, tokens, prompt_index, length, eos_id):
-  return _token_loop(model, params, tokens, prompt_index, length, eos_id,
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _greedy_jit(model, params, tokens, mask, prompt_index, length, eos_id):
+  return _token_loop(model, params, tokens, mask, prompt_index, length, eos_id,
                      lambda logits, step: jnp.argmax(logits, axis=-1))
 
 
 def greedy_decode(model: nn.Module, params: Params, tokens: Array, *,
                   max_decode_length: int, eos_id: int = 1,
-                  prompt_index: Optional[Array] = None) -> Array:
-  """Greedy continuation of `tokens [B, T]` (0-padded on either side).
+                  prompt_index: Optional[Array] = None,
+                  attention_mask: Optional[Array] = None) -> Array:
+  """Greedy continuation of `tokens [B, T]` (padded on either side).
 
   Args:
     model: a `GPT2LMHeadModel` / `LlamaForCausalLM` with its method hooks (static).
     max_decode_length: L, the number of tokens generated at most (static).
     eos_id: ends a sequence (traced; -1 never stops).
     prompt_index: [B] prompt of a prompt bank per example.
+    attention_mask: [B, T], True at real tokens (default `tokens > 0`; pass it
+      when id 0 is a real token, e.g. GPT-2's "!" or a BOS of 0).
 
   Returns:
     [B, L] int32 generated ids, EOS kept, zeros after EOS.
   """
   _check_length(max_decode_length)
   check_prompt_index(model, tokens, prompt_index)
-  return _greedy_jit(model, params, tokens, prompt_index, max_decode_length,
-                     jnp.asarray(eos_id, jnp.int32))
+  return _greedy_jit(model, params, tokens, attention_mask, prompt_index,
+                     max_decode_length, jnp.asarray(eos_id, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 8, 9))
-def _sample_jit(model, params, tokens, prompt_index, rng, length, eos_id,
+@functools.partial(jax.jit, static_argnums=(0, 6, 9, 10))
+def _sample_jit(model, params, tokens, mask, prompt_index, rng, length, eos_id,
                 temperature, top_k, top_p):
 
   def choose(logits, step):
@@ -124,13 +128,15 @@ def _sample_jit(model, params, tokens, prompt_index, rng, length, eos_id,
     sampled = jax.random.categorical(jax.random.fold_in(rng, step), scaled, axis=-1)
     return jnp.where(temperature > 0, sampled, jnp.argmax(logits, axis=-1))
 
-  return _token_loop(model, params, tokens, prompt_index, length, eos_id, choose)
+  return _token_loop(model, params, tokens, mask, prompt_index, length, eos_id,
+                     choose)
 
 
 def sample_decode(model: nn.Module, params: Params, tokens: Array, *, rng: Array,
                   max_decode_length: int, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, eos_id: int = 1,
-                  prompt_index: Optional[Array] = None) -> Array:
+                  prompt_index: Optional[Array] = None,
+                  attention_mask: Optional[Array] = None) -> Array:
   """Temperature / top-k / nucleus sampling; step i draws with `fold_in(rng, i)`.
 
   temperature 0 is argmax; top_k=0 and top_p=1 (static) disable the filters.
@@ -138,7 +144,8 @@ def sample_decode(model: nn.Module, params: Params, tokens: Array, *, rng: Array
   """
   _check_length(max_decode_length)
   check_prompt_index(model, tokens, prompt_index)
-  return _sample_jit(model, params, tokens, prompt_index, rng, max_decode_length,
+  return _sample_jit(model, params, tokens, attention_mask, prompt_index, rng,
+                     max_decode_length,
                      jnp.asarray(eos_id, jnp.int32),
                      jnp.asarray(temperature, jnp.float32), int(top_k), float(top_p))
 
@@ -146,8 +153,9 @@ def sample_decode(model: nn.Module, params: Params, tokens: Array, *, rng: Array
 def beam_search(model: nn.Module, params: Params, tokens: Array, *,
                 max_decode_length: int, beam_size: int = 4, alpha: float = 0.6,
                 eos_id: int = 1, prompt_index: Optional[Array] = None,
-                return_all_beams: bool = False) -> Tuple[Array, Array]:
-  """Beam search with the T5 decoder's rules (see `prompt_tuning.decoding.
+                return_all_beams: bool = False,
+                attention_mask: Optional[Array] = None) -> Tuple[Array, Array]:
+  """Beam search with the T5 decoder's rules (see `prompt_tuning.models.decoding.
   beam_search`): 2K candidates per step, EOS hypotheses finish only within the
   first K ranks, scores are `log_prob / length_penalty(len, alpha)`.
 
@@ -160,18 +168,19 @@ def beam_search(model: nn.Module, params: Params, tokens: Array, *,
   if not isinstance(beam_size, int) or beam_size < 1:
     raise ValueError(f"beam_size must be a positive int; got {beam_size!r}.")
   check_prompt_index(model, tokens, prompt_index)
-  seqs, scores = _beam_jit(model, params, tokens, prompt_index, max_decode_length,
-                           beam_size, jnp.asarray(alpha, jnp.float32),
+  seqs, scores = _beam_jit(model, params, tokens, attention_mask, prompt_index,
+                           max_decode_length, beam_size, jnp.asarray(alpha, jnp.float32),
                            jnp.asarray(eos_id, jnp.int32))
   if return_all_beams:
     return seqs, scores
   return seqs[:, 0], scores[:, 0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _beam_jit(model, params, tokens, prompt_index, length, beam_size, alpha, eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _beam_jit(model, params, tokens, mask, prompt_index, length, beam_size, alpha,
+              eos_id):
   k = beam_size
-  logits, cache = _prefill(model, params, tokens, prompt_index, length)
+  logits, cache = _prefill(model, params, tokens, mask, prompt_index, length)
   batch = tokens.shape[0]
   repeat = lambda leaf: leaf if leaf.ndim == 0 else jnp.repeat(leaf, k, axis=0)
   cache = jax.tree.map(repeat, cache)  # rows b * K + j
