@@ -100,9 +100,15 @@ def mean_multiclass_f1(num_classes: int) -> MetricFn:
 
 @returns("matthews_corrcoef")
 def matthews_corrcoef(targets, predictions) -> Dict[str, float]:
-  """Matthews correlation x 100 (AX-b); invalid predictions are wrong."""
+  """Matthews correlation x 100 (CoLA, AX-b), as T5 computes it.
+
+  T5 calls sklearn's `matthews_corrcoef` on the class ids as they are, so an
+  invalid prediction (-1) is a class of its own (never equal to a target),
+  not flipped to the other class as F1 does. No predictions -> 0.
+  """
   _check_lengths(targets, predictions)
-  t, p = _binary_with_invalid_as_wrong(targets, predictions)
+  t = np.asarray(_values(targets), dtype=np.int64)
+  p = np.asarray(_values(predictions), dtype=np.int64)
   if len(t) == 0:
     return {"matthews_corrcoef": 0.0}
   return {"matthews_corrcoef":

@@ -98,12 +98,16 @@ def wsc_simple(text, example=None, is_target=False) -> int:
   Target -> the example's label (is the candidate the true referent?).
   Prediction -> 1 when, ignoring case and determiners, the predicted words
   are a subset or superset of the candidate's words (and both or neither are
-  possessive), else 0. Accuracy of this against the label is WSC accuracy.
+  possessive), else 0; an empty or determiner-only prediction -> `INVALID`
+  (-1), wrong for either label. Accuracy of this against the label is WSC
+  accuracy.
   """
   if is_target:
     return _as_int(example["label"])
-  referent = _wsc_clean(as_text(example["targets_pretokenized"]))
   prediction = _wsc_clean(as_text(text))
+  if not prediction:
+    return INVALID  # Empty or determiners only: wrong for either label.
+  referent = _wsc_clean(as_text(example["targets_pretokenized"]))
   if ("'" in prediction) != ("'" in referent):
     return 0
   prediction_words = set(prediction.split(" "))

@@ -23,17 +23,39 @@ _plain = tf.autograph.experimental.do_not_convert
 
 # ============================== small helpers =================================
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
-  """T5's SQuAD spacing: a space around every non-word character.
+  """T5's SQuAD spacing: a space around every ASCII punctuation character.
+
+  The same RE2 expressions as T5's `_pad_punctuation`: `[[:punct:]]` is
+  ASCII only (!"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~, so "_" is padded too), and
+  `\\s` is ASCII whitespace only: letters such as "é" or "ü", dashes such as
+  "–" and a non-breaking space are left as they are.
 
   Args:
     text: string tensor of any shape.
 
   Returns:
-    string tensor of the same shape; runs of whitespace collapsed to one space
-    (leading/trailing spaces are kept, as in T5).
+    string tensor of the same shape; runs of ASCII whitespace collapsed to one
+    space (leading/trailing spaces are kept, as in T5).
   """
-  text = tf.strings.regex_replace(text, r"(\W)", r" \1 ")
+  text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
   return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+# Python's `\s` on str (every character whose str.isspace() is True), which
+# the prompt-tuning code's MRQA conversion (`re.sub(r"\s+", " ", s)`) uses:
+# RE2's `\s` is ASCII only, so the class is spelled out.
+_UNICODE_SPACE = (r"[\t\n\x{0b}\f\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}"
+                  r"\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}"
+                  r"\x{3000}]+")
+
+
+def normalize_unicode_whitespace(text: tf.Tensor) -> tf.Tensor:
+  """Every run of Unicode whitespace (non-breaking spaces included) -> " ".
+
+  The prompt-tuning paper's MRQA conversion applies this to context,
+  question and answers before T5's `pad_punctuation`.
+  """
+  return tf.strings.regex_replace(text, _UNICODE_SPACE, " ")
 
 
 def join_collapsed(parts: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -275,15 +297,22 @@ def squad(x):
 @seqio.map_over_dataset
 @_plain
 def mrqa(x):
-  """MRQA 2019 in the SQuAD format above.
+  """MRQA 2019 in the SQuAD format above, as the prompt-tuning paper did it.
 
-  The target is the first answer span detected in the context (as in the
-  prompt-tuning paper's conversion), falling back to the first answer.
+  That paper's conversion (its `mrqa_to_tsv.py` + `preprocess_tsv_to_qa`)
+  first turns every run of Unicode whitespace into one space (so a
+  non-breaking space becomes a plain space), then applies T5's
+  `pad_punctuation`. The target is the first answer span detected in the
+  context, falling back to the first answer.
   """
-  answers = pad_punctuation(x["answers"])
-  detected = pad_punctuation(x["detected_answers"]["text"])
-  question = pad_punctuation(x["question"])
-  context = pad_punctuation(x["context"])
+
+  def clean(text):
+    return pad_punctuation(normalize_unicode_whitespace(text))
+
+  answers = clean(x["answers"])
+  detected = clean(x["detected_answers"]["text"])
+  question = clean(x["question"])
+  context = clean(x["context"])
   return {
       "inputs": join_collapsed(["question:", question, "context:", context]),
       "targets": _first_or_empty(tf.concat([detected, answers], axis=0)),
