@@ -9,9 +9,11 @@ not a valid label arrive as class id -1 and are always counted wrong; the
 import collections
 import re
 import string
+import warnings
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
+import scipy.stats
 import sklearn.metrics
 
 from tasks.postprocessors import INVALID
@@ -113,6 +115,29 @@ def matthews_corrcoef(targets, predictions) -> Dict[str, float]:
     return {"matthews_corrcoef": 0.0}
   return {"matthews_corrcoef":
               100.0 * float(sklearn.metrics.matthews_corrcoef(t, p))}
+
+
+def _correlation(name: str, fn):
+  """Wraps a scipy correlation (T5's STS-B metrics) as a percent metric."""
+
+  @returns(name)
+  def metric(targets, predictions) -> Dict[str, float]:
+    _check_lengths(targets, predictions)
+    t = np.asarray(_values(targets), dtype=np.float64)
+    p = np.asarray(_values(predictions), dtype=np.float64)
+    if len(t) < 2:
+      return {name: 0.0}  # scipy raises below two points.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+      # Constant inputs give nan (as in T5) with a warning; keep it quiet.
+      warnings.simplefilter("ignore")
+      return {name: 100.0 * float(fn(t, p)[0])}
+
+  metric.__name__ = name
+  return metric
+
+
+pearson_corrcoef = _correlation("pearson_corrcoef", scipy.stats.pearsonr)
+spearman_corrcoef = _correlation("spearman_corrcoef", scipy.stats.spearmanr)
 
 
 @returns("gender_parity")

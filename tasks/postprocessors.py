@@ -39,6 +39,20 @@ def string_label_to_class_id(text: Any,
   return label_classes.index(text) if text in label_classes else INVALID
 
 
+def string_to_float(text: Any, example=None, is_target: bool = False,
+                    default: float = -1.0) -> float:
+  """STS-B: the text as a number (Python's `float`), else `default` (-1).
+
+  T5's rule, including what Python's `float` accepts (" 3.4 ", "1e0",
+  "nan").
+  """
+  del example, is_target
+  try:
+    return float(as_text(text))
+  except ValueError:
+    return default
+
+
 class ClassLabel:
   """Picklable postprocessor mapping label strings to class ids."""
 

@@ -141,6 +141,22 @@ def text_to_text_classification(x,
   return ex
 
 
+@seqio.map_over_dataset
+@_plain
+def stsb(x):
+  """T5's STS-B format: "stsb sentence1: <s1> sentence2: <s2>" -> "3.4".
+
+  The similarity label is rounded to the nearest multiple of 0.2 and written
+  with one decimal (T5's `tf.as_string(round(label * 5) / 5, precision=1)`),
+  turning STS-B into 26 classes of text; unlabelled test data (-1) -> "-1.0".
+  """
+  inputs = tf.strings.join(
+      ["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]],
+      separator=" ")
+  label = tf.as_string(tf.round(x["label"] * 5) / 5, precision=1)
+  return {"inputs": inputs, "targets": label, "idx": x["idx"]}
+
+
 # ================================= SuperGLUE ==================================
 def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """ReCoRD as in T5: one example per answer (or one "<unk>" if none).
@@ -275,17 +291,22 @@ def definite_pronoun_resolution_simple(x, label: str = "wsc:"):
 # ==================================== QA ======================================
 @seqio.map_over_dataset
 @_plain
-def squad(x):
+def squad(x, include_context: bool = True):
   """SQuAD as T5: "question: <q> context: <c>" -> first answer.
 
   Question, context and answers get T5's punctuation padding; all answers are
-  kept under "answers" for the max-over-answers metric.
+  kept under "answers" for the max-over-answers metric. Without the context
+  (T5's `squad_v010_context_free`): "squad trivia question: <q>".
   """
   answers = pad_punctuation(x["answers"]["text"])
   question = pad_punctuation(x["question"])
   context = pad_punctuation(x["context"])
+  if include_context:
+    inputs = join_collapsed(["question:", question, "context:", context])
+  else:
+    inputs = join_collapsed(["squad trivia question:", question])
   return {
-      "inputs": join_collapsed(["question:", question, "context:", context]),
+      "inputs": inputs,
       "targets": _first_or_empty(answers),
       "id": x["id"],
       "context": context,
