@@ -25,6 +25,7 @@ from tasks import glue
 from tasks import super_glue
 from tasks import qa
 from tasks import generation
+from tasks import mixtures
 from tasks import local
 from tasks import tiny  # bundled demo tasks (owned by the demo work)
 from tasks import tiny_shift  # domain-shifted tiny tasks (research workflows)
@@ -46,6 +47,7 @@ def register_all() -> None:
   super_glue.register()
   qa.register()
   generation.register()
+  mixtures.register()
   tiny.register()
 
 

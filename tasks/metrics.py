@@ -227,6 +227,30 @@ def squad(targets: Sequence[Sequence[str]],
   return {"em": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
 
 
+def _span_text(context_tokens: List[str], prediction: str) -> str:
+  """The context words a "start: i end: j" prediction points at ("" if the
+  prediction is not of that form), as T5's `span_squad`."""
+  tokens = re.sub(r"\W", " ", prediction).split()
+  if len(tokens) < 4:
+    return ""
+  try:
+    start, end = int(tokens[1]), int(tokens[3])
+  except ValueError:
+    return ""
+  return " ".join(context_tokens[start:end + 1])
+
+
+@returns("em", "f1")
+def span_squad(targets, predictions) -> Dict[str, float]:
+  """SQuAD EM/F1 of span predictions ("start: 3 end: 6" over the context's
+  space tokens), T5's `span_squad`; targets are `span_qa` dicts."""
+  _check_lengths(targets, predictions)
+  answers = [t["answers"] for t in targets]
+  texts = [_span_text(re.sub(r"\W", " ", t["context"]).split(), p)
+           for t, p in zip(targets, predictions)]
+  return squad(answers, texts)
+
+
 def _first_per_group(targets, predictions) -> Tuple[List[Any], List[Any]]:
   """Keeps the first (target, prediction) of each target["group"]."""
   seen = set()

@@ -94,6 +94,15 @@ def qa(text, example=None, is_target=False):
   return as_text(text)
 
 
+def span_qa(text, example=None, is_target=False):
+  """Prediction -> text; target -> {"answers": all answers, "context": the
+  (padded) context} for `metrics.span_squad` (T5's `span_qa`)."""
+  if is_target:
+    return {"answers": [as_text(a) for a in example["answers"]],
+            "context": as_text(example["context"])}
+  return as_text(text)
+
+
 _WSC_DETERMINERS = frozenset([
     "a", "an", "few", "her", "his", "each", "every", "many", "much", "my",
     "our", "some", "that", "the", "their", "these", "this", "those", "which",

@@ -315,6 +315,55 @@ def squad(x, include_context: bool = True):
   }
 
 
+def _space_tokens(text: tf.Tensor) -> tf.Tensor:
+  """T5's span tokenization: every non-word character (RE2 `\\W`, ASCII
+  word characters only) -> " ", then split on single spaces (empty tokens
+  kept, as `tf.strings.split(sep=" ")` keeps them)."""
+  text = tf.strings.regex_replace(text, r"\W", " ")
+  return tf.strings.split(input=[text], sep=" ").values
+
+
+def _span_answer(context: tf.Tensor, answer: tf.Tensor) -> tf.Tensor:
+  """"start: <i> end: <j>" of the answer's tokens in the context's, or "".
+
+  T5's search: the first start position i in [0, len(context) - len(answer))
+  (so never the very last possible position, as in T5) where the tokens match.
+  """
+  answer_tokens = _space_tokens(answer)
+  context_tokens = _space_tokens(context)
+  n = tf.size(answer_tokens)
+  positions = tf.range(tf.maximum(tf.size(context_tokens) - n, 0))
+
+  def matches(i):
+    return tf.reduce_all(tf.equal(context_tokens[i:i + n], answer_tokens))
+
+  hits = tf.map_fn(matches, positions, fn_output_signature=tf.bool)
+  found = tf.where(hits)[:, 0]
+  start = tf.cast(tf.concat([found, [-1]], axis=0)[0], tf.int32)
+  end = start + n - 1
+  text = tf.strings.format("start: {} end: {}", [start, end])
+  return tf.where(tf.equal(start, -1), tf.constant(""), text)
+
+
+def squad_span_space_tokenized(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """T5's `squad_v010_allanswers_span`: SQuAD inputs -> "start: i end: j".
+
+  The target is the (inclusive) space-token span of the first answer in the
+  context; examples whose answer is not found are dropped. "context" and
+  "answers" are kept for `metrics.span_squad`.
+  """
+
+  @_plain
+  def to_span(x):
+    x = dict(x)
+    x["targets"] = _span_answer(x["context"], x["targets"])
+    return x
+
+  dataset = squad(dataset)
+  dataset = dataset.map(to_span, num_parallel_calls=AUTOTUNE)
+  return dataset.filter(_plain(lambda x: tf.strings.length(x["targets"]) > 0))
+
+
 @seqio.map_over_dataset
 @_plain
 def mrqa(x):

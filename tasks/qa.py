@@ -47,6 +47,12 @@ def register() -> None:
         metric_fns=(metrics.squad,),
         postprocess_fn=postprocessors.qa)
   registry.add_task(
+      "squad_v010_allanswers_span",
+      source=_squad_source(),
+      text_preprocessors=[prep.squad_span_space_tokenized],
+      metric_fns=(metrics.span_squad,),
+      postprocess_fn=postprocessors.span_qa)
+  registry.add_task(
       "squad_v010_context_free",
       source=_squad_source(),
       text_preprocessors=[

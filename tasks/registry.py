@@ -10,6 +10,7 @@ import logging
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import seqio
+from seqio import experimental as seqio_experimental
 
 from tasks import labels as labels_lib
 from tasks import preprocessors as prep
@@ -117,3 +118,29 @@ def add_mixture(name: str,
     if first is None:
       first = mixture
   return first
+
+
+def add_sentinel_twin(name: str, num_sentinels: int = 1) -> str:
+  """Registers T5's `<name>_<n>_sentinel` twin of the registered task `name`.
+
+  seqio's `add_task_with_sentinels`: <extra_id_0> (the last vocabulary id)
+  appended to the tokenized inputs and put first in the targets; the
+  postprocessor strips it from predictions. The suffix goes before
+  "_train"/"_eval" ("super_glue_wsc_v102_simple_1_sentinel_train").
+
+  Returns:
+    The new task's name.
+  """
+  suffix = f"_{num_sentinels}_sentinel"
+  new_name = name + suffix
+  for split_word in ("_train", "_dev", "_test", "_eval", "."):
+    if split_word in name:
+      i = name.find(split_word)
+      new_name = name[:i] + suffix + name[i:]
+      break
+  _replace(seqio.TaskRegistry, new_name)
+  seqio_experimental.add_task_with_sentinels(name, num_sentinels=num_sentinels)
+  _OURS.add(id(seqio.TaskRegistry.get(new_name)))
+  labels_lib.register_labels(new_name, labels_lib.get_label_strings(name),
+                             labels_lib.get_task_prefix(name))
+  return new_name

@@ -468,3 +468,78 @@ def test_bleu_matches_t5_with_its_tokenizer():
   mine = text_metrics.bleu_score([[t] for t in targets], predictions,
                                  tokenize="intl")
   assert mine == pytest.approx(reference["bleu"])
+
+
+def test_squad_span_matches_t5():
+  task = seqio.get_mixture_or_task("squad_v010_allanswers_span")
+  raws = [dict(SQUAD_RAWS[0], answers={"text": ["Denver Broncos", "x"],
+                                       "answer_start": [0, 0]}),
+          dict(SQUAD_RAWS[0], answers={"text": ["ETH Z\u00fcrich", "y"],
+                                       "answer_start": [0, 0]}),
+          dict(SQUAD_RAWS[0], answers={"text": ["not in it", "z"],
+                                       "answer_start": [0, 0]})]
+  examples = []
+  for raw in raws:
+    mine = ours(task.name, raw)
+    assert_same_examples(mine, theirs(t5_prep.squad_span_space_tokenized,
+                                      raw))
+    examples += mine
+  assert len(examples) == 2  # The answer not in the context is dropped.
+  targets, preds = postprocessed(task, t5_post.span_qa,
+                                 ["start: 3 end: 4", "start: x end: 2"],
+                                 examples)
+  for predictions in (preds, [e["targets"] for e in examples], ["", "3"]):
+    assert_same_metrics(metrics_of(task, targets, predictions),
+                        t5_metrics.span_squad(targets, predictions))
+
+
+# ============================ sentinels and mixtures ==========================
+def test_sentinel_twins_have_t5s_names_and_rates():
+  mixture = seqio.get_mixture_or_task("super_glue_v102_proportional_sentinel")
+  rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+  assert rates == glue_utils.get_super_glue_weight_mapping_sentinel()
+
+
+def test_sentinel_twin_adds_extra_id_0(t5_vocab_path, monkeypatch):
+  monkeypatch.setenv(tasks.vocab.ENV_VAR, t5_vocab_path)
+  raw = dict(SUPER_GLUE_RAW["rte"], label=np.int64(1), idx=np.int32(0))
+
+  def tokens(name):
+    task = seqio.get_mixture_or_task(name)
+    ds = task.preprocess_precache(tf.data.Dataset.from_tensors(raw), seed=0)
+    ds = task.preprocess_postcache(ds, {"inputs": 256, "targets": 8}, seed=0)
+    return next(iter(tfds.as_numpy(ds)))
+
+  plain = tokens("super_glue_rte_v102")
+  sentinel = tokens("super_glue_rte_v102_1_sentinel")
+  vocab = tasks.get_vocabulary()
+  extra_id_0 = vocab.vocab_size - 1
+  eos = [vocab.eos_id]
+  assert list(sentinel["inputs"]) == (
+      list(plain["inputs"])[:-1] + [extra_id_0] + eos)
+  assert list(sentinel["targets"]) == (
+      [extra_id_0] + list(plain["targets"])[:-1] + eos)
+  task = seqio.get_mixture_or_task("super_glue_rte_v102_1_sentinel")
+  assert task.postprocess_fn("<extra_id_0> not_entailment") == 1
+
+
+def test_mixture_rates_are_t5s():
+  def rates(name):
+    mixture = seqio.get_mixture_or_task(name)
+    return {t.name: mixture.get_rate(t) for t in mixture.tasks}
+
+  assert rates("glue_v002_proportional") == glue_utils.get_glue_weight_mapping()
+  super_glue_rates = glue_utils.get_super_glue_weight_mapping()
+  assert rates("super_glue_v102_proportional") == super_glue_rates
+  assert rates("wsc_dpr_simple_proportional") == {
+      name: super_glue_rates[name] for name in (
+          "dpr_v001_simple", "super_glue_wsc_v102_simple_train",
+          "super_glue_wsc_v102_simple_eval")}
+  # Leave-one-out: T5's members that are registered here, T5's rates.
+  both = {**glue_utils.get_glue_weight_mapping(), **super_glue_rates}
+  squad_rates = rates("leave_one_out_squad_v010_allanswers")
+  assert squad_rates == {
+      name: rate * (0.5 if "glue" in name and "rte" in name else 1.0)
+      for name, rate in both.items()}
+  assert rates("leave_one_out_super_glue_v102_proportional") == dict(
+      glue_utils.get_glue_weight_mapping(), squad_v010_allanswers=87_599.)
