@@ -26,6 +26,9 @@ from tasks import super_glue
 from tasks import qa
 from tasks import generation
 from tasks import mixtures
+from tasks import transfer
+from tasks import examples
+from tasks import variants
 from tasks import local
 from tasks import tiny  # bundled demo tasks (owned by the demo work)
 from tasks import tiny_shift  # domain-shifted tiny tasks (research workflows)
@@ -48,6 +51,8 @@ def register_all() -> None:
   qa.register()
   generation.register()
   mixtures.register()
+  transfer.register()
+  variants.register()  # After every base task: task_index_, _examples, mt5_.
   tiny.register()
 
 

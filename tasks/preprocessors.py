@@ -157,6 +157,26 @@ def stsb(x):
   return {"inputs": inputs, "targets": label, "idx": x["idx"]}
 
 
+def add_index_token(dataset: tf.data.Dataset, output_features,
+                    index: int) -> tf.data.Dataset:
+  """Token step: puts task-index token `index` first in the inputs.
+
+  The prompt-tuning code's `task_index_` tasks route multi-task prompts by
+  this token: <extra_id_{index}>, i.e. id `vocab_size - 1 - index`, before
+  the (taskless) inputs' tokens.
+  """
+  token = output_features["inputs"].vocabulary.vocab_size - 1 - index
+
+  @_plain
+  def add(x):
+    x = dict(x)
+    x["inputs"] = tf.concat(
+        [tf.constant([token], x["inputs"].dtype), x["inputs"]], axis=0)
+    return x
+
+  return dataset.map(add, num_parallel_calls=AUTOTUNE)
+
+
 # ================================= SuperGLUE ==================================
 def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """ReCoRD as in T5: one example per answer (or one "<unk>" if none).

@@ -7,7 +7,7 @@ Registering a name again replaces the old provider, so `tasks.register_all()`
 can be re-run (e.g. after a test reset seqio's registries).
 """
 import logging
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import seqio
 from seqio import experimental as seqio_experimental
@@ -144,3 +144,59 @@ def add_sentinel_twin(name: str, num_sentinels: int = 1) -> str:
   labels_lib.register_labels(new_name, labels_lib.get_label_strings(name),
                              labels_lib.get_task_prefix(name))
   return new_name
+
+
+_KEEP = object()
+
+
+def derive(base_name: str,
+           new_name: str,
+           token_steps: Sequence[Callable[..., Any]] = (),
+           postprocess_fn: Any = _KEEP,
+           output_features: Optional[Mapping[str, seqio.Feature]] = None,
+           label_strings: Any = _KEEP,
+           prefix: Any = _KEEP) -> seqio.Task:
+  """Registers `new_name`: the registered task `base_name`, varied.
+
+  Args:
+    base_name: a registered task.
+    new_name: the new task's name (replaced if registered).
+    token_steps: token preprocessors inserted right after tokenization
+      (e.g. a task-index token).
+    postprocess_fn: a different postprocessor (default: the base's).
+    output_features: different features, e.g. another vocabulary.
+    label_strings, prefix: recorded for the new name (default: the base's).
+
+  Returns:
+    The new task.
+  """
+  base = seqio.TaskRegistry.get(base_name)
+  steps = list(base.preprocessors)
+  if token_steps:
+    at = steps.index(seqio.preprocessors.tokenize) + 1
+    steps[at:at] = list(token_steps)
+  _replace(seqio.TaskRegistry, new_name)
+  task = seqio.Task(
+      new_name,
+      source=base.source,
+      preprocessors=steps,
+      output_features=dict(output_features or base.output_features),
+      postprocess_fn=(base.postprocessor if postprocess_fn is _KEEP
+                      else postprocess_fn),
+      metric_fns=list(base.metric_fns))
+  seqio.TaskRegistry.add_provider(new_name, task)
+  _OURS.add(id(task))
+  labels_lib.register_labels(
+      new_name,
+      (labels_lib.get_label_strings(base_name) if label_strings is _KEEP
+       else label_strings),
+      labels_lib.get_task_prefix(base_name) if prefix is _KEEP else prefix)
+  return task
+
+
+def is_ours(name: str) -> bool:
+  """Whether `name` (task or mixture) was registered by this package."""
+  for reg in (seqio.TaskRegistry, seqio.MixtureRegistry):
+    if name in reg.names():
+      return id(reg.get(name)) in _OURS
+  return False
