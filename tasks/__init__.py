@@ -56,11 +56,11 @@ def register_all() -> None:
   generation.register()
   mixtures.register()
   transfer.register()
-  variants.register()  # After every base task: task_index_, _examples, mt5_.
   tiny.register()
   table_to_text.register()
   gsm8k.register()
   code.register()
+  variants.register()  # After every base task: task_index_, _examples, mt5_.
 
 
 register_all()
