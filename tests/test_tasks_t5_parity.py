@@ -22,10 +22,16 @@ import pytest
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from t5.data import glue_utils  # pylint: disable=g-bad-import-order
-from t5.data import postprocessors as t5_post
-from t5.data import preprocessors as t5_prep
-from t5.evaluation import metrics as t5_metrics
+try:  # pylint: disable=g-bad-import-order
+  from t5.data import glue_utils
+  from t5.data import postprocessors as t5_post
+  from t5.data import preprocessors as t5_prep
+  from t5.evaluation import metrics as t5_metrics
+except ImportError as e:
+  raise ImportError(
+      "The task parity tests need the `t5` package as their reference: "
+      "`make install`, or `pip install --no-deps -c "
+      "requirements/constraints.txt t5` plus the test extra (babel).") from e
 
 import tasks
 from tasks import glue
