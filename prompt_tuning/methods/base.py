@@ -89,6 +89,8 @@ class Method:
       `lopa`, `model`, `design`).
     prompt: module for the encoder-input hook (lives at `encoder/prompt/…`).
     prefix: module for the per-layer key/value hook (lives at `prefix/…`).
+    adapter: a method interceptor for the `adapter` hook of `Transformer` (LoRA,
+      IA3, per-layer prompts; its parameters live under the adapted modules).
     trainable: regexes over `/`-joined parameter paths; everything else is frozen
       (no gradient, no optimizer state).
     initialize: optional `(rng, params, config) -> params` run once after loading
@@ -104,6 +106,7 @@ class Method:
   name: str
   prompt: Optional[nn.Module] = None
   prefix: Optional[nn.Module] = None
+  adapter: Optional[Callable[..., Any]] = None
   trainable: Tuple[str, ...] = ()
   initialize: Optional[Callable[[jax.Array, Params, T5Config], Params]] = None
   export: Optional[Callable[[Params], Dict[str, np.ndarray]]] = None
@@ -112,7 +115,8 @@ class Method:
 
   def build(self, config: T5Config) -> Transformer:
     """The Flax module for this method on a frozen T5 of `config`."""
-    return Transformer(config, prompt=self.prompt, prefix=self.prefix)
+    return Transformer(config, prompt=self.prompt, prefix=self.prefix,
+                       adapter=self.adapter)
 
   def is_trainable(self, path: str) -> bool:
     return matches(path, self.trainable)
