@@ -13,15 +13,21 @@ from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.methods import base
 from prompt_tuning.methods import lora as lora_lib
 from prompt_tuning.methods.lora import lora
+from prompt_tuning.models.layers import Dense
 
-from methods_testlib import (abstract_params, batch, changed_after_steps, loss,
-                             random_params, tiny_config)
+from methods_testlib import (abstract_params, batch, changed_after_steps,
+                             one_layer_config, random_params, tiny_config)
+from methods_testlib import loss as eager_loss
+
+
+def loss(model, params, enc, dec, tgt):
+  return jax.jit(functools.partial(eager_loss, model))(params, enc, dec, tgt)
 from peft_testlib import hf_checkpoint, hf_loss, hf_model, ours_loss  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def setup():
-  config = tiny_config()
+  config = one_layer_config()
   method = lora(rank=3, alpha=6.0)
   model = method.build(config)
   enc, dec, tgt = batch()
@@ -34,8 +40,8 @@ def test_factors_live_beside_their_kernels_with_sharding_axes(setup):
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), enc, dec)["params"])
   flat = flax.traverse_util.flatten_dict(boxed, sep="/")
   lora_paths = sorted(p for p in flat if "lora" in p)
-  # query and value of encoder self-, decoder self- and cross-attention, 2+2 layers.
-  assert len(lora_paths) == 2 * 2 * (2 + 2 * 2)
+  # query and value of encoder self-, decoder self- and cross-attention, 1+1 layers.
+  assert len(lora_paths) == 2 * 2 * (1 + 2)
   for path in lora_paths:
     module, name = path.rsplit("/", 1)
     assert module.rsplit("/", 1)[1] in ("query", "value"), path
@@ -52,21 +58,36 @@ def test_factors_live_beside_their_kernels_with_sharding_axes(setup):
   assert sorted(p for p in flat if "lora" not in p) == sorted(base.flatten(plain))
 
 
-def test_init_starts_from_the_frozen_model(setup):
-  config, method, model, params, (enc, dec, tgt) = setup
-  fresh = jax.jit(model.init)(jax.random.PRNGKey(1), enc, dec)["params"]
-  fresh = flax.linen.unbox(fresh)
-  flat = base.flatten(fresh)
-  assert all(not np.any(flat[p]) for p in flat if p.endswith("lora_b"))
-  a = flat["encoder/layers_0/attention/query/lora_a"]
-  assert np.all(np.abs(a) <= 1 / np.sqrt(config.emb_dim)) and np.std(a) > 0
-  frozen = base.flatten(params)
-  start = base.unflatten({p: (flat[p] if "lora" in p else frozen[p]) for p in flat})
-  plain = model.clone(adapter=None)
-  plain_params = base.unflatten({p: v for p, v in frozen.items() if "lora" not in p})
+class _OneQuery(flax.linen.Module):
+  """A Dense named like an attention query, run under the LoRA hook."""
+
+  @flax.linen.compact
+  def __call__(self, x):
+    with flax.linen.intercept_methods(functools.partial(lora(rank=3, targets=("query",)).adapter,
+                                                        deterministic=True)):
+      return Dense(5, ("embed", "joined_kv"), name="query")(x)
+
+
+def test_init_is_uniform_a_and_zero_b(setup):
+  x = jnp.ones((2, 32))
+  variables = flax.linen.unbox(_OneQuery().init(jax.random.PRNGKey(1), x))["params"]
+  a, b = variables["query"]["lora_a"], variables["query"]["lora_b"]
+  assert a.shape == (32, 3) and b.shape == (3, 5)
+  assert not np.any(b)
+  assert np.all(np.abs(a) <= 1 / np.sqrt(32)) and np.std(a) > 0.5 / np.sqrt(3 * 32)
+
+
+def test_zero_b_gives_the_frozen_model(setup):
+  _, _, model, params, (enc, dec, tgt) = setup
+  flat = base.flatten(params)
+  start = base.unflatten({p: (np.zeros_like(v) if p.endswith("lora_b") else v)
+                          for p, v in flat.items()})
+  plain_params = base.unflatten({p: v for p, v in flat.items() if "lora" not in p})
   np.testing.assert_allclose(loss(model, start, enc, dec, tgt),
-                             loss(plain, plain_params, enc, dec, tgt), rtol=1e-6)
-  del method
+                             loss(model.clone(adapter=None), plain_params, enc, dec,
+                                  tgt), rtol=1e-6)
+  assert abs(loss(model, params, enc, dec, tgt) -
+             loss(model, start, enc, dec, tgt)) > 1e-4
 
 
 def test_update_is_scaled_low_rank_product(setup):
