@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning import infer as infer_lib
 from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.methods import base
 from prompt_tuning.methods import lora as lora_lib
@@ -241,3 +242,29 @@ def test_unsupported_lora_variants_are_refused(hf_checkpoint, tmp_path):
   with pytest.raises(peft_adapters.PeftAdapterError, match="not a linear layer"):
     peft_adapters.load_lora(directory, bigger)
   del frozen
+
+
+# ---------------------------------------------------------------- serving
+
+
+def test_infer_merges_a_peft_adapter_into_the_frozen_kernels(tmp_path):
+  config = one_layer_config()
+  method = lora(rank=2, alpha=3.0)
+  enc, dec, _ = batch()
+  params = random_params(method.build(config), enc, dec, seed=5)
+  trained = {p: v for p, v in base.flatten(params).items() if method.is_trainable(p)}
+  adapter = peft_adapters.save_lora(tmp_path / "a", trained, config, alpha=3.0)
+  prompt = np.zeros((2, config.emb_dim), np.float32)
+  _, plain, _, _ = infer_lib.load_bank_model({"p": prompt}, config, None, seed=1)
+  _, merged, _, _ = infer_lib.load_bank_model({"p": prompt}, config, None, seed=1,
+                                              adapter=adapter)
+  plain, merged = base.flatten(plain), base.flatten(merged)
+  m = "decoder/layers_0/encoder_decoder_attention/value"
+  expected = plain[f"{m}/kernel"] + 1.5 * trained[f"{m}/lora_a"] @ trained[f"{m}/lora_b"]
+  np.testing.assert_allclose(merged[f"{m}/kernel"], expected, atol=1e-6)
+  untouched = "encoder/layers_0/attention/key/kernel"
+  np.testing.assert_array_equal(merged[untouched], plain[untouched])
+  wider = one_layer_config(emb_dim=48)
+  with pytest.raises(infer_lib.InferError, match="another model size"):
+    infer_lib.load_bank_model({"p": np.zeros((2, 48), np.float32)}, wider, None,
+                              adapter=adapter)
