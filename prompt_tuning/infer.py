@@ -19,7 +19,8 @@ Prompt sources (each `name: path`): a `.npy` `[P, H]` file, a training MODEL_DIR
 (its `best/` export, or INFER_CHECKPOINT = 'latest' / a step), or any directory
 holding `encoder.prompt.prompt.npy`. MODEL_DIR and PROMPT_FILE (as for
 prompt_tuning.eval) add one prompt each. A MODEL_DIR also supplies the frozen
-checkpoint and model config it was trained with, unless given.
+checkpoint and model config it was trained with, unless given. ADAPTER (a PEFT
+LoRA / IA3 adapter directory) is merged into the frozen weights at load.
 
 Exit status: 0 when the run completes (bad lines are error records), 1 for fatal
 problems (missing files, unusable prompts or checkpoints, bad settings), with a
