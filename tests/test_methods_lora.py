@@ -2,6 +2,8 @@
 decoding, and the PEFT adapter format checked against PEFT in PyTorch."""
 import functools
 import json
+import subprocess
+import sys
 
 import flax
 import jax
@@ -16,6 +18,7 @@ from prompt_tuning.methods import lora as lora_lib
 from prompt_tuning.methods.lora import lora
 from prompt_tuning.models.layers import Dense
 
+from conftest import REPO_ROOT
 from methods_testlib import (abstract_params, batch, changed_after_steps,
                              one_layer_config, random_params, tiny_config)
 from methods_testlib import loss as eager_loss
@@ -268,3 +271,24 @@ def test_infer_merges_a_peft_adapter_into_the_frozen_kernels(tmp_path):
   with pytest.raises(infer_lib.InferError, match="another model size"):
     infer_lib.load_bank_model({"p": np.zeros((2, 48), np.float32)}, wider, None,
                               adapter=adapter)
+
+
+def test_factors_shard_with_their_kernels_on_a_model_parallel_mesh():
+  """4 host devices, model axis 4: LoRA's B of a query kernel and A of an output
+  kernel are split over heads like their kernels, IA3's scales too; the loss
+  equals the unsharded one."""
+  proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "adapter_mesh_worker.py")],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  lora_specs, ia3_specs = out["lora"]["specs"], out["ia3"]["specs"]
+  assert out["lora"]["devices"] == 4
+  assert lora_specs["encoder/layers_0/attention/query/lora_b"] == ["None", "model"]
+  assert lora_specs["encoder/layers_0/attention/query/lora_a"] == ["None", "None"]
+  assert lora_specs["encoder/layers_0/attention/out/lora_a"] == ["model", "None"]
+  assert lora_specs["encoder/layers_0/attention/out/lora_b"] == ["None", "None"]
+  assert ia3_specs["decoder/layers_0/mlp/wo/ia3_scale"] == ["model"]
+  assert ia3_specs["encoder/layers_0/attention/key/ia3_scale"] == ["model"]
+  for name in ("lora", "ia3"):
+    assert out[name]["grad_finite"]
+    assert abs(out[name]["sharded"] - out[name]["single"]) < 1e-5
