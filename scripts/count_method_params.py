@@ -24,7 +24,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import (baselines, deep_prompt, ia3, lopa, lora,  # pylint: disable=g-import-not-at-top
                                    prefix, prompt)
-from prompt_tuning.methods.base import Method, flatten  # pylint: disable=g-import-not-at-top
+from prompt_tuning.methods.base import Method  # pylint: disable=g-import-not-at-top
+from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
 from prompt_tuning.models.config import preset  # pylint: disable=g-import-not-at-top
 
 METHODS = {

@@ -25,10 +25,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning import checkpoints, cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
-from prompt_tuning import state_checkpoints as ckpt  # pylint: disable=g-import-not-at-top
+from prompt_tuning.run_dir import train_state as ckpt  # pylint: disable=g-import-not-at-top
 from prompt_tuning.checkpoints import huggingface, peft_adapters  # pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import ia3, lora  # pylint: disable=g-import-not-at-top
-from prompt_tuning.methods.base import with_params  # pylint: disable=g-import-not-at-top
+from prompt_tuning.params import with_params  # pylint: disable=g-import-not-at-top
 from prompt_tuning.models.config import T5Config  # pylint: disable=g-import-not-at-top
 
 

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from prompt_tuning import partitioning  # noqa: E402  pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import ia3, lora  # noqa: E402  pylint: disable=g-import-not-at-top
-from prompt_tuning.methods.base import flatten  # noqa: E402  pylint: disable=g-import-not-at-top
+from prompt_tuning.params import flatten  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from methods_testlib import batch, loss, one_layer_config, random_params  # noqa: E402  pylint: disable=g-import-not-at-top
 

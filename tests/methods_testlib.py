@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning import trainer
-from prompt_tuning.methods.base import flatten
+from prompt_tuning.training import trainer
+from prompt_tuning.params import flatten
 from prompt_tuning.models.config import preset
 
 VOCAB = 128

@@ -4,9 +4,9 @@ import gin
 import numpy as np
 import pytest
 
-from prompt_tuning import initial_params
-from prompt_tuning.methods import base
-from prompt_tuning.methods import configurables  # noqa: F401  (registers methods.*)
+from prompt_tuning import building
+from prompt_tuning import params as base
+from prompt_tuning import configurables  # noqa: F401  (registers methods.*)
 from prompt_tuning.methods.baselines import partial_tuning
 from prompt_tuning.models.t5 import Transformer
 
@@ -52,7 +52,7 @@ def test_a_step_changes_only_the_scales_and_they_load_back(method):
   exported = method.exported(params)
   assert sorted(exported) == sorted(p.replace("/", ".") for p in changed)
   shifted = {k: v + 1.0 for k, v in exported.items()}
-  loaded = base.flatten(initial_params.apply_exported(params, shifted))
+  loaded = base.flatten(building.apply_exported(params, shifted))
   for name, value in shifted.items():
     np.testing.assert_array_equal(loaded[name.replace(".", "/")], value)
 

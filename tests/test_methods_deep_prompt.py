@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.methods import base
+from prompt_tuning import params as base
 from prompt_tuning.methods import prefix as prefix_lib
 from prompt_tuning.methods.deep_prompt import per_layer_prompt
 from prompt_tuning.methods.prefix import p_tuning_v2, prefix_tuning

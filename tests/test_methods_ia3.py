@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.checkpoints import peft_adapters
-from prompt_tuning.methods import base
+from prompt_tuning import params as base
 from prompt_tuning.methods import ia3 as ia3_lib
 from prompt_tuning.methods.ia3 import ia3
 

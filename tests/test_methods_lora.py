@@ -13,7 +13,7 @@ import pytest
 
 from prompt_tuning import infer as infer_lib
 from prompt_tuning.checkpoints import peft_adapters
-from prompt_tuning.methods import base
+from prompt_tuning import params as base
 from prompt_tuning.methods import lora as lora_lib
 from prompt_tuning.methods.lora import lora
 from prompt_tuning.models.layers import Dense

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.methods import initializers as inits
-from prompt_tuning.methods.base import Method, Params, with_params
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params, with_params
 from prompt_tuning.methods.prompt import PROMPT_PATH, PROMPT_REGEX, Prompt, initialize_prompt
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import param

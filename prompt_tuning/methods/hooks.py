@@ -15,7 +15,7 @@ from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 
-from prompt_tuning.methods.base import flatten
+from prompt_tuning.params import flatten
 from prompt_tuning.models.layers import Dense
 
 

@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from prompt_tuning.methods import hooks
-from prompt_tuning.methods.base import Method, Params, flatten, unflatten
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params, flatten, unflatten
 from prompt_tuning.models.layers import param
 
 OUTPUT_TARGETS = (r".*attention/(key|value)",)

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.methods import hooks
-from prompt_tuning.methods.base import Method, Params, flatten, unflatten
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params, flatten, unflatten
 from prompt_tuning.models.layers import Dropout, param
 
 Array = jax.Array

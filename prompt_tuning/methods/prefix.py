@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.methods import initializers as inits
-from prompt_tuning.methods.base import (Method, Params, flatten, get_param, with_params,
-                                        without_params)
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import (Params, flatten, get_param, with_params,
+                                  without_params)
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import Dense, Dropout, param
 from prompt_tuning.models.t5 import Transformer
