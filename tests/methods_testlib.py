@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from prompt_tuning.training import trainer
+from prompt_tuning import params as params_lib
 from prompt_tuning.params import flatten
 from prompt_tuning.models.config import preset
 
@@ -89,7 +90,7 @@ def changed_after_steps(method, config, params, steps: int = 2, seed: int = 0):
   data = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
           "decoder_target_tokens": tgt,
           "decoder_loss_weights": (tgt > 0).astype(jnp.float32)}
-  trainable, frozen = trainer.split_params(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   optimizer = optax.adam(0.05)
   state = trainer.TrainState(jnp.asarray(0, jnp.int32), trainable,
                              optimizer.init(trainable))
@@ -98,7 +99,7 @@ def changed_after_steps(method, config, params, steps: int = 2, seed: int = 0):
       loss_normalizing_factor=None, enable_dropout=False))
   for _ in range(steps):
     state, _ = step(state, frozen, data, jax.random.PRNGKey(0))
-  after = flatten(trainer.merge_params(state.trainable, frozen))
+  after = flatten(params_lib.merge(state.trainable, frozen))
   before = flatten(params)
   changed = sorted(p for p in before
                    if not np.array_equal(np.asarray(before[p]), np.asarray(after[p])))
