@@ -14,6 +14,11 @@ interleaved A, B, C, … per repetition, so load drifts of a shared machine hit 
 alike) and XLA's own FLOP estimate of the compiled step (load-independent).
 Ratios are prompt / model. Writes `benchmarks/results/step_cost.json`.
 
+The baselines of issue 17 are timed alongside, each with its paper's optimizer
+(`--methods`, default all; `--methods none` to skip): LoRA r=8 on query/value,
+IA3, P-tuning v2 (P=20), per-layer prompts (P=20), prefix tuning with its MLP
+(P=20) and BitFit-style norm-scale tuning.
+
   python benchmarks/step_cost.py                      # the full shape (slow on CPU)
   python benchmarks/step_cost.py --layers 2 --reps 3  # fewer layers per stack
 """
@@ -35,9 +40,22 @@ import numpy as np
 
 from prompt_tuning import params as params_lib
 from prompt_tuning.training import optim
-from prompt_tuning.methods.baselines import model_tuning
+from prompt_tuning.methods import deep_prompt, ia3, lora, prefix
+from prompt_tuning.methods.baselines import model_tuning, partial_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
 from prompt_tuning.models.config import preset
+
+# name → (method, optimizer) factories of the other baselines (issue 17).
+BASELINES = {
+    "lora_r8": (lambda: lora.lora(rank=8), optim.adamw_lora),
+    "ia3": (ia3.ia3, optim.adafactor_ia3),
+    "p_tuning_v2_P20": (lambda: prefix.p_tuning_v2(length=20), optim.adamw_p_tuning_v2),
+    "per_layer_prompt_P20": (lambda: deep_prompt.per_layer_prompt(length=20),
+                             optim.adafactor_prompt_tuning),
+    "prefix_mlp_P20": (lambda: prefix.prefix_tuning(length=20),
+                       optim.adamw_prefix_tuning),
+    "bitfit": (partial_tuning, optim.adamw_bitfit),
+}
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -108,6 +126,9 @@ def main(argv=None) -> Dict[str, Any]:
   parser.add_argument("--inputs", type=int, default=128)
   parser.add_argument("--targets", type=int, default=8)
   parser.add_argument("--prompt-lengths", default="1,20,100")
+  parser.add_argument("--methods", default=",".join(BASELINES),
+                      help=f"comma-separated baselines among {sorted(BASELINES)}, "
+                      "or 'none'")
   parser.add_argument("--reps", type=int, default=5)
   parser.add_argument("--no-matched", action="store_true",
                       help="skip model tuning at inputs + max(P) tokens")
@@ -130,6 +151,13 @@ def main(argv=None) -> Dict[str, Any]:
     contenders[f"prompt_tuning_P{length}"] = build(
         prompt_tuning(length=length), optim.adafactor_prompt_tuning(), config,
         (enc, dec, tgt))
+  chosen = [] if args.methods == "none" else [m for m in args.methods.split(",") if m]
+  unknown = sorted(set(chosen) - set(BASELINES))
+  if unknown:
+    parser.error(f"unknown --methods {unknown}; choose among {sorted(BASELINES)}")
+  for name in chosen:
+    make_method, make_optimizer = BASELINES[name]
+    contenders[name] = build(make_method(), make_optimizer(), config, (enc, dec, tgt))
   matched = f"model_tuning_T{args.inputs + max(lengths)}"
   if not args.no_matched:  # model tuning on as many encoder positions as P_max + T
     longer = jnp.asarray(rng.integers(2, 32000, (args.batch, args.inputs + max(lengths))))
@@ -196,7 +224,8 @@ def main(argv=None) -> Dict[str, Any]:
               f"{r['flops_ratio_vs_matched_length_model_tuning']:.2f}"]
   summary = os.path.splitext(args.output)[0] + ".md"
   with open(summary, "w", encoding="utf-8") as f:
-    f.write("# Step cost: prompt tuning vs model tuning\n\n" + "\n".join(lines) + "\n")
+    f.write("# Step cost: parameter-efficient methods vs model tuning\n\n" +
+            "\n".join(lines) + "\n")
   print("\n".join(lines))
   print(f"wrote {args.output} and {summary}")
   return record

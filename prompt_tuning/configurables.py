@@ -5,10 +5,13 @@ points import it through `cli`. The selector names are what `configs/*.gin` use:
 
   methods.prompt_tuning  methods.prefix_tuning  methods.lopa
   methods.model_tuning   methods.prompt_design
+  methods.lora  methods.ia3  methods.p_tuning_v2  methods.per_layer_prompt
+  methods.partial_tuning
   prompt_init.random_uniform  prompt_init.sampled_vocab  prompt_init.class_labels
   prompt_init.from_text       prompt_init.from_file
   optim.adafactor  optim.adafactor_prompt_tuning  optim.adafactor_model_tuning
   optim.adamw      optim.adamw_prefix_tuning      optim.adamw_lopa
+  optim.adamw_lora optim.adafactor_ia3  optim.adamw_p_tuning_v2  optim.adamw_bitfit
   optim.frozen     optim.linear_schedule          optim.trainable_regexes
   decoding.greedy_decode  decoding.beam_search  decoding.sample_decode
   T5Config  t5_preset  partitioning.make_mesh  partitioning.rules  TrainConfig
@@ -28,7 +31,8 @@ import gin
 import jax.numpy as jnp
 
 from prompt_tuning import partitioning
-from prompt_tuning.methods import baselines, initializers, lopa, prefix, prompt
+from prompt_tuning.methods import (baselines, deep_prompt, ia3, initializers, lopa, lora,
+                                   prefix, prompt)
 from prompt_tuning.models import config as config_lib
 from prompt_tuning.models import decoder_config
 from prompt_tuning.models import decoding
@@ -37,13 +41,17 @@ from prompt_tuning.training import optim, trainer
 
 _REGISTRATIONS = {
     "methods": [prompt.prompt_tuning, prefix.prefix_tuning, lopa.lopa,
-                baselines.model_tuning, baselines.prompt_design],
+                baselines.model_tuning, baselines.prompt_design, lora.lora, ia3.ia3,
+                prefix.p_tuning_v2, deep_prompt.per_layer_prompt,
+                baselines.partial_tuning],
     "prompt_init": [initializers.random_uniform, initializers.sampled_vocab,
                     initializers.class_labels, initializers.from_text,
                     initializers.from_file],
     "optim": [optim.adafactor, optim.adafactor_prompt_tuning,
               optim.adafactor_model_tuning, optim.adamw, optim.adamw_prefix_tuning,
-              optim.adamw_lopa, optim.frozen, optim.linear_schedule,
+              optim.adamw_lopa, optim.adamw_lora, optim.adafactor_ia3,
+              optim.adamw_p_tuning_v2, optim.adamw_bitfit, optim.frozen,
+              optim.linear_schedule,
               optim.trainable_regexes],
     "decoding": [decoding.greedy_decode, decoding.beam_search, decoding.sample_decode],
 }

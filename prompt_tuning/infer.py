@@ -19,7 +19,8 @@ Prompt sources (each `name: path`): a `.npy` `[P, H]` file, a training MODEL_DIR
 (its `best/` export, or INFER_CHECKPOINT = 'latest' / a step), or any directory
 holding `encoder.prompt.prompt.npy`. MODEL_DIR and PROMPT_FILE (as for
 prompt_tuning.eval) add one prompt each. A MODEL_DIR also supplies the frozen
-checkpoint and model config it was trained with, unless given.
+checkpoint and model config it was trained with, unless given. ADAPTER (a PEFT
+LoRA / IA3 adapter directory) is merged into the frozen weights at load.
 
 Exit status: 0 when the run completes (bad lines are error records), 1 for fatal
 problems (missing files, unusable prompts or checkpoints, bad settings), with a
@@ -42,10 +43,14 @@ import numpy as np
 from absl import flags
 
 from prompt_tuning import cli, configurables, building
+from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
+from prompt_tuning.methods import ia3 as ia3_lib
+from prompt_tuning.methods import lora as lora_lib
 from prompt_tuning.models import families
+from prompt_tuning.params import flatten, with_params
 from prompt_tuning.models.config import T5Config
 
 FLAGS = flags.FLAGS
@@ -144,11 +149,51 @@ def prompt_combine(records: Mapping[str, Dict[str, Any]],
   return combine
 
 
+def merge_adapter(params: Dict[str, Any], config: T5Config,
+                  adapter: Union[str, os.PathLike]) -> Dict[str, Any]:
+  """The frozen parameters with a PEFT LoRA or IA3 adapter merged into the kernels.
+
+  The adapter directory is self-describing (rank, alpha, targets), so the served
+  model is exactly the adapted one, with no per-request cost.
+  """
+  try:
+    peft_type = peft_adapters.read_adapter_config(adapter).get("peft_type")
+    if peft_type == "LORA":
+      factors, settings = peft_adapters.load_lora(adapter, config)
+    elif peft_type == "IA3":
+      factors, settings = peft_adapters.load_ia3(adapter, config)
+    else:
+      raise InferError(f"ADAPTER {adapter}: peft_type {peft_type!r}; infer merges LORA "
+                       "and IA3 adapters (serve prompt-tuning adapters as prompts).")
+  except peft_adapters.PeftAdapterError as e:
+    raise InferError(f"ADAPTER: {e}") from e
+  flat = flatten(params)
+  is_input = ia3_lib.Ia3Hook(input_targets=settings.get("input_targets", ())).is_input_target
+  for path, value in factors.items():
+    module, name = path.rsplit("/", 1)
+    rows, cols = np.shape(flat[f"{module}/kernel"])
+    need = {"lora_a": (rows, settings.get("rank")), "lora_b": (settings.get("rank"), cols),
+            "ia3_scale": (rows,) if is_input(module) else (cols,)}[name]
+    if tuple(value.shape) != need:
+      raise InferError(f"ADAPTER {adapter}: {path} has shape {tuple(value.shape)}, but "
+                       f"the frozen kernel [{rows}, {cols}] needs {need} (an adapter of "
+                       "another model size?).")
+  adapted = with_params(params, factors)
+  if peft_type == "LORA":
+    merged = lora_lib.merge(adapted, settings["alpha"] / settings["rank"])
+  else:
+    merged = ia3_lib.merge(adapted, settings["input_targets"])
+  logging.info("Merged the %s adapter %s into %d frozen kernels.", peft_type, adapter,
+               len({p.rsplit("/", 1)[0] for p in factors}))
+  return merged
+
+
 def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                     model_config: Optional[T5Config],
                     initial_checkpoint_path: Optional[str], *, mesh=None,
                     checkpoint: Union[str, int] = "best", seed: int = 0,
-                    combine: Optional[str] = None):
+                    combine: Optional[str] = None,
+                    adapter: Optional[Union[str, os.PathLike]] = None):
   """Frozen T5 + a bank of the named prompts.
 
   Args:
@@ -161,6 +206,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     seed: initializes the frozen model when there is no checkpoint (tests).
     combine: where the prompts go; None takes the MODEL_DIRs' recorded mode,
       else 'prefix'.
+    adapter: a PEFT LoRA or IA3 adapter directory merged into the frozen kernels
+      (`merge_adapter`); None: the frozen model as loaded.
 
   Returns:
     (model, params, bank, description of the frozen model).
@@ -191,6 +238,11 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   config, params, _ = building.build_params(
       method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
       mesh=mesh, run_initializer=False)
+  if adapter is not None:
+    shardings = jax.tree_util.tree_map(lambda x: getattr(x, "sharding", None), params)
+    params = merge_adapter(params, config, adapter)
+    if mesh is not None:
+      params = building.place(params, shardings)
   width = bank_params["prompts"].shape[-1]
   if width != config.emb_dim:
     raise InferError(f"The prompts have width H={width} but the frozen model has "
@@ -262,7 +314,7 @@ def _prompt_sources(prompt_files: Optional[Mapping[str, Any]]) -> Dict[str, Any]
 def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
              ensembles, labels, mixture_or_task_name, split, task_prompt,
              max_examples, model_config, initial_checkpoint_path, checkpoint,
-             batch_size, decode_fn, seed, combine=None
+             batch_size, decode_fn, seed, combine=None, adapter=None
              ) -> Tuple[serving.PromptServer, Iterator[infer_io.Request],
                         Optional[int]]:
   """Checks the settings, loads model and prompts: (server, requests, total lines)."""
@@ -291,7 +343,7 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   mesh = configurables.make_mesh()
   model, params, bank, frozen = load_bank_model(
       _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
-      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine)
+      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine, adapter=adapter)
   routes = serving.make_routes(bank, ensembles,
                                resolve_labels(labels, tasks.get_label_strings))
   decodes = any(r.labels is None for r in routes.values())
@@ -344,7 +396,8 @@ def infer(input_file: Optional[str] = None,
           decode_fn: Optional[Callable[..., Any]] = None,
           log_every: int = 10,
           seed: int = 0,
-          combine: Optional[str] = None) -> InferSummary:
+          combine: Optional[str] = None,
+          adapter: Optional[str] = None) -> InferSummary:
   """Serves requests and writes one JSONL record per request (gin: `infer.<arg>`).
 
   Args:
@@ -368,6 +421,8 @@ def infer(input_file: Optional[str] = None,
     seed: sampling seed.
     combine: where the served prompts go ('prefix', 'suffix', 'after_bos');
       None: as the MODEL_DIRs were trained, else 'prefix'.
+    adapter: a PEFT LoRA / IA3 adapter directory merged into the frozen weights
+      at load (gin: ADAPTER); the prompts are then served on the adapted model.
   """
   start = time.time()
   if model_config is None:
@@ -384,7 +439,7 @@ def infer(input_file: Optional[str] = None,
         task_prompt=task_prompt, max_examples=max_examples,
         model_config=model_config, initial_checkpoint_path=initial_checkpoint_path,
         checkpoint=checkpoint, batch_size=batch_size, decode_fn=decode_fn, seed=seed,
-        combine=combine)
+        combine=combine, adapter=adapter)
   except (FileNotFoundError, ValueError, KeyError, OSError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     raise InferError(str(message)) from e

@@ -64,6 +64,7 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, MeshAxes], ...] = (
     ("kv_pair", None),
     ("lopa_hidden", None),
     ("lopa_out", None),
+    ("lora_rank", None),
 )
 
 _warned_names = set()

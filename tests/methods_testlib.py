@@ -8,7 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from prompt_tuning.training import trainer
+from prompt_tuning import params as params_lib
+from prompt_tuning.params import flatten
 from prompt_tuning.models.config import preset
 
 VOCAB = 128
@@ -73,3 +77,30 @@ def loss(model, params, enc, dec, tgt, **kwargs):
   token = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
   weights = (tgt > 0).astype(jnp.float32)
   return jnp.sum(token * weights) / jnp.sum(weights)
+
+
+def changed_after_steps(method, config, params, steps: int = 2, seed: int = 0):
+  """Paths whose values differ after `steps` Adam steps of `trainer.train_step`.
+
+  Runs the real train step (trainable / frozen split by the method's regexes) on
+  `batch(seed)`; returns (changed paths, all paths).
+  """
+  model = method.build(config)
+  enc, dec, tgt = batch(seed)
+  data = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
+          "decoder_target_tokens": tgt,
+          "decoder_loss_weights": (tgt > 0).astype(jnp.float32)}
+  trainable, frozen = params_lib.split(params, method.trainable)
+  optimizer = optax.adam(0.05)
+  state = trainer.TrainState(jnp.asarray(0, jnp.int32), trainable,
+                             optimizer.init(trainable))
+  step = jax.jit(lambda s, f, b, r: trainer.train_step(
+      s, f, b, r, model=model, optimizer=optimizer, z_loss=0.0,
+      loss_normalizing_factor=None, enable_dropout=False))
+  for _ in range(steps):
+    state, _ = step(state, frozen, data, jax.random.PRNGKey(0))
+  after = flatten(params_lib.merge(state.trainable, frozen))
+  before = flatten(params)
+  changed = sorted(p for p in before
+                   if not np.array_equal(np.asarray(before[p]), np.asarray(after[p])))
+  return changed, sorted(before)

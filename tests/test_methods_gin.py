@@ -39,7 +39,8 @@ def build(files, bindings=()):
 
 def test_the_expected_gin_files_exist():
   assert sorted(p.stem for p in METHODS.glob("*.gin")) == [
-      "lopa", "model_tuning", "prefix_tuning", "prompt_design", "prompt_tuning"]
+      "bitfit", "ia3", "lopa", "lora", "model_tuning", "p_tuning_v2", "per_layer_prompt",
+      "prefix_tuning", "prompt_design", "prompt_tuning"]
   assert sorted(p.stem for p in PROMPTS.glob("*.gin")) == [
       "class_labels", "from_file", "from_text", "random_uniform", "sampled_vocab"]
   assert "methods.prompt_tuning" in configurables.CONFIGURABLES
@@ -51,6 +52,12 @@ def test_the_expected_gin_files_exist():
     ("lopa", "lopa", (r".*/prompt/.*",)),  # any family's prompt scope
     ("model_tuning", "model", (r".*",)),
     ("prompt_design", "design", ()),
+    ("lora", "lora", (r".*/lora_[ab]",)),
+    ("ia3", "ia3", (r".*/ia3_scale",)),
+    ("p_tuning_v2", "p_tuning_v2", (r"prefix/.*",)),
+    ("per_layer_prompt", "per_layer_prompt", (r".*/prompt/.*",)),
+    ("bitfit", "bitfit", (r".*layer_norm/scale",
+                          r"(encoder|decoder)/(encoder|decoder)_norm/scale")),
 ])
 def test_method_gin_builds_method_and_optimizer(name, method_name, trainable):
   method, optimizer = build([METHODS / f"{name}.gin"])

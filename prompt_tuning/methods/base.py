@@ -8,7 +8,7 @@ The trainer, the checkpointer and the entry points only talk to this interface.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -27,6 +27,8 @@ class Method:
       `lopa`, `model`, `design`).
     prompt: module for the encoder-input hook (lives at `encoder/prompt/…`).
     prefix: module for the per-layer key/value hook (lives at `prefix/…`).
+    adapter: a method interceptor for the `adapter` hook of `Transformer` (LoRA,
+      IA3, per-layer prompts; its parameters live under the adapted modules).
     trainable: regexes over `/`-joined parameter paths; everything else is frozen
       (no gradient, no optimizer state).
     initialize: optional `(rng, params, config) -> params` run once after loading
@@ -42,6 +44,7 @@ class Method:
   name: str
   prompt: Optional[nn.Module] = None
   prefix: Optional[nn.Module] = None
+  adapter: Optional[Callable[..., Any]] = None
   trainable: Tuple[str, ...] = ()
   initialize: Optional[Callable[[jax.Array, Params, T5Config], Params]] = None
   export: Optional[Callable[[Params], Dict[str, np.ndarray]]] = None
@@ -51,7 +54,8 @@ class Method:
   def build(self, config: families.ModelConfig) -> nn.Module:
     """The Flax module for this method on the frozen model of `config`; the family
     (T5, GPT-2, Llama) is the type of the config (`models.families`)."""
-    return families.build(config, prompt=self.prompt, prefix=self.prefix)
+    return families.build(config, prompt=self.prompt, prefix=self.prefix,
+                          adapter=self.adapter)
 
   def is_trainable(self, path: str) -> bool:
     return matches(path, self.trainable)

@@ -41,9 +41,22 @@ def _network(config: ModelConfig):
 
 
 def build(config: ModelConfig, prompt: Optional[nn.Module] = None,
-          prefix: Optional[nn.Module] = None) -> nn.Module:
-  """The frozen network of `config`'s family with the given method hooks."""
-  return _network(config)(config, prompt=prompt, prefix=prefix)
+          prefix: Optional[nn.Module] = None,
+          adapter: Optional[nn.Module] = None) -> nn.Module:
+  """The frozen network of `config`'s family with the given method hooks.
+
+  `adapter` (LoRA, IA3, per-layer prompts: kernels adapted in place) exists for the
+  T5 family only so far; a decoder-only config with an adapter is refused.
+  """
+  network = _network(config)
+  if adapter is None:
+    return network(config, prompt=prompt, prefix=prefix)
+  if is_decoder_only(config):
+    raise ValueError(
+        f"The adapter method ({type(adapter).__name__}: LoRA, IA3 or per-layer prompts) "
+        f"is implemented for T5 models only, not for {type(config).__name__}; use "
+        "prompt tuning, prefix tuning, LoPA or model tuning with this model.")
+  return network(config, prompt=prompt, prefix=prefix, adapter=adapter)
 
 
 def is_decoder_only(config: ModelConfig) -> bool:

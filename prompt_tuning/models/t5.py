@@ -21,11 +21,20 @@ that this file stays the frozen network and nothing else:
     the encoder first runs on the un-prompted input and the prompt receives the
     masked mean of that output as `features [B, H]`.
   * `prefix`: a module living at `prefix/…` returning per-layer key/value prefixes,
-    `{'encoder' | 'decoder': (keys, values) each [L, P, N, D]}` (prefix tuning).
+    `{'encoder' | 'decoder' | 'cross': (keys, values) each [L, P, N, D]}` (prefix
+    tuning; 'cross' prefixes the decoder's encoder-decoder attention).
+  * `adapter`: a Flax method interceptor `(next_fun, args, kwargs, context, *,
+    deterministic) -> output` that is active while the encoder and the decoder run
+    (LoRA, IA3, per-layer prompts). It sees every module call, so it can adapt a
+    frozen `Dense` chosen by its path without copying layers; parameters it creates
+    on the intercepted module live under that module's own path (e.g.
+    `encoder/layers_0/attention/query/lora_a`), so frozen paths never change.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import contextlib
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -72,7 +81,8 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, encoded, self_mask, cross_mask, bias, prefix=None,
-               deterministic=True, decode=False, max_decode_length=None):
+               deterministic=True, decode=False, max_decode_length=None,
+               cross_prefix=None):
     """x [B, T, H], encoded [B, S, H], self_mask [B, 1, T, T] or None,
     cross_mask [B, 1, 1, S], bias [1, N, T, T] → [B, T, H].
 
@@ -91,6 +101,7 @@ class DecoderLayer(nn.Module):
     x = x + dropout(y, deterministic=deterministic)
     y = norm("pre_cross_attention_layer_norm")(x)
     y = attention("encoder_decoder_attention")(y, encoded, cross_mask,
+                                               prefix=cross_prefix,
                                                cache_inputs_kv=decode,
                                                deterministic=deterministic)
     x = x + dropout(y, deterministic=deterministic)
@@ -175,7 +186,8 @@ class Decoder(nn.Module):
     for i, layer in enumerate(self.layers):
       x = layer(x, encoded, self_mask, cross_mask, bias,
                 _layer_prefix(prefixes, "decoder", i, batch), deterministic, decode,
-                max_decode_length if decode else None)
+                max_decode_length if decode else None,
+                _layer_prefix(prefixes, "cross", i, batch))
     x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
     return self.logits_dense(x).astype(jnp.float32)
 
@@ -189,6 +201,7 @@ class Transformer(nn.Module):
   config: T5Config
   prompt: Optional[nn.Module] = None
   prefix: Optional[nn.Module] = None
+  adapter: Optional[Callable[..., Any]] = None
 
   def setup(self):
     cfg = self.config
@@ -200,6 +213,13 @@ class Transformer(nn.Module):
     self.encoder = Encoder(cfg, self.token_embedder, prompt)
     self.decoder = Decoder(cfg, self.token_embedder)
 
+  def _adapting(self, deterministic: bool):
+    """The context in which the `adapter` hook intercepts module calls."""
+    if self.adapter is None:
+      return contextlib.nullcontext()
+    return nn.intercept_methods(functools.partial(self.adapter,
+                                                  deterministic=deterministic))
+
   def _prefixes(self, deterministic: bool) -> Optional[Prefixes]:
     return self.prefix(deterministic=deterministic) if self.prefix is not None else None
 
@@ -209,26 +229,29 @@ class Transformer(nn.Module):
     deterministic = not enable_dropout
     features = None
     if self.prompt is not None and getattr(self.prompt, "needs_encoder_features", False):
-      plain, plain_mask = self.encoder(encoder_input_tokens, use_prompt=False,
-                                       deterministic=True)
+      with self._adapting(True):
+        plain, plain_mask = self.encoder(encoder_input_tokens, use_prompt=False,
+                                         deterministic=True)
       weights = plain_mask[..., None].astype(jnp.float32)
       features = (jnp.sum(plain.astype(jnp.float32) * weights, axis=1) /
                   jnp.maximum(jnp.sum(weights, axis=1), 1.0))  # [B, H]
       features = jax.lax.stop_gradient(features)
-    return self.encoder(encoder_input_tokens, features=features,
-                        prompt_index=prompt_index,
-                        prefixes=self._prefixes(deterministic),
-                        deterministic=deterministic)
+    prefixes = self._prefixes(deterministic)
+    with self._adapting(deterministic):
+      return self.encoder(encoder_input_tokens, features=features,
+                          prompt_index=prompt_index, prefixes=prefixes,
+                          deterministic=deterministic)
 
   def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
              enable_dropout: bool = False, decode: bool = False,
              max_decode_length: Optional[int] = None) -> Array:
     """Logits `[B, T, vocab]` for decoder inputs given the encoder output."""
     deterministic = not enable_dropout
-    return self.decoder(encoded, encoder_mask, decoder_input_tokens,
-                        prefixes=self._prefixes(deterministic),
-                        deterministic=deterministic, decode=decode,
-                        max_decode_length=max_decode_length)
+    prefixes = self._prefixes(deterministic)
+    with self._adapting(deterministic):
+      return self.decoder(encoded, encoder_mask, decoder_input_tokens,
+                          prefixes=prefixes, deterministic=deterministic,
+                          decode=decode, max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array] = None,

@@ -19,6 +19,10 @@ Optimizers (optax GradientTransformations; every argument overridable by gin):
                            parameter scaling, factored
   adamw_prefix_tuning      Li & Liang: AdamW lr 5e-5, linear warmup then linear decay
   adamw_lopa               Jain et al.: AdamW lr 1e-3, linear decay, no weight decay
+  adamw_lora               Hu et al. (RoBERTa GLUE): AdamW lr 5e-4, linear decay
+  adafactor_ia3            Liu et al. (T-Few): Adafactor lr 3e-3, no parameter scaling
+  adamw_p_tuning_v2        Liu et al. (P-tuning v2): AdamW lr 5e-3, linear decay
+  adamw_bitfit             Ben Zaken et al.: AdamW lr 1e-3 (their grid 1e-4 … 1e-3)
   frozen                   no updates (prompt design)
 
 optax.adafactor vs T5X's `adafactor.Adafactor` (checked in tests/test_optim.py
@@ -166,6 +170,39 @@ def adamw_lopa(learning_rate: float = 1e-3, warmup_steps: int = 0,
                total_steps: Optional[int] = None,
                weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Jain et al. (2024), reference code defaults: AdamW lr 1e-3, linear schedule."""
+  return adamw(learning_rate, warmup_steps, total_steps, weight_decay)
+
+
+def adamw_lora(learning_rate: float = 5e-4, warmup_steps: int = 0,
+               total_steps: Optional[int] = None,
+               weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Hu et al. (2021), RoBERTa-base GLUE: AdamW lr 5e-4, linear decay (their warmup
+  is 6% of training: bind `warmup_steps`)."""
+  return adamw(learning_rate, warmup_steps, total_steps, weight_decay)
+
+
+def adafactor_ia3(learning_rate: Union[float, optax.Schedule] = 3e-3,
+                  decay_rate: float = 0.8,
+                  checkpoint_step: int = 0) -> optax.GradientTransformation:
+  """Liu et al. (2022), T-Few: Adafactor, lr 3e-3, no parameter scaling (the
+  official prompt-tuning IA3 gin uses the same constant rate)."""
+  return adafactor(learning_rate, decay_rate=decay_rate, checkpoint_step=checkpoint_step,
+                   multiply_by_parameter_scale=False, factored=False)
+
+
+def adamw_p_tuning_v2(learning_rate: float = 5e-3, warmup_steps: int = 0,
+                      total_steps: Optional[int] = None,
+                      weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Liu et al. (2022), P-tuning v2: AdamW, lr 5e-3 (their sweep 5e-3 … 1e-2),
+  linear decay."""
+  return adamw(learning_rate, warmup_steps, total_steps, weight_decay)
+
+
+def adamw_bitfit(learning_rate: float = 1e-3, warmup_steps: int = 0,
+                 total_steps: Optional[int] = None,
+                 weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Ben Zaken et al. (2022), BitFit: AdamW with a linear schedule; lr 1e-3, the top
+  of their grid {1e-4, 4e-4, 7e-4, 1e-3}."""
   return adamw(learning_rate, warmup_steps, total_steps, weight_decay)
 
 

@@ -333,6 +333,10 @@ def run_record(config: TrainConfig, method: Method, model_config: T5Config,
       "trainable": list(method.trainable),
       # Where the prompt goes ('prefix', 'suffix', 'after_bos'); serving uses it.
       "prompt_combine": getattr(method.prompt, "combine", None),
+      # The adapter hook's settings (LoRA rank / alpha / targets, IA3 targets, ...);
+      # scripts/export_adapter.py reads them.
+      "adapter": (dataclasses.asdict(method.adapter)
+                  if dataclasses.is_dataclass(method.adapter) else None),
       "task": config.mixture_or_task_name,
       "task_feature_lengths": dict(config.task_feature_lengths),
       "batch_size": config.batch_size,
