@@ -34,7 +34,8 @@ def test_rule_table_maps_t5x_names_and_replicates_what_does_not_divide():
   assert spec(("heads", "relpos_buckets"), (6, 32)) == (None, None)
   # A name without a rule is replicated; a mesh axis is used once per array.
   assert spec(("unknown_axis", "mlp"), (8, 8)) == (None, "model")
-  assert spec(("mlp", "vocab"), (8, 8)) == ("model", None)
+  # Rules apply in table order: `vocab` comes before `mlp`, as in T5X.
+  assert spec(("mlp", "vocab"), (8, 8)) == (None, "model")
   # Overrides come first and replace the default entry.
   overridden = partitioning.rules(overrides=[("embed", "model")])
   assert dict(overridden)["embed"] == "model"
