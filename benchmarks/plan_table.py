@@ -24,14 +24,14 @@ def rows(directory: pathlib.Path):
     est = b["estimate"] / GIB
     yield ("| {model} | {devices} ({data}x{model_axis}) | {remat} | {frozen} | "
            "{act}-D | {fz:.2f} | {tr:.3f} | {res:.2f} | {lay:.2f} | {est:.2f} | "
-           "{temp:.1f} | {f24} | {f16} |").format(
+           "{temp:.1f} | {fits} |").format(
                model=r["model"], devices=r["devices"], data=r["mesh"]["data"],
                model_axis=r["mesh"]["model"], remat=r["remat_policy"],
                frozen=r["frozen_dtype"], act=_act_dims(r), fz=b["frozen"] / GIB,
                tr=(b["trainable"] + b["optimizer_state"]) / GIB,
                res=b["saved_residuals"] / GIB, lay=b["recompute"] / GIB, est=est,
-               temp=b["xla_temp"] / GIB, f24="yes" if est <= 24 else "no",
-               f16="yes" if est <= 16 else ("≤14: yes" if est <= 14 else "no"))
+               temp=b["xla_temp"] / GIB,
+               fits=" / ".join("yes" if est <= limit else "no" for limit in (24, 16, 14)))
 
 
 def _act_dims(result) -> int:
@@ -41,8 +41,8 @@ def _act_dims(result) -> int:
 
 HEADER = ("| model | devices (data x model) | remat | frozen weights | activations | "
           "frozen GiB | trainable + opt GiB | saved residuals GiB | recompute GiB | "
-          "estimate GiB | XLA:CPU temp GiB | fits 24 GiB | fits 16 GiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "estimate GiB | XLA:CPU temp GiB | fits 24 / 16 / 14 GiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv):
