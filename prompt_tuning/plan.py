@@ -72,11 +72,10 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-posi
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from prompt_tuning import (cli, initial_params, losses,  # pylint: disable=g-import-not-at-top,wrong-import-position
-                           partitioning, trainer)
-from prompt_tuning import train as train_entry  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  (registers TrainConfig / train)
-from prompt_tuning.methods.base import flatten, unflatten  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning.models import sharding as sharding_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning import building, cli, configurables, partitioning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning import train as train_entry  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  (registers `train`)
+from prompt_tuning.params import flatten, unflatten  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning.training import losses, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.models.t5 import DecoderLayer, EncoderLayer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer("devices", None, "Simulated devices (default: the real ones).")
@@ -184,10 +183,10 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
          mesh, axis_rules, memory_gb: Optional[float] = None) -> Dict[str, Any]:
   """Compiles the train step on `mesh` from abstract values; returns the numbers."""
   model = method.build(model_config)
-  boxed = initial_params.abstract_params(model)
+  boxed = building.abstract_params(model)
   shardings = partitioning.param_shardings(boxed, mesh, axis_rules)
   flat = flatten(_sds(nn.unbox(boxed), shardings))
-  initial_params.cast_frozen(flat, method, model_config.frozen_dtype)
+  building.cast_frozen(flat, method, model_config.frozen_dtype)
   params = unflatten(flat)
   trainable, frozen = trainer.split_params(params, method)
   trainable_shardings, frozen_shardings = trainer.split_params(shardings, method)
@@ -332,11 +331,11 @@ def main(argv: Sequence[str]) -> None:
                                f"--devices={len(devices)}.")
     mesh = partitioning.make_mesh(model, devices=devices[:data * model])
   else:
-    mesh = cli.make_mesh()
+    mesh = configurables.make_mesh()
   partitioning.check_batch_size(train_config.batch_size, mesh)
   result = plan(_bound("train.model_config"), _bound("train.method"),
                 _bound("train.optimizer"), train_config,
-                dict(train_config.task_feature_lengths), mesh, cli.axis_rules(),
+                dict(train_config.task_feature_lengths), mesh, configurables.axis_rules(),
                 FLAGS.memory_gb)
   print(json.dumps(result, indent=1) if FLAGS.json else format_table(result))
 

@@ -15,9 +15,10 @@ import optax
 import pytest
 
 import methods_testlib as ml
-from prompt_tuning import partitioning, plan, trainer
+from prompt_tuning import partitioning, plan
 from prompt_tuning.methods import prompt
 from prompt_tuning.models.config import preset
+from prompt_tuning.training import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,12 @@ import pytest
 from jax._src import ad_checkpoint
 
 import methods_testlib as ml
-from prompt_tuning import initial_params
+from prompt_tuning import building
 from prompt_tuning.methods import prefix, prompt
-from prompt_tuning.methods.base import Method, flatten
+from prompt_tuning.methods.base import Method
+from prompt_tuning.models import decoding
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.params import flatten, unflatten
 
 METHODS = {
     "plain": lambda: Method(name="model", trainable=(".*",)),
@@ -25,7 +27,7 @@ METHODS = {
 
 
 def _params(method, config):
-  _, params, _ = initial_params.build_params(method, config, None,
+  _, params, _ = building.build_params(method, config, None,
                                              jax.random.PRNGKey(0))
   return params
 
@@ -39,7 +41,6 @@ def _loss_and_grads(method, config, params, dropout: bool):
   frozen = {k: v for k, v in flat.items() if not method.is_trainable(k)}
 
   def loss(t):
-    from prompt_tuning.methods.base import unflatten  # pylint: disable=g-import-not-at-top
     return ml.loss(model, unflatten({**frozen, **t}), enc, dec, tgt,
                    enable_dropout=dropout, rngs={"dropout": jax.random.PRNGKey(3)})
 
@@ -80,7 +81,6 @@ def test_remat_policy_is_checked_and_recorded():
 
 
 def test_remat_model_still_decodes_incrementally():
-  from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
   enc, _, _ = ml.batch(size=2, inputs=7)
   method = METHODS["plain"]()
   params = _params(method, ml.tiny_config())
