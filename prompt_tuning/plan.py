@@ -74,6 +74,7 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 from prompt_tuning import building, cli, configurables, partitioning  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning import train as train_entry  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  (registers `train`)
+from prompt_tuning import params as params_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.params import flatten, unflatten  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.training import losses, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.models.t5 import DecoderLayer, EncoderLayer  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -188,8 +189,8 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   flat = flatten(_sds(nn.unbox(boxed), shardings))
   building.cast_frozen(flat, method, model_config.frozen_dtype)
   params = unflatten(flat)
-  trainable, frozen = trainer.split_params(params, method)
-  trainable_shardings, frozen_shardings = trainer.split_params(shardings, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
+  trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
   steps = trainer.compile_steps(model, optimizer, mesh, trainable, trainable_shardings,
                                 frozen_shardings, train_config, axis_rules)
   opt_state = jax.eval_shape(optimizer.init, trainable)
@@ -214,7 +215,7 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
                  for k, v in batch.items()}
 
   def loss_fn(trainable_, frozen_, batch_):
-    logits = model.apply({"params": trainer.merge_params(trainable_, frozen_)},
+    logits = model.apply({"params": params_lib.merge(trainable_, frozen_)},
                          batch_["encoder_input_tokens"], batch_["decoder_input_tokens"])
     return losses.weighted_cross_entropy(
         logits, batch_["decoder_target_tokens"], batch_["decoder_loss_weights"],
