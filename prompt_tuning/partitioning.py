@@ -61,11 +61,12 @@ _EMBED_RULES = {
     (1, 2): (("embed", DATA),),
     (2, 2): (("embed", MODEL), ("embed", DATA)),
 }
-# Names that are always replicated: positions, prompts, layer stacks, and the small
+# Names that are always replicated: positions, prompts, layer stacks, decoder-only
+# models' GPT-2 fused q/k/v axis and learned position table, and the small
 # method-owned axes (prefix reparametrization MLP, LoPA heads, LoRA rank).
 _REPLICATED = ("relpos_buckets", "length", "prompt", "prompts", "prefix", "layers",
-               "head_dim", "rank", "prefix_embed", "prefix_mlp", "kv_pair",
-               "lopa_hidden", "lopa_out")
+               "head_dim", "qkv", "positions", "rank", "prefix_embed", "prefix_mlp",
+               "kv_pair", "lopa_hidden", "lopa_out")
 
 
 def standard_rules(activation_partitioning_dims: int = 1,
