@@ -99,7 +99,7 @@ def build_params(method: Method, model_config: T5Config,
     config, tree = checkpoints.load(initial_checkpoint_path, config=model_config)
     loaded = flatten(tree)
     del tree
-    cast_frozen(loaded, method, config.frozen_dtype)
+    cast_frozen(loaded, method, getattr(config, "frozen_dtype", jnp.float32))
   model = method.build(config)
   abstract = abstract_params(model)
   expected = {p: leaf.value if isinstance(leaf, nn.Partitioned) else leaf
@@ -110,7 +110,7 @@ def build_params(method: Method, model_config: T5Config,
                  ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
   flat = dict(loaded)
   flat.update(cast_frozen(_init_subset(model, init_rng, missing), method,
-                          config.frozen_dtype))
+                          getattr(config, "frozen_dtype", jnp.float32)))
   params = unflatten({p: flat[p] for p in expected})
   if run_initializer and method.initialize is not None:
     params = method.initialize(method_rng, params, config)
