@@ -50,5 +50,6 @@ setuptools.setup(
         "prompt-tuning-train=prompt_tuning.train:console_main",
         "prompt-tuning-eval=prompt_tuning.eval:console_main",
         "prompt-tuning-infer=prompt_tuning.infer:console_main",
+        "prompt-tuning-plan=prompt_tuning.plan:console_main",
     ]},
 )

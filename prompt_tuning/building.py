@@ -13,6 +13,10 @@ Shared by the entry points (train, eval, infer):
 3. `Method.initialize` runs (e.g. prompt from class labels or from a `.npy` file);
 4. every leaf is placed with the sharding its logical axis names give on `mesh`.
 
+The frozen parameters are cast to `T5Config.frozen_dtype` (e.g. bfloat16) as they
+are loaded, leaf by leaf, so host memory holds them at that width too; the
+trainable ones stay float32.
+
 `apply_exported` puts trained `.npy` exports back into such a tree (eval / infer).
 """
 from __future__ import annotations
@@ -95,6 +99,7 @@ def build_params(method: Method, model_config: T5Config,
     config, tree = checkpoints.load(initial_checkpoint_path, config=model_config)
     loaded = flatten(tree)
     del tree
+    cast_frozen(loaded, method, getattr(config, "frozen_dtype", jnp.float32))
   model = method.build(config)
   abstract = abstract_params(model)
   expected = {p: leaf.value if isinstance(leaf, nn.Partitioned) else leaf
@@ -104,10 +109,18 @@ def build_params(method: Method, model_config: T5Config,
     logging.info("Initializing %d parameters not in the checkpoint: %s", len(missing),
                  ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
   flat = dict(loaded)
-  flat.update(_init_subset(model, init_rng, missing))
+  flat.update(cast_frozen(_init_subset(model, init_rng, missing), method,
+                          getattr(config, "frozen_dtype", jnp.float32)))
   params = unflatten({p: flat[p] for p in expected})
   if run_initializer and method.initialize is not None:
     params = method.initialize(method_rng, params, config)
+    # An initializer reading a bfloat16 table (e.g. prompts from vocabulary
+    # embeddings) must still leave float32 trainable parameters.
+    params = flatten(params)
+    for path in params:
+      if method.is_trainable(path) and path in expected:
+        params[path] = np.asarray(params[path], dtype=expected[path].dtype)
+    params = unflatten(params)
   _check_shapes(params, expected)
   if mesh is None:
     return config, jax.tree_util.tree_map(np.asarray, params), None
@@ -117,6 +130,25 @@ def build_params(method: Method, model_config: T5Config,
   del params, flat, loaded
   host_memory.release_freed()  # the host copies just freed (docs/BENCHMARKS.md)
   return config, placed, shardings
+
+
+def cast_frozen(flat: Dict[str, Any], method: Method, dtype: Any) -> Dict[str, Any]:
+  """Casts, in place, the frozen floating leaves of a flat tree to `dtype`.
+
+  Works on numpy arrays and on `jax.ShapeDtypeStruct`s (the planner's abstract
+  parameters); each float32 array is dropped as soon as its cast replaces it.
+  Returns `flat`.
+  """
+  dtype = jnp.dtype(dtype)
+  for path, value in flat.items():
+    if method.is_trainable(path) or not jnp.issubdtype(value.dtype, jnp.floating) \
+        or value.dtype == dtype:
+      continue
+    if isinstance(value, jax.ShapeDtypeStruct):
+      flat[path] = jax.ShapeDtypeStruct(value.shape, dtype, sharding=value.sharding)
+    else:
+      flat[path] = np.asarray(value).astype(dtype)
+  return flat
 
 
 def _check_shapes(params: Params, expected: Mapping[str, Any]) -> None:

@@ -17,15 +17,34 @@ STEPS = 5
 BATCH = 8
 
 
-def _train(model_dir, mesh, shard=0, num_shards=1):
+def _train(model_dir, mesh, shard=0, num_shards=1, axis_rules=None, **config):
   import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
   from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   return trainer.train(
       tl.train_config(model_dir, train_steps=STEPS, batch_size=BATCH,
                       checkpoint_period=STEPS),
-      method=tl.model_tuning(), model_config=tl.tiny_config(), optimizer=tl.adam(),
-      mesh=mesh, batches_fn=tl.fixed_batches(BATCH, shard=shard,
-                                             num_shards=num_shards))
+      method=tl.model_tuning(), model_config=tl.tiny_config(**config),
+      optimizer=tl.adam(), mesh=mesh, axis_rules=axis_rules,
+      batches_fn=tl.fixed_batches(BATCH, shard=shard, num_shards=num_shards))
+
+
+def _residual_stream_sharding(mesh, axis_rules):
+  """Shardings XLA gives an encoder layer's output [B, T, H] under `axis_rules`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.t5 import EncoderLayer  # pylint: disable=g-import-not-at-top
+  cfg = tl.tiny_config(dropout_rate=0.0)
+  layer = EncoderLayer(cfg)
+  x = jnp.ones((BATCH, 4, cfg.emb_dim))
+  mask = jnp.ones((BATCH, 1, 1, 4), bool)
+  bias = jnp.zeros((1, cfg.num_heads, 4, 4))
+  params = layer.init(jax.random.PRNGKey(0), x, mask, bias)
+  with partitioning.activation_partitioning(mesh, axis_rules):
+    compiled = jax.jit(lambda p, x: layer.apply(p, x, mask, bias)).lower(
+        params, x).compile()
+  return [str(a) for a in compiled.output_shardings.spec]
 
 
 def _kernel_sharding(mesh):
@@ -59,8 +78,15 @@ def main(argv):
     assert jax.device_count() == 8, jax.devices()
     one = partitioning.make_mesh(1, devices=jax.devices()[:1])
     sharded = partitioning.make_mesh(4)
+    two_d = partitioning.rules(activation_partitioning_dims=2,
+                               parameter_partitioning_dims=2)
     result = {"single": _summary(_train(os.path.join(model_dir, "one"), one)),
               "sharded": _summary(_train(os.path.join(model_dir, "eight"), sharded)),
+              # 2-D activation and parameter partitioning, layers rematerialized.
+              "two_d": _summary(_train(os.path.join(model_dir, "two_d"), sharded,
+                                       axis_rules=two_d, remat_policy="full")),
+              "residual_1d": _residual_stream_sharding(sharded, partitioning.rules()),
+              "residual_2d": _residual_stream_sharding(sharded, two_d),
               "mesh_shape": dict(sharded.shape), "kernel": _kernel_sharding(sharded)}
   elif mode == "process":
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -72,8 +98,11 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     assert jax.process_count() == 2 and jax.device_count() == 4
     mesh = partitioning.make_mesh(2)
+    # Two processes as two "slices" joined over DCN: `data` spans the processes.
+    hybrid = partitioning.make_mesh(2, dcn_data_parallel=2)
     result = {"process": _summary(_train(model_dir, mesh, shard=pid, num_shards=2)),
-              "process_index": jax.process_index(), "kernel": _kernel_sharding(mesh)}
+              "process_index": jax.process_index(), "kernel": _kernel_sharding(mesh),
+              "hybrid": [[d.process_index for d in row] for row in hybrid.devices]}
   elif mode == "single":
     out, model_dir = argv[2], argv[3]
     from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top

@@ -34,7 +34,8 @@ def test_rule_table_maps_t5x_names_and_replicates_what_does_not_divide():
   assert spec(("heads", "relpos_buckets"), (6, 32)) == (None, None)
   # A name without a rule is replicated; a mesh axis is used once per array.
   assert spec(("unknown_axis", "mlp"), (8, 8)) == (None, "model")
-  assert spec(("mlp", "vocab"), (8, 8)) == ("model", None)
+  # Rules apply in table order: `vocab` comes before `mlp`, as in T5X.
+  assert spec(("mlp", "vocab"), (8, 8)) == (None, "model")
   # Overrides come first and replace the default entry.
   overridden = partitioning.rules(overrides=[("embed", "model")])
   assert dict(overridden)["embed"] == "model"
@@ -113,6 +114,72 @@ def test_2x4_mesh_matches_one_device_and_really_shards(runs):
   assert kernel["shard_shape"] == [kernel["shape"][0], kernel["shape"][1] // 4]
 
 
+def test_2d_activation_partitioning_with_remat_matches_one_device(runs):
+  result = _ok(runs["mesh"])
+  np.testing.assert_allclose(result["two_d"]["losses"], result["single"]["losses"],
+                             rtol=1e-5)
+  for path, value in result["single"]["params"].items():
+    np.testing.assert_allclose(result["two_d"]["params"][path], value, rtol=1e-4,
+                               atol=1e-6, err_msg=path)
+  # The residual stream [B, T, H]: batch over data; with 2-D activations H over model.
+  assert result["residual_1d"] == ["data"]
+  assert result["residual_2d"] == ["data", "None", "model"]
+
+
+def test_t5x_2d_rule_tables_resolve_in_rule_order():
+  mesh = _FakeMesh()
+  spec = lambda rules, names, shape: tuple(
+      partitioning.mesh_axes(names, shape, mesh, rules))
+  act2 = partitioning.rules(activation_partitioning_dims=2)
+  par2 = partitioning.rules(parameter_partitioning_dims=2)
+  both = partitioning.rules(activation_partitioning_dims=2,
+                            parameter_partitioning_dims=2)
+  one = partitioning.rules()
+  residual, kernel = ("batch", "length", "embed"), ("embed", "mlp")
+  assert spec(one, residual, (8, 16, 64)) == ("data", None, None)
+  assert spec(act2, residual, (8, 16, 64)) == ("data", None, "model")
+  assert spec(par2, residual, (8, 16, 64)) == ("data", None, None)  # data is taken
+  # `mlp` comes before `embed`: a kernel keeps model on mlp; 2-D params put embed
+  # on data.
+  assert spec(act2, kernel, (64, 128)) == (None, "model")
+  assert spec(par2, kernel, (64, 128)) == ("data", "model")
+  assert spec(both, kernel, (64, 128)) == ("data", "model")
+  assert spec(both, ("embed",), (64,)) == ("model",)  # a norm scale
+  assert spec(both, ("prompt", "embed"), (100, 64)) == (None, "model")
+  with pytest.raises(ValueError, match="each must be 1 or 2"):
+    partitioning.standard_rules(3, 1)
+
+
+class _TpuCore:
+  def __init__(self, i, coords, core):
+    self.id, self.coords, self.core_on_chip = i, coords, core
+
+  def __repr__(self):
+    return f"d{self.id}"
+
+
+def test_model_parallel_submesh_groups_physical_blocks():
+  # A 2x2 chip torus with 2 cores per chip (a v3-8): submesh (1, 2, 1, 2) puts the
+  # two cores of two chips in a column in one model group.
+  devices, i = [], 0
+  for y in range(2):
+    for x in range(2):
+      for core in range(2):
+        devices.append(_TpuCore(i, (x, y, 0), core))
+        i += 1
+  grid = partitioning.submesh_grid(devices[::-1], (1, 2, 1, 2))
+  groups = [sorted((d.coords, d.core_on_chip) for d in row) for row in grid]
+  assert len(groups) == 2
+  for x, group in enumerate(sorted(groups)):
+    assert group == [((x, 0, 0), 0), ((x, 0, 0), 1), ((x, 1, 0), 0),
+                     ((x, 1, 0), 1)]
+  # Devices without coordinates: blocks of consecutive devices.
+  plain = partitioning.submesh_grid(list(range(8)), (4,))
+  assert plain.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+  with pytest.raises(ValueError, match="model_parallel_submesh=\\(3,\\)"):
+    partitioning.submesh_grid(list(range(8)), (3,))
+
+
 def test_two_processes_on_loopback_agree_with_one_process(runs):
   reference = _ok(runs["mesh"])["single"]  # the same run on one device
   results = [_ok(runs[i]) for i in range(2)]
@@ -123,6 +190,8 @@ def test_two_processes_on_loopback_agree_with_one_process(runs):
       np.testing.assert_allclose(r["process"]["params"][path], value, rtol=1e-4,
                                  atol=1e-6, err_msg=path)
     assert r["kernel"]["spec"] == ["None", "model"]
+    # The multi-slice mesh: each half of `data` is one process's devices.
+    assert r["hybrid"] == [[0, 0], [1, 1]]
   # Both processes saved the state together; process 0 alone wrote the numpy
   # export and the TensorBoard events.
   multi = runs["dir"] / "multi"

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 T5_VOCAB_SIZE = 32128  # 32,000 SentencePiece pieces + 100 extra ids, padded to 128.
 MT5_VOCAB_SIZE = 250112
+REMAT_POLICIES = ("none", "minimal", "full")
+_LATER_DEFAULTS = {"remat_policy": "none", "frozen_dtype": "float32"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,15 @@ class T5Config:
     dropout_rate: used only when `enable_dropout=True`.
     dtype: activation dtype (`bfloat16` on accelerators); params stay `float32`.
     layer_norm_epsilon: RMS norm epsilon.
+    remat_policy: per-layer rematerialization of the encoder and decoder layers
+      (T5X / flaxformer `layer_remat`): 'none' keeps every activation for the
+      backward pass; 'minimal' keeps only the matmul outputs without batch
+      dimensions (`jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims`) and
+      recomputes the rest; 'full' keeps only each layer's inputs and recomputes the
+      whole layer. Same loss and gradients, less memory, more compute.
+    frozen_dtype: dtype the frozen parameters are loaded, placed and kept in
+      (`bfloat16` halves their memory on host and device); trainable parameters
+      and optimizer state stay float32 whatever this says.
   """
   vocab_size: int = T5_VOCAB_SIZE
   emb_dim: int = 512
@@ -43,6 +54,17 @@ class T5Config:
   dropout_rate: float = 0.1
   dtype: Any = jnp.float32
   layer_norm_epsilon: float = 1e-6
+  remat_policy: str = "none"
+  frozen_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"T5Config.remat_policy={self.remat_policy!r}; choose one of "
+                       f"{REMAT_POLICIES} (e.g. --gin.t5_preset.remat_policy='full').")
+    for name in ("dtype", "frozen_dtype"):  # gin and config.json give names
+      value = getattr(self, name)
+      if isinstance(value, str):
+        object.__setattr__(self, name, jnp.dtype(value).type)
 
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)
@@ -50,6 +72,12 @@ class T5Config:
   def to_dict(self) -> Dict[str, Any]:
     out = dataclasses.asdict(self)
     out["dtype"] = jnp.dtype(self.dtype).name
+    out["frozen_dtype"] = jnp.dtype(self.frozen_dtype).name
+    # Fields added later are left out at their defaults, so the config.json of a
+    # run made before them still matches (runs refuse a different model_config).
+    for name, default in _LATER_DEFAULTS.items():
+      if out[name] == default:
+        del out[name]
     return out
 
   @classmethod
@@ -59,8 +87,6 @@ class T5Config:
     if unknown:
       raise ValueError(f"Unknown T5Config fields {sorted(unknown)}; known fields are "
                        f"{[f.name for f in dataclasses.fields(cls)]}.")
-    if "dtype" in values and isinstance(values["dtype"], str):
-      values["dtype"] = jnp.dtype(values["dtype"]).type
     return cls(**values)
 
 

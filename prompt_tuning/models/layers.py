@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.models.sharding import constrain
+
 Array = jax.Array
 Dtype = Any
 
@@ -249,7 +251,9 @@ class MultiHeadAttention(nn.Module):
     init = lambda scale: nn.initializers.variance_scaling(scale, "fan_in", "normal")
     dense = lambda name, scale=1.0: Dense(width, ("embed", "joined_kv"), self.dtype,
                                           kernel_init=init(scale), name=name)
-    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))
+    heads = ("batch", "length", "heads", "kv")
+    split = lambda x: constrain(
+        x.reshape(x.shape[:2] + (self.num_heads, self.head_dim)), heads)
     query = split(dense("query", 1.0 / self.head_dim)(inputs_q))  # [B, T, N, D]
     project = lambda name: split(dense(name)(inputs_kv))  # [B, S, N, D]
     if cache_inputs_kv:
@@ -275,6 +279,7 @@ class MultiHeadAttention(nn.Module):
             [jnp.zeros(bias.shape[:3] + (num_prefix,), bias.dtype), bias], axis=-1)
 
     logits = jnp.einsum("btnd,bsnd->bnts", query, key).astype(jnp.float32)
+    logits = constrain(logits, ("batch", "heads", "length", None))  # [B, N, T, S]
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
     if mask is not None:
@@ -282,7 +287,7 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bnts,bsnd->btnd", weights, value)
+    out = constrain(jnp.einsum("bnts,bsnd->btnd", weights, value), heads)
     out = out.reshape(out.shape[:2] + (width,))
     return Dense(emb_dim, ("joined_kv", "embed"), self.dtype, kernel_init=init(1.0),
                  name="out")(out)
@@ -337,5 +342,6 @@ class GatedMlp(nn.Module):
     gate = Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, name="wi_0")(x)
     linear = Dense(self.mlp_dim, ("embed", "mlp"), self.dtype, name="wi_1")(x)
     h = jax.nn.gelu(gate, approximate=True) * linear
+    h = constrain(h, ("batch", "length", "mlp"))  # [B, T, F]
     h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return Dense(x.shape[-1], ("mlp", "embed"), self.dtype, name="wo")(h)

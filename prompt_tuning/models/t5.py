@@ -44,9 +44,30 @@ from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import (Dense, Dropout, Embed, GatedMlp,
                                          MultiHeadAttention, RelativePositionBiases,
                                          RMSNorm)
+from prompt_tuning.models.sharding import constrain
 
 Array = jax.Array
 Prefixes = Dict[str, Tuple[Array, Array]]
+RESIDUAL = ("batch", "length", "embed")  # the residual stream [B, T, H]
+
+# What a layer keeps for the backward pass under each `T5Config.remat_policy`
+# (flaxformer's `layer_remat`); 'none' does not wrap the layer at all.
+_REMAT_POLICIES = {
+    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat_layer(layer_cls, policy: str, static_argnums: Tuple[int, ...]):
+  """`layer_cls`, rematerialized by `policy` ('none' | 'minimal' | 'full').
+
+  `static_argnums` index `__call__`'s positional arguments with `self` as 0 (the
+  Python flags: deterministic, decode, cache length).
+  """
+  if policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=_REMAT_POLICIES[policy],
+                  static_argnums=static_argnums)
 
 
 def _layer_prefix(prefixes: Optional[Prefixes], stack: str, layer: int, batch: int):
@@ -66,6 +87,7 @@ class EncoderLayer(nn.Module):
     """x [B, T, H], mask [B, 1, 1, T], bias [1, N, T, T] → [B, T, H]."""
     cfg = self.config
     dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    x = constrain(x, RESIDUAL)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
     y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype, cfg.dropout_rate,
                            name="attention")(y, y, mask, bias, prefix=prefix,
@@ -73,7 +95,7 @@ class EncoderLayer(nn.Module):
     x = x + dropout(y, deterministic=deterministic)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
     y = GatedMlp(cfg.mlp_dim, cfg.dtype, cfg.dropout_rate, name="mlp")(y, deterministic)
-    return x + dropout(y, deterministic=deterministic)
+    return constrain(x + dropout(y, deterministic=deterministic), RESIDUAL)
 
 
 class DecoderLayer(nn.Module):
@@ -94,6 +116,7 @@ class DecoderLayer(nn.Module):
     attention = lambda name: MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype,
                                                 cfg.dropout_rate, name=name)
     norm = lambda name: RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name=name)
+    x = constrain(x, RESIDUAL)
     y = norm("pre_self_attention_layer_norm")(x)
     y = attention("self_attention")(y, y, self_mask, bias, prefix=prefix,
                                     decode=decode, cache_length=max_decode_length,
@@ -107,7 +130,7 @@ class DecoderLayer(nn.Module):
     x = x + dropout(y, deterministic=deterministic)
     y = norm("pre_mlp_layer_norm")(x)
     y = GatedMlp(cfg.mlp_dim, cfg.dtype, cfg.dropout_rate, name="mlp")(y, deterministic)
-    return x + dropout(y, deterministic=deterministic)
+    return constrain(x + dropout(y, deterministic=deterministic), RESIDUAL)
 
 
 class Encoder(nn.Module):
@@ -120,7 +143,9 @@ class Encoder(nn.Module):
     self.relpos_bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidirectional=True, dtype=cfg.dtype)
-    self.layers = [EncoderLayer(cfg) for _ in range(cfg.num_encoder_layers)]
+    # (self, x, mask, bias, prefix, deterministic): `deterministic` is static.
+    layer = remat_layer(EncoderLayer, cfg.remat_policy, static_argnums=(5,))
+    self.layers = [layer(cfg) for _ in range(cfg.num_encoder_layers)]
     self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
@@ -158,7 +183,10 @@ class Decoder(nn.Module):
     self.relpos_bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidirectional=False, dtype=cfg.dtype)
-    self.layers = [DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers)]
+    # (self, x, encoded, self_mask, cross_mask, bias, prefix, deterministic, decode,
+    #  max_decode_length): the last three are static.
+    layer = remat_layer(DecoderLayer, cfg.remat_policy, static_argnums=(7, 8, 9))
+    self.layers = [layer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), cfg.dtype)
@@ -189,7 +217,8 @@ class Decoder(nn.Module):
                 max_decode_length if decode else None,
                 _layer_prefix(prefixes, "cross", i, batch))
     x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
-    return self.logits_dense(x).astype(jnp.float32)
+    logits = self.logits_dense(x).astype(jnp.float32)
+    return constrain(logits, ("batch", "length", "vocab"))  # [B, T, V]
 
 
 class Transformer(nn.Module):

@@ -186,12 +186,19 @@ class CompiledSteps:
   state_shardings: Any
   frozen_shardings: Params
   batch_sharding: Any
+  # `(state, frozen, batch, rng) -> jax.stages.Lowered` from abstract values (the
+  # memory planner compiles without running).
+  lower: Optional[Callable[..., Any]] = None
 
 
 def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                   trainable: Params, trainable_shardings: Params,
-                  frozen_shardings: Params, config: TrainConfig) -> CompiledSteps:
+                  frozen_shardings: Params, config: TrainConfig,
+                  axis_rules: Optional[partitioning.Rules] = None) -> CompiledSteps:
   """Jits `train_step` with explicit in/out shardings (state donated).
+
+  The step is traced inside `partitioning.activation_partitioning(mesh, axis_rules)`,
+  so the model's activations are sharded by the same rule table as the parameters.
 
   Optimizer-state shardings are those XLA gives `optimizer.init` from the sharded
   trainable parameters (slots shaped like a parameter follow the parameter).
@@ -216,28 +223,37 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
   batch_sharding = partitioning.batch_sharding(mesh)
   # The module-level function with static settings: runs with the same model,
   # optimizer and shardings reuse one compiled program.
-  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8),
+  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8, 9),
                    in_shardings=(state_shardings, frozen_shardings, batch_sharding,
                                  replicated),
                    out_shardings=(state_shardings, replicated),
                    donate_argnums=(0,))
   static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
-            config.enable_dropout)
+            config.enable_dropout,
+            tuple(axis_rules) if axis_rules is not None else None)
   compiled = []
 
   def train(state, frozen, batch, rng):
-    out = jitted(state, frozen, batch, rng, *static)
+    with partitioning.activation_partitioning(mesh, axis_rules):
+      out = jitted(state, frozen, batch, rng, *static)
     if not compiled:  # the first call compiled: give the compiler's memory back
       compiled.append(jax.block_until_ready(out) is not None)
       host_memory.release_freed()
     return out
 
+  def lower(state, frozen, batch, rng):
+    with partitioning.activation_partitioning(mesh, axis_rules):
+      return jitted.lower(state, frozen, batch, rng, *static)
+
   return CompiledSteps(train, init_state, state_shardings, frozen_shardings,
-                       batch_sharding)
+                       batch_sharding, lower)
 
 
 def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
-                           loss_normalizing_factor, enable_dropout):
+                           loss_normalizing_factor, enable_dropout, axis_rules):
+  # `axis_rules` shapes the trace (activation constraints) through the context
+  # `compile_steps` enters; as a static argument it keys jit's cache too.
+  del axis_rules
   return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer,
                     z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
                     enable_dropout=enable_dropout)
@@ -440,7 +456,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 
   # ---------------------------------------------------------------- compile
   steps = compile_steps(model, optimizer, mesh, trainable, trainable_shardings,
-                        frozen_shardings, config)
+                        frozen_shardings, config, axis_rules)
   state = steps.init_state(trainable)
   rng = jax.device_put(train_rng, partitioning.replicated(mesh))
 
