@@ -66,7 +66,7 @@ _EMBED_RULES = {
 # method-owned axes (prefix reparametrization MLP, LoPA heads, LoRA rank).
 _REPLICATED = ("relpos_buckets", "length", "prompt", "prompts", "prefix", "layers",
                "head_dim", "qkv", "positions", "rank", "prefix_embed", "prefix_mlp",
-               "kv_pair", "lopa_hidden", "lopa_out")
+               "kv_pair", "lopa_hidden", "lopa_out", "lora_rank")
 
 
 def standard_rules(activation_partitioning_dims: int = 1,
