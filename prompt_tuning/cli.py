@@ -1,7 +1,8 @@
 """T5X-style command lines shared by `train`, `eval` and `infer`.
 
   python -m prompt_tuning.train \\
-      --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_finetune.gin \\
+      --gin_file=models/t5_1_1_base.gin --gin_file=methods/prompt_tuning.gin \\
+      --gin_file=runs/prompt_finetune.gin \\
       --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'glue_sst2_v200'"
 
 Flags (as in T5X):

@@ -3,7 +3,8 @@ r"""Evaluate a frozen T5 + trained method parameters: `python -m prompt_tuning.e
 Either a released prompt file (through the from-file prompt initializer) …
 
   python -m prompt_tuning.eval \
-    --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_eval.gin \
+    --gin_file=models/t5_1_1_base.gin --gin_file=methods/prompt_tuning.gin \
+    --gin_file=runs/prompt_eval.gin \
     --gin.PROMPT_FILE="'rte.npy'" \
     --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" \
     --gin.INITIAL_CHECKPOINT_PATH="'gs://…/t5_1_1_lm100k_base/checkpoint_1100000'"
@@ -11,7 +12,8 @@ Either a released prompt file (through the from-file prompt initializer) …
 … or a trained MODEL_DIR (its `best/` export by default, `latest`, or a step); the
 frozen model and its config then come from `MODEL_DIR/config.json`:
 
-  python -m prompt_tuning.eval --gin_file=runs/prompt_eval.gin \
+  python -m prompt_tuning.eval --gin_file=methods/prompt_tuning.gin \
+    --gin_file=runs/prompt_eval.gin \
     --gin.MODEL_DIR="'/tmp/rte_prompt'" --gin.MIXTURE_OR_TASK_NAME=... 
 
 Prints a table and appends one line per task to `<output_dir>/metrics.jsonl`.

@@ -2,6 +2,8 @@ r"""Train a parameter-efficient method on a frozen T5: `python -m prompt_tuning.
 
   python -m prompt_tuning.train \
     --gin_file=models/t5_1_1_base.gin \
+    --gin_file=methods/prompt_tuning.gin \
+    --gin_file=prompts/class_labels.gin \
     --gin_file=runs/prompt_finetune.gin \
     --gin.MODEL_DIR="'/tmp/rte_prompt'" \
     --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" \

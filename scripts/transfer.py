@@ -18,7 +18,7 @@ columns model tuning, prompt tuning and Δ (prompt − model), mean ± std over 
 
 Presets set the source, targets, metrics and TASK_FEATURE_LENGTHS; --source /
 --target / --metric override them. Training runs are `prompt_tuning.train` calls
-with runs/prompt_finetune.gin or runs/model_finetune.gin (the paper's optimizers);
+with methods/prompt_tuning.gin or methods/model_tuning.gin (the paper's optimizers);
 each evaluation is a `prompt_tuning.eval` call. Finished runs and evaluations are
 reused, so an interrupted experiment continues where it stopped. Both methods are
 evaluated at their final step (--checkpoint; model tuning keeps only its latest

@@ -44,8 +44,8 @@ def _write_data(root: pathlib.Path):
 def _args(root: pathlib.Path, name: str, *extra):
   """A 2-step prompt-tuning command line on the tiny T5X checkpoint."""
   return [
-      "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/prompt_finetune.gin",
-      "--gin.t5_preset.emb_dim=4", "--gin.t5_preset.num_heads=2",
+      "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=methods/prompt_tuning.gin",
+      "--gin_file=runs/prompt_finetune.gin", "--gin.t5_preset.emb_dim=4", "--gin.t5_preset.num_heads=2",
       "--gin.t5_preset.head_dim=2", "--gin.t5_preset.mlp_dim=8",
       "--gin.t5_preset.relative_attention_num_buckets=4",
       "--gin.t5_preset.relative_attention_max_distance=8",
