@@ -28,12 +28,22 @@ import jax
 from absl import logging
 
 from prompt_tuning import cli, evaluation, initial_params
+from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models.config import T5Config
 
 EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+
+
+class EvalError(UserError, ValueError):
+  """What to evaluate cannot be found or does not match (one line, exit 1)."""
+
+
+class ExportNotFoundError(UserError, FileNotFoundError):
+  """A MODEL_DIR has no export to evaluate."""
 
 
 def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.Path:
@@ -47,11 +57,11 @@ def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.
     checkpoint = "latest"
   steps = ckpt.numpy_steps(model_dir)
   if not steps:
-    raise FileNotFoundError(f"{model_dir} has no numpy exports under "
+    raise ExportNotFoundError(f"{model_dir} has no numpy exports under "
                             f"{ckpt.NUMPY_DIR}/; was it written by prompt_tuning.train?")
   step = steps[-1] if checkpoint == "latest" else int(checkpoint)
   if step not in steps:
-    raise FileNotFoundError(f"No export for step {step} in {model_dir}/"
+    raise ExportNotFoundError(f"No export for step {step} in {model_dir}/"
                             f"{ckpt.NUMPY_DIR}; available steps: {steps}.")
   return ckpt.numpy_checkpoint_dir(model_dir, step)
 
@@ -75,7 +85,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
   if model_dir:
     record = ckpt.read_run_config(model_dir)
     if record.get("method") != method.name:
-      raise ValueError(f"{model_dir} was trained with method {record.get('method')!r} "
+      raise EvalError(f"{model_dir} was trained with method {record.get('method')!r} "
                        f"but METHOD is {method.name!r}; include the same method gin "
                        "file as for training.")
     if initial_checkpoint_path is None:
@@ -84,7 +94,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       model_config = T5Config.from_dict(record["model_config"])
     export = export_dir(model_dir, checkpoint)
   if model_config is None:
-    raise ValueError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
+    raise EvalError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
                      "or pass a MODEL_DIR that has config.json.")
   has_npy = export is not None and any(export.glob("*.npy"))
   run_method = method.inference_method() if has_npy else method
@@ -112,7 +122,7 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
   checkpointer = ckpt.StateCheckpointer(model_dir, keep=None)
   steps = checkpointer.all_steps()
   if not steps:
-    raise FileNotFoundError(f"{model_dir} has neither .npy exports nor orbax "
+    raise ExportNotFoundError(f"{model_dir} has neither .npy exports nor orbax "
                             "checkpoints to evaluate.")
   if step not in steps:
     logging.warning("The orbax checkpoint of step %d is not kept in %s; evaluating "
@@ -168,6 +178,11 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
   # A misspelt task fails here (with close matches), before the model is loaded.
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   data.get_task(mixture_or_task_name)
+  prompt_file = cli.macro("PROMPT_FILE")
+  if not model_dir and isinstance(prompt_file, str) and prompt_file:
+    # Before any frozen weight is read: P of the method, H of the model.
+    check_prompt_file(prompt_file, getattr(method.prompt, "length", None),
+                      getattr(model_config, "emb_dim", None))
   mesh = cli.make_mesh()
   model, params, shardings, source = load_trained(
       method, model_config, initial_checkpoint_path, model_dir=model_dir,
@@ -209,7 +224,7 @@ def main(argv: Sequence[str]) -> None:
     raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup(required_macros=EVAL_MACROS)
   if not cli.macro("MODEL_DIR") and not cli.macro("INITIAL_CHECKPOINT_PATH"):
-    raise cli.app.UsageError(
+    raise cli.MissingMacrosError(
         "Nothing to evaluate: set MODEL_DIR (a training run), or the frozen model "
         "INITIAL_CHECKPOINT_PATH with a prompt (prompts/from_file.gin + PROMPT_FILE); "
         "e.g. "

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_tuning.errors import UserError
+
 CONFIG_JSON = "config.json"
 NUMPY_DIR = "numpy_checkpoints"
 BEST_DIR = "best"
@@ -42,7 +44,7 @@ STEP_PREFIX = "checkpoint"
 # ------------------------------------------------------------------------------------
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
   """A checkpoint or export could not be written; the previous one is intact."""
 
 
@@ -259,7 +261,7 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     if not diffs:
       return
     if has_checkpoints(model_dir):
-      raise ValueError(
+      raise RunIdentityError(
           f"MODEL_DIR {model_dir} was used by a run with a different configuration:\n"
           + "\n".join(diffs) + "\nTo resume that run, rerun it with its original "
           f"gin files and flags (see {pathlib.Path(model_dir) / 'config.gin'}); to "
@@ -273,10 +275,18 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     os.replace(tmp, path)
 
 
+class RunConfigNotFoundError(UserError, FileNotFoundError):
+  """A directory given as MODEL_DIR has no config.json."""
+
+
+class RunIdentityError(UserError, ValueError):
+  """MODEL_DIR holds a run with a different identity (config.json)."""
+
+
 def read_run_config(model_dir: str) -> Dict[str, Any]:
   path = pathlib.Path(model_dir) / CONFIG_JSON
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not a training "
+    raise RunConfigNotFoundError(f"{path} not found: {model_dir} is not a training "
                             "MODEL_DIR written by prompt_tuning.train.")
   return json.loads(path.read_text())
 

@@ -21,8 +21,9 @@ import gin
 import optax
 from absl import logging
 
-from prompt_tuning import cli, trainer
+from prompt_tuning import cli, errors, trainer
 from prompt_tuning.methods.base import Method
+from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.models.config import T5Config
 
 TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
@@ -38,6 +39,7 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           decode_fn: Optional[Callable[..., Any]] = None,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
   """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
+  check_method_prompt_file(method, model_config)  # before any frozen weight is read
   mesh = cli.make_mesh()
   learning_rate_fn = learning_rate_fn or _bound_learning_rate()
   return trainer.train(config, method=method, model_config=model_config,
@@ -45,6 +47,14 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
                        initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
                        axis_rules=cli.axis_rules(), learning_rate_fn=learning_rate_fn,
                        decode_fn=decode_fn, gin_config=gin_config)
+
+
+def check_method_prompt_file(method: Method, model_config: Optional[T5Config]) -> None:
+  """PROMPT_FILE (prompts/from_file.gin) against the method's P and the model's H."""
+  path = cli.macro("PROMPT_FILE")
+  if isinstance(path, str) and path:
+    check_prompt_file(path, getattr(method.prompt, "length", None),
+                      getattr(model_config, "emb_dim", None))
 
 
 def _bound_learning_rate() -> Optional[Callable[[int], float]]:
@@ -64,8 +74,11 @@ def main(argv: Sequence[str]) -> Any:
     raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup(required_macros=cli.TRAIN_MACROS)
   result = train(gin_config=gin.config_str())
-  if result.preempted:
-    logging.warning("Preempted at step %d; checkpoint written.", result.step)
+  if result.preempted:  # a non-zero status, so that schedulers do not read success
+    raise errors.Preempted(
+        f"Stopped at step {result.step} on SIGTERM after writing its checkpoint; "
+        "rerun the same command to resume (exit status "
+        f"{errors.EXIT_PREEMPTED}).")
   logging.info("Done at step %d.", result.step)
 
 

@@ -36,6 +36,7 @@ from prompt_tuning import (evaluation, host_memory, initial_params, losses, opti
                            partitioning, run_lock)
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method, flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
@@ -297,7 +298,7 @@ class _Preemption:
     return self.requested
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss (or the parameters) stopped being finite; nothing bad was saved.
 
   Attributes:

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tasks import metrics
 from tasks import postprocessors
+from prompt_tuning.errors import UserError
 from tasks import registry
 from tasks import text_metrics
 
@@ -41,7 +42,7 @@ Example = Dict[str, str]
 TSV_HEADER = "inputs\ttargets"
 
 
-class LocalDataError(ValueError):
+class LocalDataError(UserError, ValueError):
   """A local data file (or byte string) is not a valid JSONL/TSV task file."""
 
 

@@ -34,6 +34,7 @@ import pathlib
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.research import model_dirs
 from prompt_tuning.research.runs import GinRun, binding
 
@@ -71,7 +72,7 @@ TOP_LEVEL_KEYS = ("output_dir", "task", "metric", "metric_task", "design_task",
                   "gin_files", "bindings", "models", "methods", "grid", "grids")
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(UserError, ValueError):
   """The sweep file is malformed; the message names the key and the fix."""
 
 
