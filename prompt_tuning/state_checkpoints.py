@@ -48,6 +48,39 @@ class CheckpointWriteError(UserError, OSError):
   """A checkpoint or export could not be written; the previous one is intact."""
 
 
+class CheckpointDamagedError(UserError, ValueError):
+  """The only checkpoint to resume from cannot be read."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+  """A checkpoint holds other state than this run trains (e.g. another optimizer)."""
+
+
+def free_space(path: pathlib.Path) -> str:
+  """'<n> MB free on <dir>' for the nearest existing parent of `path`."""
+  for parent in [path, *path.parents]:
+    if parent.exists():
+      try:
+        free = shutil.disk_usage(parent).free
+      except OSError:
+        return "free space unknown"
+      return f"{free / 1e6:.1f} MB free on {parent}"
+  return "free space unknown"
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def state_keys(tree: Any) -> List[str]:
+  """The `/`-joined paths of a state tree's arrays, as orbax names them."""
+  return sorted("/".join(_key_name(k) for k in path)
+                for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
+
+
 def _write_failed(what: pathlib.Path, error: BaseException,
                   latest: Optional[int]) -> CheckpointWriteError:
   kept = (f"the latest complete checkpoint is still {what.parent}/{STEP_PREFIX}_"
@@ -110,6 +143,73 @@ class StateCheckpointer:
       raise _write_failed(self.directory / f"{STEP_PREFIX}_{step}", e, latest) from e
     logging.info("Saved checkpoint %s/%s_%d.", self.directory, STEP_PREFIX, step)
 
+  def saved_keys(self, step: int) -> List[str]:
+    """The array paths checkpoint `step` holds (from its metadata, nothing loaded)."""
+    path = self.directory / f"{STEP_PREFIX}_{step}" / "state" / "_METADATA"
+    meta = json.loads(path.read_text())
+    keys = []
+    for entry in meta["tree_metadata"].values():
+      value = entry.get("value_metadata") or {}
+      if value.get("skip_deserialize") or value.get("value_type") == "None":
+        continue
+      keys.append("/".join(str(k["key"]) for k in entry["key_metadata"]))
+    return sorted(keys)
+
+  def check_matches(self, step: int, abstract_state: Mapping[str, Any]) -> None:
+    """Raises CheckpointMismatchError when checkpoint `step` holds other arrays
+    than `abstract_state` (a changed optimizer or trainable set), naming them."""
+    saved, wanted = set(self.saved_keys(step)), set(state_keys(dict(abstract_state)))
+    if saved == wanted:
+      return
+    only_saved, only_wanted = sorted(saved - wanted), sorted(wanted - saved)
+    what = ("the optimizer changed" if all(k.startswith("opt_state/")
+                                           for k in only_saved + only_wanted)
+            else "the trained parameters or the optimizer changed")
+    raise CheckpointMismatchError(
+        f"Cannot resume from {self.directory}/{STEP_PREFIX}_{step}: {what} since it "
+        f"was written (it holds {len(only_saved)} arrays this run does not have, e.g. "
+        f"{only_saved[:3]}; this run needs {len(only_wanted)} it does not hold, e.g. "
+        f"{only_wanted[:3]}). Resume with the original OPTIMIZER and method (see "
+        f"{self.directory / 'config.gin'}), or start a new --gin.MODEL_DIR.")
+
+  def restore_latest(self, abstract_state: Mapping[str, Any]
+                     ) -> Optional[Tuple[int, Dict[str, Any], int, Dict[str, Any]]]:
+    """The newest readable checkpoint: (step, state, batches_consumed, data).
+
+    A damaged newest checkpoint (missing or corrupt files) is moved aside to
+    `damaged_checkpoint_<step>` with a warning and the previous one is used; when
+    none is left, CheckpointDamagedError says what to do. A checkpoint of other
+    state (CheckpointMismatchError) is never skipped. None: no checkpoint.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        self.check_matches(step, abstract_state)
+        state, batches_consumed = self.restore(step, abstract_state)
+        data = self.read_data(step)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (any damage)
+        path = self.directory / f"{STEP_PREFIX}_{step}"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if i + 1 == len(steps):
+          raise CheckpointDamagedError(
+              f"{path} cannot be read ({reason}) and there is no earlier checkpoint "
+              f"to resume from: move it away (e.g. to {path.parent}/damaged_"
+              f"{path.name}) to restart this run from step 0, or start a new "
+              "--gin.MODEL_DIR.") from e
+        aside = path.with_name(f"damaged_{path.name}")
+        if is_host0():
+          shutil.rmtree(aside, ignore_errors=True)
+          path.rename(aside)
+        self.manager.reload()
+        logging.warning("%s is damaged (%s); moved it to %s and resuming from the "
+                        "previous complete checkpoint, %s_%d.", path, reason, aside,
+                        STEP_PREFIX, steps[i + 1])
+        continue
+      return step, state, batches_consumed, data
+    return None
+
   def read_data(self, step: int) -> Dict[str, Any]:
     """The data record of checkpoint `step` (`batches_consumed` and counters)."""
     return dict(self.manager.restore(step, args=ocp.args.Composite(
@@ -159,17 +259,21 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp",
                                       dir=directory.parent))
+  current = directory
   try:
     for name, value in arrays.items():
+      current = directory / f"{name}.npy"
       np.save(tmp / f"{name}.npy", np.asarray(value))
     if extra is not None:
+      current = directory / extra_name
       (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
   except OSError as e:  # e.g. disk full: keep nothing partial
     shutil.rmtree(tmp, ignore_errors=True)
     raise CheckpointWriteError(
-        f"Could not write {directory}: {e}. Nothing partial was kept (the previous "
-        f"export, if any, is intact). Free disk space (or fix the quota / "
-        f"permissions of {directory.parent}), then rerun the same command.") from e
+        f"Could not write {current} ({e.strerror or e}; {free_space(directory)}). "
+        "Nothing partial was kept (the previous export, if any, is intact). Free "
+        f"disk space (or fix the quota / permissions of {directory.parent}), then "
+        "rerun the same command.") from e
   if directory.exists():
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)

@@ -462,15 +462,14 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
   batches_consumed = 0
   truncated_examples = 0  # examples cut to TASK_FEATURE_LENGTHS, over the whole run
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state.as_dict())
-    restored, batches_consumed = checkpointer.restore(latest, abstract)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state.as_dict())
+  resumed = checkpointer.restore_latest(abstract)  # a damaged newest: the previous
+  if resumed is not None:
+    latest, restored, batches_consumed, data = resumed
     state = TrainState.from_dict(restored)
-    truncated_examples = int(checkpointer.read_data(latest).get(
-        "truncated_examples", 0))
+    truncated_examples = int(data.get("truncated_examples", 0))
     logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
                  config.model_dir, latest, batches_consumed)
   step = int(jax.device_get(state.step))
