@@ -17,8 +17,10 @@ This module imports nothing of ours, so any layer may raise these.
 """
 from __future__ import annotations
 
+import pathlib
+import shutil
 import sys
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, Union
 
 EXIT_USER_ERROR = 1
 EXIT_PREEMPTED = 143  # 128 + signal.SIGTERM, what shells report for a TERM'd job
@@ -31,6 +33,34 @@ class UserError(Exception):
 class Preempted(UserError):
   """Training stopped on SIGTERM after writing a checkpoint (exit 143)."""
   exit_code = EXIT_PREEMPTED
+
+
+class WriteError(UserError, OSError):
+  """A file under MODEL_DIR (or an output) could not be written: disk full, quota,
+  permissions. The message names the file and the free space."""
+
+
+def free_space(path: Union[str, pathlib.Path]) -> str:
+  """'<n> MB free on <dir>' for the nearest existing parent of `path`."""
+  path = pathlib.Path(path)
+  for parent in [path, *path.parents]:
+    if parent.exists():
+      try:
+        free = shutil.disk_usage(parent).free
+      except OSError:
+        break
+      return f"{free / 1e6:.1f} MB free on {parent}"
+  return "free space unknown"
+
+
+def write_error(path: Union[str, pathlib.Path], error: BaseException,
+                then: str = "then rerun the same command") -> WriteError:
+  """`Could not write <path> (<reason>; <free space>). Free disk space …`."""
+  reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(
+      error).splitlines()[0]
+  return WriteError(f"Could not write {path} ({reason}; {free_space(path)}). Free disk "
+                    f"space (or fix the quota / permissions of "
+                    f"{pathlib.Path(path).parent}), {then}.")
 
 
 def one_line(error: BaseException) -> str:

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, Optional
 
-from prompt_tuning.errors import UserError
+from prompt_tuning.errors import UserError, write_error
 
 try:
   import fcntl
@@ -148,7 +148,10 @@ class ModelDirLock:
             "did not exit cleanly (killed or preempted); resuming from its last "
             "complete checkpoint.", self.path, previous.get("pid"),
             previous.get("host"), previous.get("started"))
-      _write_all(fd, json.dumps(_record()).encode())
+      try:
+        _write_all(fd, json.dumps(_record()).encode())
+      except OSError as e:  # e.g. a full disk on a rerun
+        raise ModelDirError(str(write_error(self.path, e))) from e
     except BaseException:
       os.close(fd)
       raise

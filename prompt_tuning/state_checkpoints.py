@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from prompt_tuning.errors import UserError
+from prompt_tuning.errors import UserError, WriteError, free_space, write_error
 
 CONFIG_JSON = "config.json"
 NUMPY_DIR = "numpy_checkpoints"
@@ -44,7 +44,7 @@ STEP_PREFIX = "checkpoint"
 # ------------------------------------------------------------------------------------
 
 
-class CheckpointWriteError(UserError, OSError):
+class CheckpointWriteError(WriteError):
   """A checkpoint or export could not be written; the previous one is intact."""
 
 
@@ -54,18 +54,6 @@ class CheckpointDamagedError(UserError, ValueError):
 
 class CheckpointMismatchError(UserError, ValueError):
   """A checkpoint holds other state than this run trains (e.g. another optimizer)."""
-
-
-def free_space(path: pathlib.Path) -> str:
-  """'<n> MB free on <dir>' for the nearest existing parent of `path`."""
-  for parent in [path, *path.parents]:
-    if parent.exists():
-      try:
-        free = shutil.disk_usage(parent).free
-      except OSError:
-        return "free space unknown"
-      return f"{free / 1e6:.1f} MB free on {parent}"
-  return "free space unknown"
 
 
 def _key_name(key) -> str:
@@ -85,8 +73,9 @@ def _write_failed(what: pathlib.Path, error: BaseException,
                   latest: Optional[int]) -> CheckpointWriteError:
   kept = (f"the latest complete checkpoint is still {what.parent}/{STEP_PREFIX}_"
           f"{latest}" if latest is not None else "no checkpoint was completed yet")
+  reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
   return CheckpointWriteError(
-      f"Could not write {what}: {error} ({type(error).__name__}). Nothing partial "
+      f"Could not write {what} ({reason}; {free_space(what.parent)}). Nothing partial "
       f"was kept: {kept}. Free disk space (or fix the quota / permissions of "
       f"{what.parent}), then rerun the same command to resume from there.")
 
@@ -373,10 +362,19 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     logging.warning("Replacing %s (no checkpoint was written under it):\n%s", path,
                     "\n".join(diffs))
   if write:
+    write_text(path, json.dumps(record, indent=2, sort_keys=True))
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+  """Replaces a small file atomically; a failure (disk full) is one WriteError."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    raise write_error(path, e) from e
 
 
 class RunConfigNotFoundError(UserError, FileNotFoundError):

@@ -433,7 +433,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   record = run_record(config, method, model_config, initial_checkpoint_path)
   ckpt.check_or_write_run_config(config.model_dir, record, write=host0)
   if host0 and gin_config:
-    (pathlib.Path(config.model_dir) / "config.gin").write_text(gin_config)
+    ckpt.write_text(pathlib.Path(config.model_dir) / "config.gin", gin_config)
 
   # ---------------------------------------------------------------- setup: parameters
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
