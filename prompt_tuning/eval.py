@@ -4,16 +4,15 @@ Either a released prompt file (through the from-file prompt initializer) …
 
   python -m prompt_tuning.eval \
     --gin_file=models/t5_1_1_base.gin --gin_file=methods/prompt_tuning.gin \
-    --gin_file=runs/prompt_eval.gin \
+    --gin_file=runs/prompt_eval.gin --gin_file=prompts/from_file.gin \
     --gin.PROMPT_FILE="'rte.npy'" \
     --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" \
     --gin.INITIAL_CHECKPOINT_PATH="'gs://…/t5_1_1_lm100k_base/checkpoint_1100000'"
 
 … or a trained MODEL_DIR (its `best/` export by default, `latest`, or a step); the
-frozen model and its config then come from `MODEL_DIR/config.json`:
+method, the frozen model and its config then come from `MODEL_DIR/config.json`:
 
-  python -m prompt_tuning.eval --gin_file=methods/prompt_tuning.gin \
-    --gin_file=runs/prompt_eval.gin \
+  python -m prompt_tuning.eval --gin_file=runs/prompt_eval.gin \
     --gin.MODEL_DIR="'/tmp/rte_prompt'" --gin.MIXTURE_OR_TASK_NAME=... 
 
 Prints a table and appends one line per task to `<output_dir>/metrics.jsonl`.
@@ -27,7 +26,7 @@ import gin
 import jax
 from absl import logging
 
-from prompt_tuning import cli, evaluation, initial_params
+from prompt_tuning import cli, evaluation, initial_params, run_identity
 from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
@@ -138,6 +137,23 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
           f"{model_dir}/{ckpt.STEP_PREFIX}_{step}")
 
 
+def resolve_method(method: Optional[Method], model_dir: Optional[str]) -> Method:
+  """The method to evaluate: a MODEL_DIR's recorded one, else METHOD."""
+  given_spec = run_identity.macro_spec("METHOD") if method is None else None
+  if model_dir:
+    recorded = ckpt.read_run_config(model_dir).get("method_spec")
+    if recorded:
+      run_identity.check_method_matches(model_dir, recorded, given_spec)
+      return run_identity.rebuild_method(recorded)
+  if method is None and given_spec is not None:
+    method = cli.macro("METHOD")
+  if method is None:
+    raise cli.MissingMacrosError(
+        "METHOD is not set and no MODEL_DIR records one: add "
+        f"{cli.EXAMPLES['METHOD']}.")
+  return method
+
+
 def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:
   """A plain text table: one row per task, one column per numeric metric."""
   names = []
@@ -155,7 +171,7 @@ def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:
 @gin.configurable("evaluate")
 def evaluate(mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             method: Method = gin.REQUIRED,
+             method: Optional[Method] = None,
              model_config: Optional[T5Config] = None,
              initial_checkpoint_path: Optional[str] = None,
              model_dir: Optional[str] = None,
@@ -170,8 +186,13 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
 
   `model_dir`, `initial_checkpoint_path` and `output_dir` default to the macros
   MODEL_DIR, INITIAL_CHECKPOINT_PATH and EVAL_OUTPUT_DIR when those are defined.
+  With a MODEL_DIR the method is rebuilt from its config.json (a METHOD that
+  contradicts it is an error); otherwise `method` defaults to the METHOD macro.
   """
   model_dir = model_dir if model_dir is not None else cli.macro("MODEL_DIR")
+  method = resolve_method(method, model_dir)
+  if model_config is None:  # a models/*.gin, else the MODEL_DIR's recorded config
+    model_config = cli.macro("MODEL_CONFIG")
   if initial_checkpoint_path is None:
     initial_checkpoint_path = cli.macro("INITIAL_CHECKPOINT_PATH")
   output_dir = output_dir if output_dir is not None else cli.macro("EVAL_OUTPUT_DIR")

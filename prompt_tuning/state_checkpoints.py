@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_tuning import run_identity
 from prompt_tuning.errors import UserError, WriteError, free_space, write_error
 
 CONFIG_JSON = "config.json"
@@ -324,8 +325,7 @@ def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
 
 # Fields of config.json that must match to resume in the same MODEL_DIR (the others,
 # e.g. train_steps or eval_period, may change between restarts).
-IDENTITY_FIELDS = ("initial_checkpoint_path", "model_config", "method", "trainable",
-                   "task", "task_feature_lengths", "batch_size", "seed")
+IDENTITY_FIELDS = run_identity.IDENTITY_FIELDS
 
 
 def has_checkpoints(model_dir: str) -> bool:
@@ -346,21 +346,24 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     ValueError: naming the fields that differ and how to resume or start fresh.
   """
   path = pathlib.Path(model_dir) / CONFIG_JSON
-  record = json.loads(json.dumps(record, default=str))  # normalize tuples etc.
+  record = run_identity.normalized(record)  # tuples → lists etc.
   if path.exists():
     old = json.loads(path.read_text())
-    diffs = [f"  {k}: {old.get(k)!r} in {path} vs {record.get(k)!r} now"
-             for k in IDENTITY_FIELDS if old.get(k) != record.get(k)]
+    diffs = run_identity.differences(old, record)
     if not diffs:
+      if write and old != record:  # e.g. train_steps changed: keep config.json current
+        write_text(path, json.dumps(record, indent=2, sort_keys=True))
       return
     if has_checkpoints(model_dir):
       raise RunIdentityError(
-          f"MODEL_DIR {model_dir} was used by a run with a different configuration:\n"
-          + "\n".join(diffs) + "\nTo resume that run, rerun it with its original "
-          f"gin files and flags (see {pathlib.Path(model_dir) / 'config.gin'}); to "
-          "start fresh, pass a new --gin.MODEL_DIR=... or delete the directory.")
-    logging.warning("Replacing %s (no checkpoint was written under it):\n%s", path,
-                    "\n".join(diffs))
+          f"MODEL_DIR {model_dir} was used by a run with a different configuration "
+          f"({'; '.join(diffs)}). Nothing was written. To resume that run, rerun it "
+          f"with its original gin files and flags (see "
+          f"{pathlib.Path(model_dir) / 'config.gin'}); to start fresh, pass a new "
+          "--gin.MODEL_DIR=... or delete the directory.")
+    if write:
+      logging.warning("Replacing %s (no checkpoint was written under it): %s", path,
+                      "; ".join(diffs))
   if write:
     write_text(path, json.dumps(record, indent=2, sort_keys=True))
 

@@ -15,13 +15,15 @@ everything they need comes in as arguments.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
+import jax
 import optax
 from absl import logging
 
-from prompt_tuning import cli, errors, trainer
+from prompt_tuning import cli, errors, run_identity, trainer
+from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning.methods.base import Method
 from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -40,13 +42,31 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
   """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
   check_method_prompt_file(method, model_config)  # before any frozen weight is read
+  identity = identity_from_gin(config)
+  # A restart that changes the run is refused before anything is written.
+  record = dict(trainer.run_record(config, method, model_config,
+                                   initial_checkpoint_path), **identity)
+  ckpt.check_or_write_run_config(config.model_dir, record, write=False)
   mesh = cli.make_mesh()
   learning_rate_fn = learning_rate_fn or _bound_learning_rate()
   return trainer.train(config, method=method, model_config=model_config,
                        optimizer=optimizer,
                        initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
                        axis_rules=cli.axis_rules(), learning_rate_fn=learning_rate_fn,
-                       decode_fn=decode_fn, gin_config=gin_config)
+                       decode_fn=decode_fn, gin_config=gin_config, identity=identity)
+
+
+def identity_from_gin(config: trainer.TrainConfig) -> Dict[str, Any]:
+  """What config.json records beyond the trainer's own fields: the method and
+  optimizer as gin built them, local data fingerprints, the process count."""
+  from tasks import local  # pylint: disable=g-import-not-at-top  (tasks is optional)
+  return {
+      "method_spec": run_identity.macro_spec("METHOD"),
+      "optimizer_spec": run_identity.macro_spec("OPTIMIZER"),
+      "data_fingerprints": run_identity.fingerprints(
+          local.data_files(config.mixture_or_task_name)),
+      "process_count": jax.process_count(),
+  }
 
 
 def check_method_prompt_file(method: Method, model_config: Optional[T5Config]) -> None:

@@ -389,7 +389,8 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           batches_fn: Optional[Callable[[int], Iterator[Batch]]] = None,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
           decode_fn: Optional[Callable[..., Any]] = None,
-          gin_config: Optional[str] = None) -> TrainResult:
+          gin_config: Optional[str] = None,
+          identity: Optional[Mapping[str, Any]] = None) -> TrainResult:
   """Trains `method` on a frozen T5, resuming from `MODEL_DIR` when possible.
 
   Args:
@@ -405,6 +406,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
     learning_rate_fn: step → learning rate, for summaries (optional).
     decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
     gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
+    identity: more of the run's identity for config.json (run_identity.py).
 
   Returns:
     A `TrainResult` with the final step, trainable parameters (host numpy) and the
@@ -430,7 +432,8 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
                dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
   # ---------------------------------------------------------------- setup: MODEL_DIR
-  record = run_record(config, method, model_config, initial_checkpoint_path)
+  record = dict(run_record(config, method, model_config, initial_checkpoint_path),
+                **(identity or {}))
   ckpt.check_or_write_run_config(config.model_dir, record, write=host0)
   if host0 and gin_config:
     ckpt.write_text(pathlib.Path(config.model_dir) / "config.gin", gin_config)
