@@ -22,13 +22,14 @@ import jax
 import optax
 from absl import logging
 
-from prompt_tuning import cli, errors, run_identity, trainer
-from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning import cli, configurables, errors
+from prompt_tuning.run_dir import identity as run_identity
+from prompt_tuning.run_dir import train_state as ckpt
+from prompt_tuning.training import trainer
 from prompt_tuning.methods.base import Method
 from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.models.config import T5Config
 
-TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
 
 
 @gin.configurable("train", denylist=["gin_config"])
@@ -47,12 +48,13 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
   record = dict(trainer.run_record(config, method, model_config,
                                    initial_checkpoint_path), **identity)
   ckpt.check_or_write_run_config(config.model_dir, record, write=False)
-  mesh = cli.make_mesh()
+  mesh = configurables.make_mesh()
   learning_rate_fn = learning_rate_fn or _bound_learning_rate()
   return trainer.train(config, method=method, model_config=model_config,
                        optimizer=optimizer,
                        initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
-                       axis_rules=cli.axis_rules(), learning_rate_fn=learning_rate_fn,
+                       axis_rules=configurables.axis_rules(),
+                       learning_rate_fn=learning_rate_fn,
                        decode_fn=decode_fn, gin_config=gin_config, identity=identity)
 
 

@@ -20,10 +20,10 @@ sys.path.insert(0, str(TESTS))
 
 import trainer_testlib as tl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from prompt_tuning import state_checkpoints as ckpt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning.run_dir import train_state as ckpt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _train(model_dir, steps=4, optimizer=None):

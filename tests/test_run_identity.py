@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from prompt_tuning import run_identity
-from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning.run_dir import identity as run_identity
+from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.research.runs import GinRun, binding
 
 MODEL = "models/tiny_bundled.gin"

@@ -32,12 +32,15 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from prompt_tuning import (evaluation, host_memory, initial_params, losses, optim,
-                           partitioning, run_lock)
-from prompt_tuning import state_checkpoints as ckpt
-from prompt_tuning import summaries as summaries_lib
+from prompt_tuning.training import evaluation, losses, optim
+from prompt_tuning import host_memory, building, partitioning
+from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning.run_dir import train_state as ckpt
+from prompt_tuning.run_dir import summaries as summaries_lib
+from prompt_tuning import params as params_lib
 from prompt_tuning.errors import UserError
-from prompt_tuning.methods.base import Method, flatten, unflatten
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -119,26 +122,6 @@ class TrainState:
                opt_state=values["opt_state"])
 
 
-def split_params(tree: Params, method: Method) -> Tuple[Params, Params]:
-  """(trainable, frozen) subtrees of `tree` by `method.trainable` regexes.
-
-  `optim.split` on nested trees: works on any tree shaped like the parameters
-  (e.g. their shardings).
-  """
-  trainable, frozen = optim.split(tree, method)
-  return unflatten(trainable), unflatten(frozen)
-
-
-def merge_params(trainable: Params, frozen: Params) -> Params:
-  """The full parameter tree from its two parts (inverse of `split_params`)."""
-  return optim.merge(flatten(trainable), flatten(frozen))
-
-
-# ====================================================================================
-# 3. Pure steps.
-# ====================================================================================
-
-
 def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
   """The `learning_rate` hyperparameter, when the optimizer injects it."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
@@ -161,7 +144,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
     rng: the run's base key; this step uses `fold_in(rng, step)`.
     model: the `Transformer` (static).
     optimizer: an optax transformation over the trainable tree (static).
-    z_loss, loss_normalizing_factor: see `prompt_tuning.losses`.
+    z_loss, loss_normalizing_factor: see `prompt_tuning.training.losses`.
     enable_dropout: dropout in the model.
 
   Returns:
@@ -171,7 +154,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   step_rng = jax.random.fold_in(rng, state.step)
 
   def loss_fn(trainable):
-    logits = model.apply({"params": merge_params(trainable, frozen)},
+    logits = model.apply({"params": params_lib.merge(trainable, frozen)},
                          batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                          enable_dropout=enable_dropout, rngs={"dropout": step_rng})
     loss, z, weight_sum = losses.weighted_cross_entropy(
@@ -366,7 +349,7 @@ def _due(step: int, period: int) -> bool:
 
 
 def _holding_the_run_lock(train_fn):
-  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_lock.py).
+  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_dir/lock.py).
 
   A second run on the same MODEL_DIR fails at once with `ModelDirLockedError`; the
   lock of a run that died (kill -9, preemption) is taken over with a warning.
@@ -406,7 +389,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
     learning_rate_fn: step → learning rate, for summaries (optional).
     decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
     gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
-    identity: more of the run's identity for config.json (run_identity.py).
+    identity: more of the run's identity for config.json (run_dir/identity.py).
 
   Returns:
     A `TrainResult` with the final step, trainable parameters (host numpy) and the
@@ -418,7 +401,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       is loaded (only when the configured task feeds the run).
     NonFiniteLossError: the loss or the parameters became NaN/inf; nothing after
       the last good checkpoint was saved.
-    state_checkpoints.CheckpointWriteError: a checkpoint could not be written.
+    train_state.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
   if batches_fn is None:  # fail on a task typo in seconds, not after loading
@@ -440,12 +423,12 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 
   # ---------------------------------------------------------------- setup: parameters
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  model_config, params, shardings = initial_params.build_params(
+  model_config, params, shardings = building.build_params(
       method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
       axis_rules=axis_rules)
   model = method.build(model_config)
-  trainable, frozen = split_params(params, method)
-  trainable_shardings, frozen_shardings = split_params(shardings, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
+  trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
   if not flatten(trainable):
     raise ValueError(f"Method {method.name!r}: no parameter matches its trainable "
                      f"regexes {list(method.trainable)}; parameters are e.g. "
@@ -498,7 +481,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           split=config.eval_split, max_examples=config.max_eval_examples,
           max_decode_length=config.max_decode_length, z_loss=config.z_loss,
           use_cached=config.use_cached, decode_fn=decode_fn)
-    full = merge_params(state.trainable, frozen)
+    full = params_lib.merge(state.trainable, frozen)
     results = evaluator.evaluate(full)
     for name, result in results.items():
       summaries.record(step, name, result.metrics)
@@ -628,7 +611,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np.ndarray]:
   """`Method.exported` of the trained parameters (gathered to host numpy)."""
   host = evaluation.to_host(trainable)
-  return {k: np.asarray(v) for k, v in method.exported(merge_params(host, frozen)).items()}
+  return {k: np.asarray(v) for k, v in method.exported(params_lib.merge(host, frozen)).items()}
 
 
 def _default_batches(start_batch: int, *, config: TrainConfig,

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from prompt_tuning import run_identity
+from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.errors import UserError, WriteError, free_space, write_error
 
 CONFIG_JSON = "config.json"
