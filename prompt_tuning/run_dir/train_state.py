@@ -8,6 +8,9 @@
                                      (`state`) and the data position (`data`)
     numpy_checkpoints/checkpoint_<step>/<name>.npy   `Method.exported(params)`
     best/<name>.npy + best/best.json the export at the best evaluation so far
+    complete.json                    {"step": N}: the run finished (final export,
+                                     evaluation and best/ written); a rerun of a
+                                     run stopped before it finishes the rest
 
 The frozen model is never re-saved: `config.json` records where it came from.
 Orbax writes each checkpoint to a temporary directory and renames it when complete,
@@ -37,6 +40,7 @@ CONFIG_JSON = "config.json"
 NUMPY_DIR = "numpy_checkpoints"
 BEST_DIR = "best"
 BEST_JSON = "best.json"
+COMPLETE_JSON = "complete.json"  # written last: the final export and evaluation exist
 STEP_PREFIX = "checkpoint"
 
 
@@ -305,6 +309,29 @@ def numpy_steps(model_dir: str) -> List[int]:
   steps = [int(m.group(1)) for p in root.iterdir()
            if (m := re.fullmatch(rf"{STEP_PREFIX}_(\d+)", p.name))]
   return sorted(steps)
+
+
+def has_export(model_dir: str, step: int) -> bool:
+  return numpy_checkpoint_dir(model_dir, step).is_dir()
+
+
+def mark_complete(model_dir: str, step: int) -> None:
+  """Records that the run finished at `step`: final checkpoint, export and
+  evaluation (with best/) all written. Written last, atomically."""
+  write_text(pathlib.Path(model_dir) / COMPLETE_JSON, json.dumps({"step": int(step)}))
+
+
+def is_complete(model_dir: str, step: int) -> bool:
+  """True when a previous run finished everything at `step` (see mark_complete).
+
+  A run interrupted after its final checkpoint (during the final evaluation, or
+  before its export) is not complete: a rerun finishes it.
+  """
+  path = pathlib.Path(model_dir) / COMPLETE_JSON
+  try:
+    return json.loads(path.read_text()).get("step") == int(step)
+  except (OSError, ValueError):
+    return False
 
 
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],

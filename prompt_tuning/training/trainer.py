@@ -459,6 +459,19 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
     logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
                  config.model_dir, latest, batches_consumed)
   step = int(jax.device_get(state.step))
+  if resumed is not None and step == config.train_steps and ckpt.is_complete(
+      config.model_dir, step):
+    logging.info("The run in %s is already complete at step %d; nothing to do.",
+                 config.model_dir, step)
+    checkpointer.close()
+    return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
+                       losses={}, best=ckpt.read_best_record(config.model_dir))
+  if resumed is not None and host0 and not ckpt.has_export(config.model_dir, step):
+    # Killed (or a full disk) between the checkpoint and its export.
+    logging.warning("Rewriting the missing export of checkpoint_%d.", step)
+    ckpt.export_step(config.model_dir, step, _exported(method, state.trainable, frozen),
+                     keep=config.keep_checkpoints)
+  finishing = step == config.train_steps  # interrupted after its final checkpoint
 
   # ---------------------------------------------------------------- data
   if batches_fn is None:
@@ -602,6 +615,11 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       progress.exclude(time.time() - paused)
 
   drain()
+  if finishing and config.eval_period >= 0:  # the final evaluation never finished
+    logging.info("Finishing the run at step %d: its final evaluation.", step)
+    evaluate(step, state)
+  if step == config.train_steps and not preempted and host0:
+    ckpt.mark_complete(config.model_dir, step)
   checkpointer.close()
   summaries.close()
   return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
