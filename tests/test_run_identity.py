@@ -104,7 +104,7 @@ def test_eval_rebuilds_the_method_without_repeating_flags(trained, tmp_path,
     (("methods.prompt_tuning.combine = 'suffix'",),
      "methods.prompt_tuning.combine: given 'suffix', recorded 'prefix'"),
     (("PROMPT_LENGTH = 20",), "methods.prompt_tuning.length: given 20, recorded 3"),
-    (("OPTIMIZER = @optim.adamw_lopa()",), "optimizer method: given optim.adamw_lopa"),
+    (("OPTIMIZER = @optim.adamw_lopa()",), "optimizer: given optim.adamw_lopa, recorded optim.adafactor_prompt_tuning"),
 ])
 def test_a_restart_that_changes_the_run_is_refused_before_writing(trained, change,
                                                                   expected):

@@ -126,13 +126,14 @@ def rebuild_method(spec: Mapping[str, Any], overrides: Optional[Mapping] = None)
 
 
 def contradictions(recorded: Optional[Mapping[str, Any]],
-                   given: Optional[Mapping[str, Any]]) -> List[str]:
-  """`name: given X, recorded Y` for each difference of two method specs (the
-  initializer is ignored: it does not change a trained method)."""
+                   given: Optional[Mapping[str, Any]], what: str = "method"
+                   ) -> List[str]:
+  """`name: given X, recorded Y` for each difference of two method (or optimizer)
+  specs (the initializer is ignored: it does not change a trained method)."""
   if not recorded or not given:
     return []
   if recorded.get("factory") != given.get("factory"):
-    return [f"method: given {given.get('factory')}, recorded {recorded.get('factory')}"]
+    return [f"{what}: given {given.get('factory')}, recorded {recorded.get('factory')}"]
   out = []
   rec, giv = recorded.get("arguments", {}), given.get("arguments", {})
   for name in sorted(set(rec) | set(giv)):
@@ -218,9 +219,9 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any],
     if field == "data_fingerprints":
       out += _data_diffs(old[field], new[field])
     elif field in ("method_spec", "optimizer_spec"):
-      diffs = contradictions(old[field], new[field]) or [
-          f"{_short(new[field])} vs {_short(old[field])}"]
-      out += [f"{field.split('_')[0]} {d}" for d in diffs]
+      what = field.split("_")[0]
+      out += contradictions(old[field], new[field], what) or [
+          f"{what}: given {_short(new[field])}, recorded {_short(old[field])}"]
     else:
       out.append(f"{field}: {_short(new[field])} now vs {_short(old[field])} in "
                  "config.json")
