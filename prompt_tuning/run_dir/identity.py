@@ -219,9 +219,9 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any],
     if field == "data_fingerprints":
       out += _data_diffs(old[field], new[field])
     elif field in ("method_spec", "optimizer_spec"):
-      what = field.split("_")[0]
-      out += contradictions(old[field], new[field], what) or [
-          f"{what}: given {_short(new[field])}, recorded {_short(old[field])}"]
+      # A changed initializer does not change a resumed run (its parameters come
+      # from the checkpoint), so it is not a difference.
+      out += contradictions(old[field], new[field], field.split("_")[0])
     else:
       out.append(f"{field}: {_short(new[field])} now vs {_short(old[field])} in "
                  "config.json")

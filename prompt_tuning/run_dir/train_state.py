@@ -377,9 +377,7 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
   if path.exists():
     old = json.loads(path.read_text())
     diffs = run_identity.differences(old, record)
-    if not diffs:
-      if write and old != record:  # e.g. train_steps changed: keep config.json current
-        write_text(path, json.dumps(record, indent=2, sort_keys=True))
+    if not diffs:  # the original record stays (e.g. its initializer)
       return
     if has_checkpoints(model_dir):
       raise RunIdentityError(
