@@ -97,8 +97,7 @@ def _start(model_dir, mode, compile_cache) -> subprocess.Popen:
              PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]),
              JAX_COMPILATION_CACHE_DIR=str(compile_cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             PYTHONPATH=str(TESTS.parent))  # this checkout's package, not an installed one
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.Popen([sys.executable, __file__, str(model_dir), mode], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
