@@ -78,6 +78,7 @@ def test_train_eval_and_prompt_file_from_the_command_line(tmp_path, shared_fixtu
       "--gin.CHECKPOINT_PERIOD=2", "--gin.BATCH_SIZE=4", "--gin.TrainConfig.log_period=2"]
   proc = _run("prompt_tuning.train", train_args)
   assert "step 4/4" in proc.stderr and "ETA" in proc.stderr
+  assert "Done at step 4." in proc.stderr  # a normal end says so (issue 14)
 
   # What a run leaves in MODEL_DIR.
   record = json.loads((model_dir / "config.json").read_text())
