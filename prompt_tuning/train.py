@@ -15,12 +15,12 @@ everything they need comes in as arguments.
 """
 from __future__ import annotations
 
+import logging as std_logging
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import gin
 import jax
 import optax
-from absl import logging
 
 from prompt_tuning import cli, configurables, errors
 from prompt_tuning.run_dir import identity as run_identity
@@ -101,7 +101,8 @@ def main(argv: Sequence[str]) -> Any:
         f"Stopped at step {result.step} on SIGTERM after writing its checkpoint; "
         "rerun the same command to resume (exit status "
         f"{errors.EXIT_PREEMPTED}).")
-  logging.info("Done at step %d.", result.step)
+  # The root logger (as the trainer's lines): absl's own logger is set to WARNING.
+  std_logging.info("Done at step %d.", result.step)
 
 
 def console_main():
