@@ -35,6 +35,7 @@ from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.methods.base import Method
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
@@ -93,7 +94,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
     if initial_checkpoint_path is None:
       initial_checkpoint_path = record.get("initial_checkpoint_path")
     if model_config is None:
-      model_config = T5Config.from_dict(record["model_config"])
+      model_config = families.config_from_dict(record["model_config"])
     export = export_dir(model_dir, checkpoint)
   if model_config is None:
     raise EvalError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
