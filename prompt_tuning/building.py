@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from prompt_tuning import host_memory, partitioning
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models import families
 from prompt_tuning.params import flatten, unflatten
@@ -176,6 +177,10 @@ def place(params: Params, shardings: Params) -> Params:
   return jax.tree_util.tree_map(put, params, shardings)
 
 
+class ExportMismatchError(UserError, ValueError):
+  """A trained export does not fit the model/method it is loaded into."""
+
+
 def apply_exported(params: Params, arrays: Mapping[str, np.ndarray],
                    source: str = "the export") -> Params:
   """Replaces parameters with exported `.npy` arrays named by dotted paths.
@@ -187,11 +192,11 @@ def apply_exported(params: Params, arrays: Mapping[str, np.ndarray],
   for name, value in arrays.items():
     path = name.replace(".", "/")
     if path not in flat:
-      raise ValueError(f"{source}: {name}.npy names parameter {path}, which the model "
+      raise ExportMismatchError(f"{source}: {name}.npy names parameter {path}, which the model "
                        f"does not have. Method parameters: "
                        f"{[p for p in flat if 'prompt' in p or 'prefix' in p][:20]}")
     if tuple(np.shape(flat[path])) != tuple(value.shape):
-      raise ValueError(f"{source}: {name}.npy has shape {tuple(value.shape)}, expected "
+      raise ExportMismatchError(f"{source}: {name}.npy has shape {tuple(value.shape)}, expected "
                        f"{tuple(np.shape(flat[path]))} for {path}.")
     current = flat[path]
     sharding = getattr(current, "sharding", None)

@@ -1,7 +1,8 @@
 """T5X-style command lines shared by `train`, `eval` and `infer`.
 
   python -m prompt_tuning.train \\
-      --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_finetune.gin \\
+      --gin_file=models/t5_1_1_base.gin --gin_file=methods/prompt_tuning.gin \\
+      --gin_file=runs/prompt_finetune.gin \\
       --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'glue_sst2_v200'"
 
 Flags (as in T5X):
@@ -36,7 +37,8 @@ import gin
 from absl import app, flags, logging
 
 from prompt_tuning import configurables  # pylint: disable=unused-import  # gin names
-from prompt_tuning import partitioning
+from prompt_tuning import errors, gin_structure, partitioning
+from prompt_tuning.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -58,8 +60,8 @@ flags.DEFINE_integer("process_index", None, "This process's index.")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data directory (seqio override).")
 
 # Macros every training gin must define (checked after parsing).
-TRAIN_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
-                "TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH")
+TRAIN_MACROS = ("METHOD", "OPTIMIZER", "MODEL_DIR", "MIXTURE_OR_TASK_NAME",
+                "TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "INITIAL_CHECKPOINT_PATH")
 EXAMPLES = {
     "MODEL_DIR": "--gin.MODEL_DIR=\"'/tmp/my_run'\"",
     "MIXTURE_OR_TASK_NAME": "--gin.MIXTURE_OR_TASK_NAME=\"'super_glue_rte_v102'\"",
@@ -70,7 +72,12 @@ EXAMPLES = {
                                "pretrained_models/t5x/t5_1_1_lm100k_base/"
                                "checkpoint_1100000'\" (or None for a random init)",
     "PROMPT_FILE": "--gin.PROMPT_FILE=\"'/path/to/prompt.npy'\"",
+    "METHOD": "a method gin, e.g. --gin_file=methods/prompt_tuning.gin "
+              "(configs/methods/: prompt_tuning, prefix_tuning, lopa, model_tuning)",
+    "OPTIMIZER": "a method gin, e.g. --gin_file=methods/prompt_tuning.gin",
 }
+# What only a method gin provides (see gin_structure).
+METHOD_MACROS = gin_structure.METHOD_MACROS
 
 
 def import_gin_modules() -> None:
@@ -122,9 +129,21 @@ class _QuietGinSearch(std_logging.Filter):
 _QUIET = _QuietGinSearch()
 
 
+class GinConfigError(UserError, ValueError):
+  """A gin file or binding that cannot be parsed (the message says where)."""
+
+
+class GinFileNotFoundError(UserError, FileNotFoundError):
+  """A --gin_file that is in none of the search paths."""
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               extra_search_paths: Sequence[str] = ()) -> None:
-  """Parses gin files (found in the search paths) and bindings, in that order."""
+  """Parses gin files (found in the search paths) and bindings, in that order.
+
+  Enforces `gin_structure`'s rules: one method gin per run, no unknown macro in
+  the bindings.
+  """
   import_gin_modules()
   if _QUIET not in std_logging.getLogger().filters:
     std_logging.getLogger().addFilter(_QUIET)
@@ -134,18 +153,22 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
   for f in gin_files:
     if not os.path.exists(f) and not any(os.path.exists(os.path.join(p, f))
                                          for p in paths):
-      raise FileNotFoundError(f"Gin file {f!r} not found in the current directory or "
-                              f"the search paths {paths}; pass --gin_search_paths.")
+      raise GinFileNotFoundError(
+          f"Gin file {f!r} not found in the current directory or the search paths "
+          f"{paths}; pass --gin_search_paths.")
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
-                                        finalize_config=False)
+    gin_structure.parse_files(list(gin_files))
+    from_files = gin_structure.defined_macros()
+    gin.parse_config(list(bindings))
+  except UserError:
+    raise
   except ValueError as e:
     # Gin's message names the binding and the file (or bindings line) it came from;
     # add close matches for a misspelt configurable or parameter.
     hint = gin_typo_hint(str(e))
-    if not hint:
-      raise
-    raise ValueError(f"{e}\n{hint}") from None
+    raise GinConfigError(f"{e}\n{hint}" if hint else str(e)) from None
+  gin_structure.check_flag_macros(list(bindings), from_files,
+                                  [p for p in paths if p != os.getcwd()])
 
 
 _NO_PARAMETER = re.compile(r"Configurable '([^']+)' doesn't have a parameter named "
@@ -194,14 +217,18 @@ def missing_macros(names: Sequence[str]) -> List[str]:
   return missing
 
 
+class MissingMacrosError(UserError, app.UsageError):
+  """Required gin macros are not set; the message names each and its flag."""
+
+
 def check_required_macros(names: Sequence[str]) -> None:
-  """Raises a UsageError naming each missing macro and the flag that sets it."""
+  """Raises MissingMacrosError naming each missing macro and the flag that sets it."""
   missing = missing_macros(names)
   if missing:
-    lines = [f"  {name}: add {EXAMPLES.get(name, f'--gin.{name}=...')}"
+    lines = [f"{name}: add {EXAMPLES.get(name, f'--gin.{name}=...')};"
              for name in missing]
-    raise app.UsageError("Required gin macro(s) not set:\n" + "\n".join(lines) +
-                         "\n(or define them in a --gin_file).")
+    raise MissingMacrosError("Required gin macro(s) not set: " + " ".join(lines) +
+                             " (or define them in a --gin_file).")
 
 
 def macro(name: str, default=None):
@@ -257,9 +284,14 @@ def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = N
   """`app.run(main)` with T5X's `--gin.NAME=VALUE` flags."""
   argv = rewrite_gin_args(list(sys.argv if argv is None else argv))
 
+  prog = f"prompt_tuning.{pathlib.Path(argv[0]).stem}" if argv else "prompt_tuning"
+
   def wrapped(args):
     setup_logging()
-    return main(args)
+    try:
+      return main(args)
+    except UserError as e:  # one line, non-zero exit; bugs keep their traceback
+      errors.exit_with(prog, e)
 
   app.run(wrapped, argv=argv)
 

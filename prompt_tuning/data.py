@@ -31,6 +31,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.errors import UserError
+
 Batch = Dict[str, np.ndarray]
 MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
                   "decoder_target_tokens", "decoder_loss_weights")
@@ -40,7 +42,7 @@ def feature_converter() -> seqio.FeatureConverter:
   return seqio.EncDecFeatureConverter(pack=False)
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
   """No seqio task or mixture of that name is registered (close matches listed)."""
 
 
@@ -60,7 +62,7 @@ def get_task(name: str):
       "imported first (add `import my_tasks` to a gin file).")
 
 
-class VocabularyTooLargeError(ValueError):
+class VocabularyTooLargeError(UserError, ValueError):
   """A task's vocabulary has ids beyond the model's embedding table."""
 
 

@@ -45,6 +45,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 TRAIN_GIN = "demo/tiny_prompt_tuning.gin"
 EVAL_GIN = "demo/tiny_eval.gin"
+PROMPT_LENGTH = 10  # the toy inputs are short; a flag, as the method gin holds it
 INITS = ("class_labels", "random_uniform", "sampled_vocab")
 INIT_NAMES = {"class_labels": "class-label init", "random_uniform": "random init",
               "sampled_vocab": "sampled-vocab init"}
@@ -220,9 +221,10 @@ def build_runs(args, out: pathlib.Path) -> List[Run]:
     model_dir = out / "runs" / f"prompt_tuning_{init}"
     runs.append(Run(
         f"prompt_tuning_{init}", f"prompt tuning, {INIT_NAMES[init]}", "train",
-        [model, "runs/prompt_finetune.gin", "methods/prompt_tuning.gin",
-         f"prompts/{init}.gin", TRAIN_GIN],
-        common + [f"MODEL_DIR = '{model_dir}'"] + overrides, str(model_dir)))
+        [model, "methods/prompt_tuning.gin", f"prompts/{init}.gin",
+         "runs/prompt_finetune.gin", TRAIN_GIN],
+        common + [f"MODEL_DIR = '{model_dir}'", f"PROMPT_LENGTH = {PROMPT_LENGTH}"]
+        + overrides, str(model_dir)))
   return runs
 
 

@@ -3,13 +3,14 @@ r"""Evaluate a frozen T5 + trained method parameters: `python -m prompt_tuning.e
 Either a released prompt file (through the from-file prompt initializer) …
 
   python -m prompt_tuning.eval \
-    --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_eval.gin \
+    --gin_file=models/t5_1_1_base.gin --gin_file=methods/prompt_tuning.gin \
+    --gin_file=runs/prompt_eval.gin --gin_file=prompts/from_file.gin \
     --gin.PROMPT_FILE="'rte.npy'" \
     --gin.MIXTURE_OR_TASK_NAME="'super_glue_rte_v102'" \
     --gin.INITIAL_CHECKPOINT_PATH="'gs://…/t5_1_1_lm100k_base/checkpoint_1100000'"
 
 … or a trained MODEL_DIR (its `best/` export by default, `latest`, or a step); the
-frozen model and its config then come from `MODEL_DIR/config.json`:
+method, the frozen model and its config then come from `MODEL_DIR/config.json`:
 
   python -m prompt_tuning.eval --gin_file=runs/prompt_eval.gin \
     --gin.MODEL_DIR="'/tmp/rte_prompt'" --gin.MIXTURE_OR_TASK_NAME=... 
@@ -28,13 +29,24 @@ from absl import logging
 from prompt_tuning import params as params_lib
 from prompt_tuning import cli, configurables, building
 from prompt_tuning.training import evaluation
+from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
+from prompt_tuning.errors import UserError
+from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+
+
+class EvalError(UserError, ValueError):
+  """What to evaluate cannot be found or does not match (one line, exit 1)."""
+
+
+class ExportNotFoundError(UserError, FileNotFoundError):
+  """A MODEL_DIR has no export to evaluate."""
 
 
 def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.Path:
@@ -48,11 +60,11 @@ def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.
     checkpoint = "latest"
   steps = ckpt.numpy_steps(model_dir)
   if not steps:
-    raise FileNotFoundError(f"{model_dir} has no numpy exports under "
+    raise ExportNotFoundError(f"{model_dir} has no numpy exports under "
                             f"{ckpt.NUMPY_DIR}/; was it written by prompt_tuning.train?")
   step = steps[-1] if checkpoint == "latest" else int(checkpoint)
   if step not in steps:
-    raise FileNotFoundError(f"No export for step {step} in {model_dir}/"
+    raise ExportNotFoundError(f"No export for step {step} in {model_dir}/"
                             f"{ckpt.NUMPY_DIR}; available steps: {steps}.")
   return ckpt.numpy_checkpoint_dir(model_dir, step)
 
@@ -76,7 +88,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
   if model_dir:
     record = ckpt.read_run_config(model_dir)
     if record.get("method") != method.name:
-      raise ValueError(f"{model_dir} was trained with method {record.get('method')!r} "
+      raise EvalError(f"{model_dir} was trained with method {record.get('method')!r} "
                        f"but METHOD is {method.name!r}; include the same method gin "
                        "file as for training.")
     if initial_checkpoint_path is None:
@@ -85,7 +97,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       model_config = families.config_from_dict(record["model_config"])
     export = export_dir(model_dir, checkpoint)
   if model_config is None:
-    raise ValueError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
+    raise EvalError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
                      "or pass a MODEL_DIR that has config.json.")
   has_npy = export is not None and any(export.glob("*.npy"))
   run_method = method.inference_method() if has_npy else method
@@ -113,7 +125,7 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
   checkpointer = ckpt.StateCheckpointer(model_dir, keep=None)
   steps = checkpointer.all_steps()
   if not steps:
-    raise FileNotFoundError(f"{model_dir} has neither .npy exports nor orbax "
+    raise ExportNotFoundError(f"{model_dir} has neither .npy exports nor orbax "
                             "checkpoints to evaluate.")
   if step not in steps:
     logging.warning("The orbax checkpoint of step %d is not kept in %s; evaluating "
@@ -127,6 +139,23 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
         restored, jax.tree_util.tree_map(lambda x: x.sharding, trainable))
   return (params_lib.merge(restored, frozen),
           f"{model_dir}/{ckpt.STEP_PREFIX}_{step}")
+
+
+def resolve_method(method: Optional[Method], model_dir: Optional[str]) -> Method:
+  """The method to evaluate: a MODEL_DIR's recorded one, else METHOD."""
+  given_spec = run_identity.macro_spec("METHOD") if method is None else None
+  if model_dir:
+    recorded = ckpt.read_run_config(model_dir).get("method_spec")
+    if recorded:
+      run_identity.check_method_matches(model_dir, recorded, given_spec)
+      return run_identity.rebuild_method(recorded)
+  if method is None and given_spec is not None:
+    method = cli.macro("METHOD")
+  if method is None:
+    raise cli.MissingMacrosError(
+        "METHOD is not set and no MODEL_DIR records one: add "
+        f"{cli.EXAMPLES['METHOD']}.")
+  return method
 
 
 def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:
@@ -146,7 +175,7 @@ def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:
 @gin.configurable("evaluate")
 def evaluate(mixture_or_task_name: str = gin.REQUIRED,
              task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
-             method: Method = gin.REQUIRED,
+             method: Optional[Method] = None,
              model_config: Optional[T5Config] = None,
              initial_checkpoint_path: Optional[str] = None,
              model_dir: Optional[str] = None,
@@ -161,14 +190,24 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
 
   `model_dir`, `initial_checkpoint_path` and `output_dir` default to the macros
   MODEL_DIR, INITIAL_CHECKPOINT_PATH and EVAL_OUTPUT_DIR when those are defined.
+  With a MODEL_DIR the method is rebuilt from its config.json (a METHOD that
+  contradicts it is an error); otherwise `method` defaults to the METHOD macro.
   """
   model_dir = model_dir if model_dir is not None else cli.macro("MODEL_DIR")
+  method = resolve_method(method, model_dir)
+  if model_config is None:  # a models/*.gin, else the MODEL_DIR's recorded config
+    model_config = cli.macro("MODEL_CONFIG")
   if initial_checkpoint_path is None:
     initial_checkpoint_path = cli.macro("INITIAL_CHECKPOINT_PATH")
   output_dir = output_dir if output_dir is not None else cli.macro("EVAL_OUTPUT_DIR")
   # A misspelt task fails here (with close matches), before the model is loaded.
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   data.get_task(mixture_or_task_name)
+  prompt_file = cli.macro("PROMPT_FILE")
+  if not model_dir and isinstance(prompt_file, str) and prompt_file:
+    # Before any frozen weight is read: P of the method, H of the model.
+    check_prompt_file(prompt_file, getattr(method.prompt, "length", None),
+                      getattr(model_config, "emb_dim", None))
   mesh = configurables.make_mesh()
   model, params, shardings, source = load_trained(
       method, model_config, initial_checkpoint_path, model_dir=model_dir,
@@ -210,7 +249,7 @@ def main(argv: Sequence[str]) -> None:
     raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.setup(required_macros=EVAL_MACROS)
   if not cli.macro("MODEL_DIR") and not cli.macro("INITIAL_CHECKPOINT_PATH"):
-    raise cli.app.UsageError(
+    raise cli.MissingMacrosError(
         "Nothing to evaluate: set MODEL_DIR (a training run), or the frozen model "
         "INITIAL_CHECKPOINT_PATH with a prompt (prompts/from_file.gin + PROMPT_FILE); "
         "e.g. "

@@ -47,8 +47,10 @@ from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods import ia3 as ia3_lib
 from prompt_tuning.methods import lora as lora_lib
+from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.models import families
 from prompt_tuning.params import flatten, with_params
 from prompt_tuning.models.config import T5Config
@@ -65,7 +67,7 @@ INFER_MACROS = ("TASK_FEATURE_LENGTHS",)
 Labels = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
 
-class InferError(Exception):
+class InferError(UserError):
   """A fatal problem with the settings or files (exit status 1, no traceback)."""
 
 
@@ -233,6 +235,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   if not initial_checkpoint_path:
     logging.warning("No INITIAL_CHECKPOINT_PATH: the frozen model is RANDOMLY "
                     "initialized (only useful for tests).")
+  _check_prompt_files(sources, model_config)  # before any frozen weight is read
   bank, bank_params = bank_lib.from_prompts(sources, prompt_combine(records, combine))
   method = bank_lib.bank_method(bank)
   config, params, _ = building.build_params(
@@ -244,7 +247,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     if mesh is not None:
       params = building.place(params, shardings)
   width = bank_params["prompts"].shape[-1]
-  if width != config.emb_dim:
+  if width != config.emb_dim:  # the checkpoint decided the width: name the files
+    _check_prompt_files(sources, config)
     raise InferError(f"The prompts have width H={width} but the frozen model has "
                      f"emb_dim {config.emb_dim} ({initial_checkpoint_path or 'random'}"
                      "); serve prompts trained on this model size.")
@@ -257,6 +261,15 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                  sources[name] if not isinstance(sources[name], np.ndarray)
                  else "an array")
   return method.build(config), params, bank, str(initial_checkpoint_path or "random")
+
+
+def _check_prompt_files(sources: Mapping[str, Any],
+                        model_config: Optional[T5Config]) -> None:
+  """Every `.npy` source: [P, H] with H the model width (when known), float, finite."""
+  width = getattr(model_config, "emb_dim", None)
+  for source in sources.values():
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_file():
+      check_prompt_file(source, None, width)
 
 
 def resolve_labels(labels: Labels, task_labels: Callable[[str], Optional[Sequence[str]]]

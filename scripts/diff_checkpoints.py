@@ -30,6 +30,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import diff as diff_lib  # pylint: disable=g-import-not-at-top
 
 
@@ -77,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(errors.run_reporting("scripts/diff_checkpoints.py", main, sys.argv[1:]))

@@ -33,6 +33,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import eval_runs as evaluate_lib  # pylint: disable=g-import-not-at-top
 
@@ -115,4 +116,4 @@ def _fmt(value) -> str:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  errors.run_reporting("scripts/evaluate.py", main, sys.argv[1:])

@@ -21,6 +21,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning import prompt_files  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
 
@@ -49,4 +50,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(errors.run_reporting("scripts/extract_prompt.py", main, sys.argv[1:]))

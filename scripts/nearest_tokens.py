@@ -30,6 +30,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import model_dirs, neighbors  # pylint: disable=g-import-not-at-top
 
 
@@ -106,4 +107,4 @@ def write(report, path: str) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  errors.run_reporting("scripts/nearest_tokens.py", main, sys.argv[1:])

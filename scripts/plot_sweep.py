@@ -22,6 +22,7 @@ import pathlib
 import sys
 
 from prompt_tuning import cli
+from prompt_tuning import errors
 from prompt_tuning.research import collect, plots
 
 KINDS = ("scaling", "prompt_length", "init")
@@ -86,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(errors.run_reporting("scripts/plot_sweep.py", main, sys.argv[1:]))

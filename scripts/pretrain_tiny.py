@@ -43,8 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning import cli
 from prompt_tuning import checkpoints
+from prompt_tuning import cli
+from prompt_tuning import errors
 from prompt_tuning.training.losses import weighted_cross_entropy
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import Transformer
@@ -283,4 +284,4 @@ def main(argv=None) -> Dict:
 
 
 if __name__ == "__main__":
-  main()
+  errors.run_reporting("scripts/pretrain_tiny.py", main)

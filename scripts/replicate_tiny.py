@@ -57,6 +57,7 @@ import yaml  # pylint: disable=g-import-not-at-top
 
 import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.tiny import corpus  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning.research import collect, ensemble_runs, model_dirs  # pylint: disable=g-import-not-at-top
@@ -470,4 +471,4 @@ def main(argv=None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  errors.run_reporting("scripts/replicate_tiny.py", main, sys.argv[1:])

@@ -24,6 +24,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect as collect_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
 
@@ -117,4 +118,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(errors.run_reporting("scripts/sweep.py", main, sys.argv[1:]))

@@ -18,7 +18,7 @@ columns model tuning, prompt tuning and Δ (prompt − model), mean ± std over 
 
 Presets set the source, targets, metrics and TASK_FEATURE_LENGTHS; --source /
 --target / --metric override them. Training runs are `prompt_tuning.train` calls
-with runs/prompt_finetune.gin or runs/model_finetune.gin (the paper's optimizers);
+with methods/prompt_tuning.gin or methods/model_tuning.gin (the paper's optimizers);
 each evaluation is a `prompt_tuning.eval` call. Finished runs and evaluations are
 reused, so an interrupted experiment continues where it stopped. Both methods are
 evaluated at their final step (--checkpoint; model tuning keeps only its latest
@@ -38,6 +38,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
+from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import runs as runs_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-top
@@ -129,4 +130,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  errors.run_reporting("scripts/transfer.py", main, sys.argv[1:])

@@ -32,6 +32,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.errors import UserError
 from tasks import metrics
 from tasks import postprocessors
 from tasks import registry
@@ -41,7 +42,7 @@ Example = Dict[str, str]
 TSV_HEADER = "inputs\ttargets"
 
 
-class LocalDataError(ValueError):
+class LocalDataError(UserError, ValueError):
   """A local data file (or byte string) is not a valid JSONL/TSV task file."""
 
 
@@ -240,6 +241,21 @@ def register_local_task(name: str = gin.REQUIRED,
       label_strings=label_strings)
   _REGISTERED[name] = key
   return name
+
+
+def data_files(mixture_or_task_name: str) -> Dict[str, Dict[str, str]]:
+  """`{task: {split: path}}` of the local-file tasks in a task or mixture (empty
+  for other tasks): what a run's identity fingerprints."""
+  try:
+    task = seqio.get_mixture_or_task(mixture_or_task_name)
+  except (ValueError, KeyError):
+    return {}
+  out = {}
+  for name in [t.name for t in getattr(task, "tasks", [task])]:
+    own = name if name in _REGISTERED else name.replace("taskless_", "", 1)
+    if own in _REGISTERED:
+      out[name] = dict(_REGISTERED[own][0])
+  return out
 
 
 @metrics.returns("sequence_accuracy")

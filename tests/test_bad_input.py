@@ -35,6 +35,9 @@ def _write_data(root: pathlib.Path):
   bad = lines[:2] + ['{"inputs": "no comma" "targets": "positive"}'] + lines[2:]
   (root / "broken.jsonl").write_text("\n".join(bad) + "\n")
   np.save(root / "prompt_5x4.npy", np.zeros((5, 4), np.float32))
+  nan = np.zeros((3, 4), np.float32)
+  nan[1, 2] = np.nan
+  np.save(root / "prompt_nan.npy", nan)
   (root / "not_a_checkpoint").mkdir()
   (root / "not_a_checkpoint" / "notes.txt").write_text("hello")
   (root / "typo.gin").write_text("TrainConfig.log_period = 1\n"
@@ -44,8 +47,8 @@ def _write_data(root: pathlib.Path):
 def _args(root: pathlib.Path, name: str, *extra):
   """A 2-step prompt-tuning command line on the tiny T5X checkpoint."""
   return [
-      "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=runs/prompt_finetune.gin",
-      "--gin.t5_preset.emb_dim=4", "--gin.t5_preset.num_heads=2",
+      "--gin_file=models/t5_1_1_tiny.gin", "--gin_file=methods/prompt_tuning.gin",
+      "--gin_file=runs/prompt_finetune.gin", "--gin.t5_preset.emb_dim=4", "--gin.t5_preset.num_heads=2",
       "--gin.t5_preset.head_dim=2", "--gin.t5_preset.mlp_dim=8",
       "--gin.t5_preset.relative_attention_num_buckets=4",
       "--gin.t5_preset.relative_attention_max_distance=8",
@@ -79,6 +82,10 @@ def _cases(root: pathlib.Path):
                             "--gin.MIXTURE_OR_TASK_NAME='super_glue_rte_v10'"),
       "gin_typo_in_file": _args(root, "gin_typo_in_file",
                                 f"--gin_file={root / 'typo.gin'}"),
+      # Checked before the frozen model is read: the checkpoint does not even exist.
+      "nan_prompt": _args(root, "nan_prompt", "--gin_file=prompts/from_file.gin",
+                          f"--gin.PROMPT_FILE='{root / 'prompt_nan.npy'}'",
+                          f"--gin.INITIAL_CHECKPOINT_PATH='{root / 'missing'}'"),
       "malformed_jsonl": _args(root, "malformed_jsonl",
                                f"--gin.{TASK}.train='{root / 'broken.jsonl'}'"),
   }
@@ -107,41 +114,54 @@ def _failed(cli, name):
   model_dir = root / name
   assert not list(model_dir.glob("checkpoint_*")) if model_dir.exists() else True
   assert "Training " not in proc.stderr  # the trainer's last line before compiling
-  return proc.stderr
+  # A user error: one line naming the problem, no traceback (issue 14).
+  assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+  lines = [l for l in proc.stderr.splitlines() if "prompt_tuning.train: error: " in l]
+  assert len(lines) == 1, proc.stderr[-4000:]
+  return lines[0]
 
 
 def test_prompt_file_of_the_wrong_shape(cli):
   err = _failed(cli, "prompt_shape")
   root = cli["prompt_shape"][0]
-  assert "PromptFileError" in err and str(root / "prompt_5x4.npy") in err
+  assert str(root / "prompt_5x4.npy") in err
   assert "shape [5, 4]; expected [3, 4]" in err and "PROMPT_LENGTH" in err
+  # Before any frozen weight is read (issue 14: after 44 GB at XXL).
+  assert "Loading the frozen model" not in cli["prompt_shape"][1].stderr
+
+
+def test_prompt_file_with_nan_is_refused_before_the_checkpoint(cli):
+  err = _failed(cli, "nan_prompt")
+  root = cli["nan_prompt"][0]
+  assert f"Prompt file {root / 'prompt_nan.npy'} holds 1 non-finite values" in err
+  assert "rows [1]" in err
+  assert "Loading the frozen model" not in cli["nan_prompt"][1].stderr
 
 
 def test_checkpoint_of_an_unknown_format_lists_the_formats_tried(cli):
   err = _failed(cli, "checkpoint_format")
-  assert "UnknownCheckpointFormatError" in err and "notes.txt" in err
+  assert "notes.txt" in err
   assert "Tried formats t5x, huggingface, native" in err
 
 
 def test_config_inconsistent_with_the_checkpoint_names_both_values(cli):
   err = _failed(cli, "config_mismatch")
-  assert "ConfigMismatchError" in err
   assert "emb_dim: config has 8, checkpoint has 4" in err
   assert "num_heads: config has 4, checkpoint has 2" in err
 
 
 def test_task_vocabulary_larger_than_the_embedding_table(cli):
   err = _failed(cli, "vocab_too_large")
-  assert "VocabularyTooLargeError" in err
   assert "has 32100 ids but the model's embedding table has 128 rows" in err
   assert "vocab_size is at least 32100" in err
 
 
 def test_unknown_task_lists_close_matches_before_loading_the_model(cli):
   err = _failed(cli, "unknown_task")
-  assert "UnknownTaskError" in err and "'super_glue_rte_v10'" in err
+  assert "'super_glue_rte_v10'" in err
   assert "Did you mean 'super_glue_rte_v102'" in err
-  assert "Loading the frozen model" not in err  # failed before reading the checkpoint
+  root, proc = cli["unknown_task"]
+  assert "Loading the frozen model" not in proc.stderr  # before reading the checkpoint
 
 
 def test_unknown_gin_binding_names_the_file_and_line(cli):
@@ -155,7 +175,7 @@ def test_unknown_gin_binding_names_the_file_and_line(cli):
 def test_malformed_local_data_names_file_and_line(cli):
   err = _failed(cli, "malformed_jsonl")
   root = cli["malformed_jsonl"][0]
-  assert f"LocalDataError: {root / 'broken.jsonl'}:3: not valid JSON" in err
+  assert f"{root / 'broken.jsonl'}:3: not valid JSON" in err
 
 
 # ------------------------------------------------------------------ in process

@@ -39,7 +39,8 @@ def test_gin_dot_flags_become_bindings():
 
 def test_prompt_finetune_gin_has_the_papers_settings(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # found through the search paths, not the cwd
-  cli.parse_gin(["models/t5_1_1_base.gin", "runs/prompt_finetune.gin"], _bindings())
+  cli.parse_gin(["models/t5_1_1_base.gin", "methods/prompt_tuning.gin",
+                 "prompts/class_labels.gin", "runs/prompt_finetune.gin"], _bindings())
   assert cli.missing_macros(cli.TRAIN_MACROS) == []
   config = configurables.TrainConfig()
   assert (config.train_steps, config.batch_size, config.eval_period) == (30000, 32, 1000)
@@ -56,7 +57,8 @@ def test_prompt_finetune_gin_has_the_papers_settings(tmp_path, monkeypatch):
 
 
 def test_model_finetune_gin_trains_everything():
-  cli.parse_gin(["models/t5_1_1_small.gin", "runs/model_finetune.gin"], _bindings())
+  cli.parse_gin(["models/t5_1_1_small.gin", "methods/model_tuning.gin",
+                 "runs/model_finetune.gin"], _bindings())
   assert cli.macro("METHOD").trainable == (".*",)
   assert gin.query_parameter("optim.adafactor_model_tuning.learning_rate") == 1e-3
   assert configurables.TrainConfig().train_steps == 30000
@@ -71,10 +73,13 @@ def test_missing_required_macro_names_it_and_the_flag_to_add():
   assert "MODEL_DIR: add --gin.MODEL_DIR=" in message
   assert "TASK_FEATURE_LENGTHS: add --gin.TASK_FEATURE_LENGTHS=" in message
   assert "MIXTURE_OR_TASK_NAME" not in message
+  # The run gin chooses no method: the message says which file provides it.
+  assert "METHOD: add a method gin, e.g. --gin_file=methods/prompt_tuning.gin" in message
 
 
 def test_eval_gin_binds_evaluate_and_unknown_gin_file_is_named():
-  cli.parse_gin(["models/t5_1_1_tiny.gin", "runs/prompt_eval.gin"], _bindings())
+  cli.parse_gin(["models/t5_1_1_tiny.gin", "methods/prompt_tuning.gin",
+                 "runs/prompt_eval.gin"], _bindings())
   cli.check_required_macros(eval_lib.EVAL_MACROS)
   assert gin.query_parameter("evaluate.checkpoint") == "best"
   assert cli.macro("EVAL_SPLIT") == "validation" and cli.macro("PROMPT_LENGTH") == 100

@@ -72,11 +72,13 @@ def test_train_eval_and_prompt_file_from_the_command_line(tmp_path, shared_fixtu
   del shared_fixtures  # fails clearly when ../shared/fixtures is missing
   _write_task(tmp_path)
   model_dir = tmp_path / "run"
-  train_args = ["--gin_file=runs/prompt_finetune.gin"] + _common(tmp_path) + [
+  train_args = ["--gin_file=methods/prompt_tuning.gin",
+                "--gin_file=runs/prompt_finetune.gin"] + _common(tmp_path) + [
       f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=4", "--gin.EVAL_PERIOD=2",
       "--gin.CHECKPOINT_PERIOD=2", "--gin.BATCH_SIZE=4", "--gin.TrainConfig.log_period=2"]
   proc = _run("prompt_tuning.train", train_args)
   assert "step 4/4" in proc.stderr and "ETA" in proc.stderr
+  assert "Done at step 4." in proc.stderr  # a normal end says so (issue 14)
 
   # What a run leaves in MODEL_DIR.
   record = json.loads((model_dir / "config.json").read_text())
@@ -100,7 +102,8 @@ def test_train_eval_and_prompt_file_from_the_command_line(tmp_path, shared_fixtu
   best_line = next(l for l in evals if l["step"] == best["step"])
 
   # Evaluating the MODEL_DIR (best export) reproduces that evaluation.
-  eval_args = ["--gin_file=runs/prompt_eval.gin"] + _common(tmp_path) + [
+  eval_args = ["--gin_file=methods/prompt_tuning.gin",
+               "--gin_file=runs/prompt_eval.gin"] + _common(tmp_path) + [
       "--gin.EVAL_BATCH_SIZE=4"]
   _run("prompt_tuning.eval", eval_args + [f"--gin.MODEL_DIR='{model_dir}'"])
   lines = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]

@@ -83,14 +83,16 @@ def test_grid_collapses_unused_axes_and_builds_each_run(tmp_path):
              and r.seed == 1)
   assert run.name == "tiny/prompt_tuning-p5-random_uniform/seed1"
   assert run.model_dir == tmp_path / "sweep" / "runs" / run.name
-  assert run.run.gin_files == ("models/tiny_bundled.gin", "runs/prompt_finetune.gin",
-                               "prompts/random_uniform.gin", "demo/tiny_common.gin")
+  assert run.run.gin_files == ("models/tiny_bundled.gin", "methods/prompt_tuning.gin",
+                               "runs/prompt_finetune.gin", "prompts/random_uniform.gin",
+                               "demo/tiny_common.gin")
   assert run.run.macro("PROMPT_LENGTH") == "5"
   assert run.run.macro("RANDOM_SEED") == "1"
   assert run.run.macro("MODEL_DIR") == repr(str(run.model_dir))
   assert run.run.macro("MIXTURE_OR_TASK_NAME") == "'taskless_tiny_topic'"
   assert mt[0].run.macro("PROMPT_LENGTH") is None
-  assert mt[0].run.gin_files[1] == "runs/model_finetune.gin"
+  assert mt[0].run.gin_files[1:3] == ("methods/model_tuning.gin",
+                                      "runs/model_finetune.gin")
   prefix = next(r for r in s.runs if r.method == "prefix_tuning")
   assert prefix.name == "big/prefix_tuning-p3-learning_rate0.3/seed0"
   assert "methods/prefix_tuning.gin" in prefix.run.gin_files

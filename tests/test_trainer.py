@@ -146,7 +146,7 @@ def test_config_json_of_a_run_that_never_saved_is_replaced(tmp_path):
   train_state.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
   (tmp_path / "checkpoint_10").mkdir()
-  with pytest.raises(ValueError, match="seed: 1 in .* vs 2 now"):
+  with pytest.raises(ValueError, match="seed: 2 now vs 1 in config.json"):
     train_state.check_or_write_run_config(str(tmp_path), dict(record, seed=2))
   train_state.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence, Tuple
 
+from prompt_tuning.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
   """Base class: a checkpoint could not be read or written."""
 
 

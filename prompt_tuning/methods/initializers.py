@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.errors import UserError
+
 Array = jax.Array
 Initializer = Callable[[Array, Tuple[int, int], Optional[Array]], Array]
 
@@ -32,10 +34,12 @@ Initializer = Callable[[Array, Tuple[int, int], Optional[Array]], Array]
 DEFAULT_POPULATION = 5000
 
 
-class PromptFileError(ValueError):
-  """A prompt file cannot be used: not a `.npy` array, or the wrong shape.
+class PromptFileError(UserError, ValueError):
+  """A prompt file cannot be used: not a `.npy` array, the wrong shape, not float, or
+  holding NaN/inf.
 
-  The message names the file, the expected shape and what was found.
+  The message names the file, the expected shape and what was found; every entry
+  point checks prompt files before it reads any frozen weight (`check_prompt_file`).
   """
 
 
@@ -151,16 +155,27 @@ def from_text(text: str, vocabulary: Any = None,
 # ---------------------------------------------------------------- file
 
 
+def _expected(shape) -> str:
+  shape = shape or (None, None)
+  return (f"[{'P' if shape[0] is None else shape[0]}, "
+          f"{'H' if shape[1] is None else shape[1]}]")
+
+
 def load_prompt_file(path: Union[str, os.PathLike],
-                     shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
+                     shape: Optional[Tuple[Optional[int], Optional[int]]] = None
+                     ) -> np.ndarray:
   """Reads a `[P, H]` prompt from a `.npy` file as float32.
+
+  Args:
+    path: the `.npy` file.
+    shape: the expected `(P, H)`; either may be None (not checked).
 
   Raises:
     PromptFileError: the file is missing, not a `.npy` array (pickles are refused),
-      not a 2-D float array, or not of `shape` when given.
+      not a 2-D float array, not of `shape` when given, or holds NaN / inf.
   """
   path = os.fspath(path)
-  expected = f"[{shape[0]}, {shape[1]}]" if shape else "[P, H]"
+  expected = _expected(shape)
   try:
     with open(path, "rb") as f:
       _check_npy_header(f, path, expected)
@@ -182,13 +197,36 @@ def load_prompt_file(path: Union[str, os.PathLike],
   if not np.issubdtype(array.dtype, np.floating):
     raise PromptFileError(f"Prompt file {path} has dtype {array.dtype}; expected a "
                           f"float array of shape {expected}.")
-  if shape is not None and tuple(array.shape) != tuple(shape):
+  if shape is not None and any(e is not None and e != a
+                               for e, a in zip(shape, array.shape)):
+    fix = []
+    if shape[0] is not None and shape[0] != array.shape[0]:
+      fix.append(f"set PROMPT_LENGTH to {array.shape[0]}")
+    if shape[1] is not None and shape[1] != array.shape[1]:
+      fix.append(f"use a model with H = {array.shape[1]}")
     raise PromptFileError(f"Prompt file {path} has shape {list(array.shape)}; expected "
-                          f"{expected} (prompt length P, model width H). Set "
-                          f"PROMPT_LENGTH to {array.shape[0]} or use a model with "
-                          f"H = {array.shape[1]}.")
+                          f"{expected} (prompt length P, model width H): "
+                          f"{' or '.join(fix)}.")
+  bad = ~np.isfinite(array)
+  if bad.any():
+    rows = sorted(set(np.nonzero(bad)[0].tolist()))
+    raise PromptFileError(f"Prompt file {path} holds {int(bad.sum())} non-finite "
+                          f"values (NaN/inf) in rows {rows[:8]}"
+                          f"{' …' if len(rows) > 8 else ''}; expected a finite float "
+                          f"array of shape {expected}: export it again from a good "
+                          "checkpoint.")
   with np.errstate(all="ignore"):
     return array.astype(np.float32)
+
+
+def check_prompt_file(path: Union[str, os.PathLike], length: Optional[int] = None,
+                      width: Optional[int] = None) -> None:
+  """Checks a `.npy` prompt (shape `[length, width]`, float, finite) without any
+  model: the entry points call it before reading the frozen checkpoint. A PEFT
+  adapter directory is checked when it is loaded."""
+  if os.path.isdir(path):
+    return
+  load_prompt_file(path, (length, width))
 
 
 def from_file(path: Union[str, os.PathLike]) -> Initializer:

@@ -34,6 +34,7 @@ import pathlib
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from prompt_tuning.errors import UserError
 from prompt_tuning.research import model_dirs
 from prompt_tuning.research.runs import GinRun, binding
 
@@ -48,26 +49,30 @@ class MethodSpec:
 
 
 METHODS: Dict[str, MethodSpec] = {
-    "prompt_tuning": MethodSpec("train", ("runs/prompt_finetune.gin",), True, True),
-    "model_tuning": MethodSpec("train", ("runs/model_finetune.gin",), False, False),
-    "prefix_tuning": MethodSpec("train", ("runs/prompt_finetune.gin",
-                                          "methods/prefix_tuning.gin"), True, False),
-    "lopa": MethodSpec("train", ("runs/prompt_finetune.gin", "methods/lopa.gin"),
+    # One method gin (METHOD, OPTIMIZER, PROMPT_LENGTH) + one run gin each.
+    "prompt_tuning": MethodSpec("train", ("methods/prompt_tuning.gin",
+                                          "runs/prompt_finetune.gin"), True, True),
+    "model_tuning": MethodSpec("train", ("methods/model_tuning.gin",
+                                         "runs/model_finetune.gin"), False, False),
+    "prefix_tuning": MethodSpec("train", ("methods/prefix_tuning.gin",
+                                          "runs/prompt_finetune.gin"), True, False),
+    "lopa": MethodSpec("train", ("methods/lopa.gin", "runs/prompt_finetune.gin"),
                        True, True),
-    "prompt_design": MethodSpec("eval", ("runs/prompt_eval.gin",
-                                         "methods/prompt_design.gin"), False, False),
+    "prompt_design": MethodSpec("eval", ("methods/prompt_design.gin",
+                                         "runs/prompt_eval.gin"), False, False),
 }
 INITS = ("class_labels", "sampled_vocab", "random_uniform", "from_text", "from_file")
 # Bindings an evaluation run cannot take (prompt_tuning.eval does not import train).
 TRAIN_ONLY_MACROS = ("TRAIN_STEPS", "EVAL_PERIOD", "CHECKPOINT_PERIOD", "RANDOM_SEED",
-                     "KEEP_CHECKPOINTS", "BEST_METRIC")
+                     "KEEP_CHECKPOINTS", "BEST_METRIC", "BATCH_SIZE", "CLASS_LABELS",
+                     "PROMPT_TEXT")
 TRAIN_ONLY_PREFIXES = ("TrainConfig.", "train.")
 STANDARD_AXES = ("model", "method", "prompt_length", "init", "seed")
 TOP_LEVEL_KEYS = ("output_dir", "task", "metric", "metric_task", "design_task",
                   "gin_files", "bindings", "models", "methods", "grid", "grids")
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(UserError, ValueError):
   """The sweep file is malformed; the message names the key and the fix."""
 
 

@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any, Dict, Iterator, Optional
 
+from prompt_tuning.errors import UserError, write_error
+
 try:
   import fcntl
 except ImportError:  # not POSIX: fall back to the record
@@ -42,11 +44,11 @@ LOCK_FILE = "run.lock"
 DEFAULT_STALE_AFTER = 24 * 3600.0
 
 
-class ModelDirError(OSError):
+class ModelDirError(UserError, OSError):
   """`MODEL_DIR` cannot be used (not creatable or not writable)."""
 
 
-class ModelDirLockedError(RuntimeError):
+class ModelDirLockedError(UserError, RuntimeError):
   """Another live run holds `MODEL_DIR/run.lock`.
 
   Attributes:
@@ -146,7 +148,10 @@ class ModelDirLock:
             "did not exit cleanly (killed or preempted); resuming from its last "
             "complete checkpoint.", self.path, previous.get("pid"),
             previous.get("host"), previous.get("started"))
-      _write_all(fd, json.dumps(_record()).encode())
+      try:
+        _write_all(fd, json.dumps(_record()).encode())
+      except OSError as e:  # e.g. a full disk on a rerun
+        raise ModelDirError(str(write_error(self.path, e))) from e
     except BaseException:
       os.close(fd)
       raise

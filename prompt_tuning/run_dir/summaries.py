@@ -18,6 +18,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from prompt_tuning.errors import write_error
+
 METRICS_JSONL = "metrics.jsonl"
 
 
@@ -57,11 +59,14 @@ class Summaries:
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin),
         data_class=(summary_pb2.DATA_CLASS_SCALAR if plugin == "scalars"
                     else summary_pb2.DATA_CLASS_TENSOR))
-    with self._writer(split).as_default():
-      for name, value in values.items():
-        tf.summary.write(name, tf.constant(value, dtype=dtype), step=step,
-                         metadata=metadata)
-    self._writer(split).flush()
+    try:
+      with self._writer(split).as_default():
+        for name, value in values.items():
+          tf.summary.write(name, tf.constant(value, dtype=dtype), step=step,
+                           metadata=metadata)
+      self._writer(split).flush()
+    except (tf.errors.OpError, OSError) as e:  # a full disk: one line, not TF's
+      raise write_error(self.model_dir / split, e) from e
 
   def scalars(self, step: int, values: Mapping[str, float], split: str = "train") -> None:
     if not self.enabled:
@@ -85,9 +90,12 @@ class Summaries:
     line = {"step": int(step), "task": task}
     line.update({k: _plain(v) for k, v in metrics.items()})
     line.update({k: _plain(v) for k, v in extra.items()})
-    self.model_dir.mkdir(parents=True, exist_ok=True)
-    with open(self.model_dir / METRICS_JSONL, "a") as f:
-      f.write(json.dumps(line, sort_keys=False) + "\n")
+    try:
+      self.model_dir.mkdir(parents=True, exist_ok=True)
+      with open(self.model_dir / METRICS_JSONL, "a") as f:
+        f.write(json.dumps(line, sort_keys=False) + "\n")
+    except OSError as e:
+      raise write_error(self.model_dir / METRICS_JSONL, e) from e
 
   def close(self) -> None:
     for writer in self._writers.values():

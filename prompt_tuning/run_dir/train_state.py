@@ -8,6 +8,9 @@
                                      (`state`) and the data position (`data`)
     numpy_checkpoints/checkpoint_<step>/<name>.npy   `Method.exported(params)`
     best/<name>.npy + best/best.json the export at the best evaluation so far
+    complete.json                    {"step": N}: the run finished (final export,
+                                     evaluation and best/ written); a rerun of a
+                                     run stopped before it finishes the rest
 
 The frozen model is never re-saved: `config.json` records where it came from.
 Orbax writes each checkpoint to a temporary directory and renames it when complete,
@@ -30,10 +33,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_tuning.run_dir import identity as run_identity
+from prompt_tuning.errors import UserError, WriteError, free_space, write_error
+
 CONFIG_JSON = "config.json"
 NUMPY_DIR = "numpy_checkpoints"
 BEST_DIR = "best"
 BEST_JSON = "best.json"
+COMPLETE_JSON = "complete.json"  # written last: the final export and evaluation exist
 STEP_PREFIX = "checkpoint"
 
 
@@ -42,16 +49,38 @@ STEP_PREFIX = "checkpoint"
 # ------------------------------------------------------------------------------------
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(WriteError):
   """A checkpoint or export could not be written; the previous one is intact."""
+
+
+class CheckpointDamagedError(UserError, ValueError):
+  """The only checkpoint to resume from cannot be read."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+  """A checkpoint holds other state than this run trains (e.g. another optimizer)."""
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def state_keys(tree: Any) -> List[str]:
+  """The `/`-joined paths of a state tree's arrays, as orbax names them."""
+  return sorted("/".join(_key_name(k) for k in path)
+                for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
 def _write_failed(what: pathlib.Path, error: BaseException,
                   latest: Optional[int]) -> CheckpointWriteError:
   kept = (f"the latest complete checkpoint is still {what.parent}/{STEP_PREFIX}_"
           f"{latest}" if latest is not None else "no checkpoint was completed yet")
+  reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
   return CheckpointWriteError(
-      f"Could not write {what}: {error} ({type(error).__name__}). Nothing partial "
+      f"Could not write {what} ({reason}; {free_space(what.parent)}). Nothing partial "
       f"was kept: {kept}. Free disk space (or fix the quota / permissions of "
       f"{what.parent}), then rerun the same command to resume from there.")
 
@@ -108,6 +137,73 @@ class StateCheckpointer:
       raise _write_failed(self.directory / f"{STEP_PREFIX}_{step}", e, latest) from e
     logging.info("Saved checkpoint %s/%s_%d.", self.directory, STEP_PREFIX, step)
 
+  def saved_keys(self, step: int) -> List[str]:
+    """The array paths checkpoint `step` holds (from its metadata, nothing loaded)."""
+    path = self.directory / f"{STEP_PREFIX}_{step}" / "state" / "_METADATA"
+    meta = json.loads(path.read_text())
+    keys = []
+    for entry in meta["tree_metadata"].values():
+      value = entry.get("value_metadata") or {}
+      if value.get("skip_deserialize") or value.get("value_type") == "None":
+        continue
+      keys.append("/".join(str(k["key"]) for k in entry["key_metadata"]))
+    return sorted(keys)
+
+  def check_matches(self, step: int, abstract_state: Mapping[str, Any]) -> None:
+    """Raises CheckpointMismatchError when checkpoint `step` holds other arrays
+    than `abstract_state` (a changed optimizer or trainable set), naming them."""
+    saved, wanted = set(self.saved_keys(step)), set(state_keys(dict(abstract_state)))
+    if saved == wanted:
+      return
+    only_saved, only_wanted = sorted(saved - wanted), sorted(wanted - saved)
+    what = ("the optimizer changed" if all(k.startswith("opt_state/")
+                                           for k in only_saved + only_wanted)
+            else "the trained parameters or the optimizer changed")
+    raise CheckpointMismatchError(
+        f"Cannot resume from {self.directory}/{STEP_PREFIX}_{step}: {what} since it "
+        f"was written (it holds {len(only_saved)} arrays this run does not have, e.g. "
+        f"{only_saved[:3]}; this run needs {len(only_wanted)} it does not hold, e.g. "
+        f"{only_wanted[:3]}). Resume with the original OPTIMIZER and method (see "
+        f"{self.directory / 'config.gin'}), or start a new --gin.MODEL_DIR.")
+
+  def restore_latest(self, abstract_state: Mapping[str, Any]
+                     ) -> Optional[Tuple[int, Dict[str, Any], int, Dict[str, Any]]]:
+    """The newest readable checkpoint: (step, state, batches_consumed, data).
+
+    A damaged newest checkpoint (missing or corrupt files) is moved aside to
+    `damaged_checkpoint_<step>` with a warning and the previous one is used; when
+    none is left, CheckpointDamagedError says what to do. A checkpoint of other
+    state (CheckpointMismatchError) is never skipped. None: no checkpoint.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        self.check_matches(step, abstract_state)
+        state, batches_consumed = self.restore(step, abstract_state)
+        data = self.read_data(step)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (any damage)
+        path = self.directory / f"{STEP_PREFIX}_{step}"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if i + 1 == len(steps):
+          raise CheckpointDamagedError(
+              f"{path} cannot be read ({reason}) and there is no earlier checkpoint "
+              f"to resume from: move it away (e.g. to {path.parent}/damaged_"
+              f"{path.name}) to restart this run from step 0, or start a new "
+              "--gin.MODEL_DIR.") from e
+        aside = path.with_name(f"damaged_{path.name}")
+        if is_host0():
+          shutil.rmtree(aside, ignore_errors=True)
+          path.rename(aside)
+        self.manager.reload()
+        logging.warning("%s is damaged (%s); moved it to %s and resuming from the "
+                        "previous complete checkpoint, %s_%d.", path, reason, aside,
+                        STEP_PREFIX, steps[i + 1])
+        continue
+      return step, state, batches_consumed, data
+    return None
+
   def read_data(self, step: int) -> Dict[str, Any]:
     """The data record of checkpoint `step` (`batches_consumed` and counters)."""
     return dict(self.manager.restore(step, args=ocp.args.Composite(
@@ -157,17 +253,21 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp",
                                       dir=directory.parent))
+  current = directory
   try:
     for name, value in arrays.items():
+      current = directory / f"{name}.npy"
       np.save(tmp / f"{name}.npy", np.asarray(value))
     if extra is not None:
+      current = directory / extra_name
       (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
   except OSError as e:  # e.g. disk full: keep nothing partial
     shutil.rmtree(tmp, ignore_errors=True)
     raise CheckpointWriteError(
-        f"Could not write {directory}: {e}. Nothing partial was kept (the previous "
-        f"export, if any, is intact). Free disk space (or fix the quota / "
-        f"permissions of {directory.parent}), then rerun the same command.") from e
+        f"Could not write {current} ({e.strerror or e}; {free_space(directory)}). "
+        "Nothing partial was kept (the previous export, if any, is intact). Free "
+        f"disk space (or fix the quota / permissions of {directory.parent}), then "
+        "rerun the same command.") from e
   if directory.exists():
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -211,6 +311,29 @@ def numpy_steps(model_dir: str) -> List[int]:
   return sorted(steps)
 
 
+def has_export(model_dir: str, step: int) -> bool:
+  return numpy_checkpoint_dir(model_dir, step).is_dir()
+
+
+def mark_complete(model_dir: str, step: int) -> None:
+  """Records that the run finished at `step`: final checkpoint, export and
+  evaluation (with best/) all written. Written last, atomically."""
+  write_text(pathlib.Path(model_dir) / COMPLETE_JSON, json.dumps({"step": int(step)}))
+
+
+def is_complete(model_dir: str, step: int) -> bool:
+  """True when a previous run finished everything at `step` (see mark_complete).
+
+  A run interrupted after its final checkpoint (during the final evaluation, or
+  before its export) is not complete: a rerun finishes it.
+  """
+  path = pathlib.Path(model_dir) / COMPLETE_JSON
+  try:
+    return json.loads(path.read_text()).get("step") == int(step)
+  except (OSError, ValueError):
+    return False
+
+
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
                 record: Mapping[str, Any]) -> pathlib.Path:
   path = pathlib.Path(model_dir) / BEST_DIR
@@ -229,8 +352,7 @@ def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
 
 # Fields of config.json that must match to resume in the same MODEL_DIR (the others,
 # e.g. train_steps or eval_period, may change between restarts).
-IDENTITY_FIELDS = ("initial_checkpoint_path", "model_config", "method", "trainable",
-                   "task", "task_feature_lengths", "batch_size", "seed")
+IDENTITY_FIELDS = run_identity.IDENTITY_FIELDS
 
 
 def has_checkpoints(model_dir: str) -> bool:
@@ -251,32 +373,50 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     ValueError: naming the fields that differ and how to resume or start fresh.
   """
   path = pathlib.Path(model_dir) / CONFIG_JSON
-  record = json.loads(json.dumps(record, default=str))  # normalize tuples etc.
+  record = run_identity.normalized(record)  # tuples → lists etc.
   if path.exists():
     old = json.loads(path.read_text())
-    diffs = [f"  {k}: {old.get(k)!r} in {path} vs {record.get(k)!r} now"
-             for k in IDENTITY_FIELDS if old.get(k) != record.get(k)]
-    if not diffs:
+    diffs = run_identity.differences(old, record)
+    if not diffs:  # the original record stays (e.g. its initializer)
       return
     if has_checkpoints(model_dir):
-      raise ValueError(
-          f"MODEL_DIR {model_dir} was used by a run with a different configuration:\n"
-          + "\n".join(diffs) + "\nTo resume that run, rerun it with its original "
-          f"gin files and flags (see {pathlib.Path(model_dir) / 'config.gin'}); to "
-          "start fresh, pass a new --gin.MODEL_DIR=... or delete the directory.")
-    logging.warning("Replacing %s (no checkpoint was written under it):\n%s", path,
-                    "\n".join(diffs))
+      raise RunIdentityError(
+          f"MODEL_DIR {model_dir} was used by a run with a different configuration "
+          f"({'; '.join(diffs)}). Nothing was written. To resume that run, rerun it "
+          f"with its original gin files and flags (see "
+          f"{pathlib.Path(model_dir) / 'config.gin'}); to start fresh, pass a new "
+          "--gin.MODEL_DIR=... or delete the directory.")
+    if write:
+      logging.warning("Replacing %s (no checkpoint was written under it): %s", path,
+                      "; ".join(diffs))
   if write:
+    write_text(path, json.dumps(record, indent=2, sort_keys=True))
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+  """Replaces a small file atomically; a failure (disk full) is one WriteError."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    raise write_error(path, e) from e
+
+
+class RunConfigNotFoundError(UserError, FileNotFoundError):
+  """A directory given as MODEL_DIR has no config.json."""
+
+
+class RunIdentityError(UserError, ValueError):
+  """MODEL_DIR holds a run with a different identity (config.json)."""
 
 
 def read_run_config(model_dir: str) -> Dict[str, Any]:
   path = pathlib.Path(model_dir) / CONFIG_JSON
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not a training "
+    raise RunConfigNotFoundError(f"{path} not found: {model_dir} is not a training "
                             "MODEL_DIR written by prompt_tuning.train.")
   return json.loads(path.read_text())
 

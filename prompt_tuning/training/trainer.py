@@ -38,6 +38,7 @@ from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning import params as params_lib
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.models.config import T5Config
@@ -296,7 +297,7 @@ class _Preemption:
     return self.requested
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss (or the parameters) stopped being finite; nothing bad was saved.
 
   Attributes:
@@ -391,7 +392,8 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           batches_fn: Optional[Callable[[int], Iterator[Batch]]] = None,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
           decode_fn: Optional[Callable[..., Any]] = None,
-          gin_config: Optional[str] = None) -> TrainResult:
+          gin_config: Optional[str] = None,
+          identity: Optional[Mapping[str, Any]] = None) -> TrainResult:
   """Trains `method` on a frozen T5, resuming from `MODEL_DIR` when possible.
 
   Args:
@@ -407,6 +409,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
     learning_rate_fn: step → learning rate, for summaries (optional).
     decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
     gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
+    identity: more of the run's identity for config.json (run_dir/identity.py).
 
   Returns:
     A `TrainResult` with the final step, trainable parameters (host numpy) and the
@@ -418,7 +421,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       is loaded (only when the configured task feeds the run).
     NonFiniteLossError: the loss or the parameters became NaN/inf; nothing after
       the last good checkpoint was saved.
-    state_checkpoints.CheckpointWriteError: a checkpoint could not be written.
+    train_state.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
   if batches_fn is None:  # fail on a task typo in seconds, not after loading
@@ -432,10 +435,11 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
                dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
   # ---------------------------------------------------------------- setup: MODEL_DIR
-  record = run_record(config, method, model_config, initial_checkpoint_path)
+  record = dict(run_record(config, method, model_config, initial_checkpoint_path),
+                **(identity or {}))
   ckpt.check_or_write_run_config(config.model_dir, record, write=host0)
   if host0 and gin_config:
-    (pathlib.Path(config.model_dir) / "config.gin").write_text(gin_config)
+    ckpt.write_text(pathlib.Path(config.model_dir) / "config.gin", gin_config)
 
   # ---------------------------------------------------------------- setup: parameters
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -464,18 +468,30 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
   batches_consumed = 0
   truncated_examples = 0  # examples cut to TASK_FEATURE_LENGTHS, over the whole run
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state.as_dict())
-    restored, batches_consumed = checkpointer.restore(latest, abstract)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state.as_dict())
+  resumed = checkpointer.restore_latest(abstract)  # a damaged newest: the previous
+  if resumed is not None:
+    latest, restored, batches_consumed, data = resumed
     state = TrainState.from_dict(restored)
-    truncated_examples = int(checkpointer.read_data(latest).get(
-        "truncated_examples", 0))
+    truncated_examples = int(data.get("truncated_examples", 0))
     logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
                  config.model_dir, latest, batches_consumed)
   step = int(jax.device_get(state.step))
+  if resumed is not None and step == config.train_steps and ckpt.is_complete(
+      config.model_dir, step):
+    logging.info("The run in %s is already complete at step %d; nothing to do.",
+                 config.model_dir, step)
+    checkpointer.close()
+    return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
+                       losses={}, best=ckpt.read_best_record(config.model_dir))
+  if resumed is not None and host0 and not ckpt.has_export(config.model_dir, step):
+    # Killed (or a full disk) between the checkpoint and its export.
+    logging.warning("Rewriting the missing export of checkpoint_%d.", step)
+    ckpt.export_step(config.model_dir, step, _exported(method, state.trainable, frozen),
+                     keep=config.keep_checkpoints)
+  finishing = step == config.train_steps  # interrupted after its final checkpoint
 
   # ---------------------------------------------------------------- data
   if batches_fn is None:
@@ -619,6 +635,11 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       progress.exclude(time.time() - paused)
 
   drain()
+  if finishing and config.eval_period >= 0:  # the final evaluation never finished
+    logging.info("Finishing the run at step %d: its final evaluation.", step)
+    evaluate(step, state)
+  if step == config.train_steps and not preempted and host0:
+    ckpt.mark_complete(config.model_dir, step)
   checkpointer.close()
   summaries.close()
   return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),

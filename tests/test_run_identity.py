@@ -1,0 +1,131 @@
+"""A run's identity (issue 14, item 2): config.json records the whole method, the
+optimizer, local data fingerprints and the process count; eval rebuilds the method
+from it with no flag repeated; a contradicting flag or a changed restart is refused
+before anything in MODEL_DIR is written."""
+import json
+import pathlib
+
+import pytest
+
+from prompt_tuning.run_dir import identity as run_identity
+from prompt_tuning.run_dir import train_state as ckpt
+from prompt_tuning.research.runs import GinRun, binding
+
+MODEL = "models/tiny_bundled.gin"
+TASK = "tasks.local.register_local_task"
+
+
+def _write_data(root: pathlib.Path, flip: bool = False):
+  rows = [("great", "positive"), ("awful", "negative")] * 6
+  if flip:
+    rows = rows[::-1]
+  text = "".join(json.dumps({"inputs": f"the film was {w}", "targets": l}) + "\n"
+                 for w, l in rows)
+  (root / "train.jsonl").write_text(text)
+  (root / "validation.jsonl").write_text(text)
+
+
+def _bindings(root, model_dir, *extra):
+  return [binding("MODEL_DIR", str(model_dir)),
+          f"MIXTURE_OR_TASK_NAME = @{TASK}()",
+          binding(f"{TASK}.name", "identity_sentiment"),
+          binding(f"{TASK}.train", str(root / "train.jsonl")),
+          binding(f"{TASK}.validation", str(root / "validation.jsonl")),
+          binding(f"{TASK}.labels", ["negative", "positive"]),
+          binding("TASK_FEATURE_LENGTHS", {"inputs": 12, "targets": 3}),
+          "TRAIN_STEPS = 2", "BATCH_SIZE = 4", "EVAL_PERIOD = -1",
+          "CHECKPOINT_PERIOD = 2", "PROMPT_LENGTH = 3", "EVAL_BATCH_SIZE = 4",
+          "MAX_EVAL_EXAMPLES = 4", *extra]
+
+
+def _train_run(root, model_dir, *extra, method="methods/prompt_tuning.gin"):
+  return GinRun("train", [MODEL, method, "prompts/random_uniform.gin",
+                          "runs/prompt_finetune.gin"], _bindings(root, model_dir, *extra))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("identity")
+  _write_data(root)
+  model_dir = root / "run"
+  result = _train_run(root, model_dir).run_in_process()
+  assert result.step == 2
+  return root, model_dir
+
+
+def _snapshot(model_dir):
+  return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in
+          (model_dir / "config.gin", model_dir / "config.json", model_dir / "run.lock")}
+
+
+def test_config_json_records_the_whole_method_optimizer_data_and_processes(trained):
+  root, model_dir = trained
+  record = json.loads((model_dir / "config.json").read_text())
+  spec = record["method_spec"]
+  assert spec["factory"] == "methods.prompt_tuning"
+  assert spec["arguments"]["length"] == 3 and spec["arguments"]["combine"] == "prefix"
+  assert spec["arguments"]["initializer"]["factory"] == "prompt_init.random_uniform"
+  assert spec["arguments"]["initializer"]["arguments"]["minval"] == -0.5
+  assert record["optimizer_spec"]["factory"] == "optim.adafactor_prompt_tuning"
+  assert record["optimizer_spec"]["arguments"]["learning_rate"] == 0.3
+  data = record["data_fingerprints"]["identity_sentiment"]
+  assert data["train"]["path"] == str(root / "train.jsonl")
+  assert len(data["train"]["sha256"]) == 64
+  assert record["process_count"] == 1
+
+
+def test_eval_rebuilds_the_method_without_repeating_flags(trained, tmp_path,
+                                                         monkeypatch):
+  root, model_dir = trained
+  from prompt_tuning.tiny import assets  # pylint: disable=g-import-not-at-top
+  # The tasks' vocabulary (models/tiny_bundled.gin binds it; no model gin here).
+  monkeypatch.setenv("PROMPT_TUNING_VOCAB", str(assets.VOCAB_PATH))
+  run = GinRun("eval", ["runs/prompt_eval.gin"], [
+      binding("MODEL_DIR", str(model_dir)),
+      f"MIXTURE_OR_TASK_NAME = @{TASK}()",
+      binding(f"{TASK}.name", "identity_sentiment"),
+      binding(f"{TASK}.validation", str(root / "validation.jsonl")),
+      binding(f"{TASK}.train", str(root / "train.jsonl")),
+      binding(f"{TASK}.labels", ["negative", "positive"]),
+      binding("TASK_FEATURE_LENGTHS", {"inputs": 12, "targets": 3}),
+      "EVAL_BATCH_SIZE = 4", "MAX_EVAL_EXAMPLES = 4",
+      binding("EVAL_OUTPUT_DIR", str(tmp_path))])
+  results = run.run_in_process()  # P = 3 from config.json, no PROMPT_LENGTH flag
+  assert "identity_sentiment" in results
+  # A method gin whose P contradicts the record: both values named.
+  contradicting = GinRun("eval", ["methods/prompt_tuning.gin"] + list(run.gin_files),
+                         run.bindings)
+  with pytest.raises(run_identity.IdentityMismatchError,
+                     match=r"methods.prompt_tuning.length: given 100, recorded 3"):
+    contradicting.run_in_process()
+
+
+@pytest.mark.parametrize("change,expected", [
+    (("methods.prompt_tuning.combine = 'suffix'",),
+     "methods.prompt_tuning.combine: given 'suffix', recorded 'prefix'"),
+    (("PROMPT_LENGTH = 20",), "methods.prompt_tuning.length: given 20, recorded 3"),
+    (("OPTIMIZER = @optim.adamw_lopa()",), "optimizer: given optim.adamw_lopa, recorded optim.adafactor_prompt_tuning"),
+])
+def test_a_restart_that_changes_the_run_is_refused_before_writing(trained, change,
+                                                                  expected):
+  root, model_dir = trained
+  before = _snapshot(model_dir)
+  with pytest.raises(ckpt.RunIdentityError) as error:
+    _train_run(root, model_dir, *change, "TRAIN_STEPS = 4").run_in_process()
+  assert expected in str(error.value)
+  assert "Nothing was written" in str(error.value)
+  assert _snapshot(model_dir) == before  # config.gin, config.json, run.lock untouched
+
+
+def test_resuming_with_a_different_local_data_file_is_refused(trained, tmp_path):
+  root, model_dir = trained
+  other = tmp_path / "other"
+  other.mkdir()
+  _write_data(other, flip=True)
+  before = _snapshot(model_dir)
+  run = _train_run(root, model_dir, binding(f"{TASK}.train",
+                                            str(other / "train.jsonl")))
+  with pytest.raises(ckpt.RunIdentityError,
+                     match=r"data identity_sentiment/train: .*other/train.jsonl"):
+    run.run_in_process()
+  assert _snapshot(model_dir) == before
