@@ -41,7 +41,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from prompt_tuning import cli, configurables, building
+from prompt_tuning import cli, configurables, building, fingerprint
+from prompt_tuning import prompt_files as prompt_files_lib
 from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
@@ -146,7 +147,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                     model_config: Optional[T5Config],
                     initial_checkpoint_path: Optional[str], *, mesh=None,
                     checkpoint: Union[str, int] = "best", seed: int = 0,
-                    combine: Optional[str] = None):
+                    combine: Optional[str] = None, vocabulary: Any = None,
+                    allow_model_mismatch: bool = False):
   """Frozen T5 + a bank of the named prompts.
 
   Args:
@@ -159,6 +161,9 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     seed: initializes the frozen model when there is no checkpoint (tests).
     combine: where the prompts go; None takes the MODEL_DIRs' recorded mode,
       else 'prefix'.
+    vocabulary: the served vocabulary, part of the model fingerprint every
+      prompt file is checked against (`prompt_tuning.fingerprint`).
+    allow_model_mismatch: serve prompts trained on another frozen model (logged).
 
   Returns:
     (model, params, bank, description of the frozen model).
@@ -194,6 +199,15 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     raise InferError(f"The prompts have width H={width} but the frozen model has "
                      f"emb_dim {config.emb_dim} ({initial_checkpoint_path or 'random'}"
                      "); serve prompts trained on this model size.")
+  current = fingerprint.of_params(
+      params, vocabulary, fingerprint.placement(method),
+      name=initial_checkpoint_path or "a randomly initialized model")
+  for name, source in sources.items():
+    if not isinstance(source, np.ndarray):
+      try:
+        prompt_files_lib.check_model(source, current, allow=allow_model_mismatch)
+      except fingerprint.PromptModelMismatch as e:
+        raise InferError(f"Prompt {name!r}: {e}") from e
   params = building.apply_exported(
       params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
           bank_params["prompts"])}, "the prompt bank")
@@ -289,7 +303,9 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   mesh = configurables.make_mesh()
   model, params, bank, frozen = load_bank_model(
       _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
-      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine)
+      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine,
+      vocabulary=vocab,
+      allow_model_mismatch=bool(cli.macro("ALLOW_PROMPT_MODEL_MISMATCH", False)))
   routes = serving.make_routes(bank, ensembles,
                                resolve_labels(labels, tasks.get_label_strings))
   decodes = any(r.labels is None for r in routes.values())

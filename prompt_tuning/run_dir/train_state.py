@@ -8,6 +8,10 @@
                                      (`state`) and the data position (`data`)
     numpy_checkpoints/checkpoint_<step>/<name>.npy   `Method.exported(params)`
     best/<name>.npy + best/best.json the export at the best evaluation so far
+    model_fingerprint.json           the frozen model the run trains on
+                                     (`prompt_tuning.fingerprint`); copied next to
+                                     every exported `<name>.npy` as
+                                     `<name>.model.json`
 
 The frozen model is never re-saved: `config.json` records where it came from.
 Orbax writes each checkpoint to a temporary directory and renames it when complete,
@@ -29,6 +33,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from prompt_tuning import fingerprint
 
 CONFIG_JSON = "config.json"
 NUMPY_DIR = "numpy_checkpoints"
@@ -151,8 +157,13 @@ class StateCheckpointer:
 
 def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
                  extra: Optional[Mapping[str, Any]] = None,
-                 extra_name: str = BEST_JSON) -> None:
-  """Writes `<name>.npy` per array into `directory`, replacing it atomically."""
+                 extra_name: str = BEST_JSON,
+                 model: Optional[Mapping[str, Any]] = None) -> None:
+  """Writes `<name>.npy` per array into `directory`, replacing it atomically.
+
+  `model`: a `fingerprint` record written next to each array as
+  `<name>.model.json`.
+  """
   directory = pathlib.Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp",
@@ -160,6 +171,8 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
   try:
     for name, value in arrays.items():
       np.save(tmp / f"{name}.npy", np.asarray(value))
+      if model is not None:
+        fingerprint.write_sidecar(tmp / f"{name}.npy", model)
     if extra is not None:
       (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
   except OSError as e:  # e.g. disk full: keep nothing partial
@@ -195,7 +208,7 @@ def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
                 keep: Optional[int] = None) -> pathlib.Path:
   """Writes `numpy_checkpoints/checkpoint_<step>/` and keeps the newest `keep`."""
   path = numpy_checkpoint_dir(model_dir, step)
-  write_arrays(str(path), arrays)
+  write_arrays(str(path), arrays, model=fingerprint.read_run(model_dir))
   if keep:
     for old in numpy_steps(model_dir)[:-keep]:
       shutil.rmtree(numpy_checkpoint_dir(model_dir, old), ignore_errors=True)
@@ -214,8 +227,14 @@ def numpy_steps(model_dir: str) -> List[int]:
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
                 record: Mapping[str, Any]) -> pathlib.Path:
   path = pathlib.Path(model_dir) / BEST_DIR
-  write_arrays(str(path), arrays, extra=record)
+  write_arrays(str(path), arrays, extra=record, model=fingerprint.read_run(model_dir))
   return path
+
+
+def write_model_fingerprint(model_dir: str, record: Mapping[str, Any]) -> pathlib.Path:
+  """Records the frozen model of the run (`fingerprint.of_params(...)`); every later
+  `export_step` / `export_best` writes it next to each exported array. Host 0."""
+  return fingerprint.write_run(model_dir, record)
 
 
 def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
