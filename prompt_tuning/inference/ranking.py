@@ -42,13 +42,16 @@ def shift_right(targets: Array) -> Array:
 
 
 def score_encoded(model: nn.Module, params: Params, encoded: Array,
-                  encoder_mask: Array, target_tokens: Array) -> Array:
+                  encoder_mask: Array, target_tokens: Array,
+                  prompt_index: Optional[Array] = None) -> Array:
   """Sum of target log-probs [B] given the encoder output [B, T', H], mask [B, T'].
 
-  target_tokens [B, L] int; positions with id 0 are not scored.
+  target_tokens [B, L] int; positions with id 0 are not scored. `prompt_index [B]`
+  reaches the decoder too (a prefix bank's per-example decoder prefixes).
   """
   logits = model.apply({"params": params}, encoded, encoder_mask,
-                       shift_right(target_tokens), method=model.decode)  # [B, L, V]
+                       shift_right(target_tokens), prompt_index=prompt_index,
+                       method=model.decode)  # [B, L, V]
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   token_lp = jnp.take_along_axis(log_probs, target_tokens[..., None], axis=-1)[..., 0]
   return jnp.sum(jnp.where(target_tokens > 0, token_lp, 0.0), axis=-1)
@@ -77,7 +80,7 @@ def score_sequences(model: nn.Module, params: Params, encoder_input_tokens: Arra
 @functools.partial(jax.jit, static_argnums=0)
 def _score_jit(model, params, encoder_input_tokens, target_tokens, prompt_index):
   encoded, mask = encode(model, params, encoder_input_tokens, prompt_index)
-  return score_encoded(model, params, encoded, mask, target_tokens)
+  return score_encoded(model, params, encoded, mask, target_tokens, prompt_index)
 
 
 NORMALIZATIONS = ("sum", "mean", "length_penalty")
@@ -147,6 +150,7 @@ def _rank_jit(model, params, encoder_input_tokens, label_tokens, prompt_index):
   encoded = jnp.repeat(encoded, num_labels, axis=0)  # [B*K, T', H]
   mask = jnp.repeat(mask, num_labels, axis=0)
   targets = jnp.tile(label_tokens, (batch, 1))  # [B*K, L]
-  scores = score_encoded(model, params, encoded, mask, targets).reshape(
+  index = None if prompt_index is None else jnp.repeat(prompt_index, num_labels)
+  scores = score_encoded(model, params, encoded, mask, targets, index).reshape(
       batch, num_labels)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
