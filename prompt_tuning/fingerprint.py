@@ -109,12 +109,14 @@ def of_model(embedding, vocabulary: Any = None, placement: Optional[str] = None,
 
 
 def of_params(params: Mapping[str, Any], vocabulary: Any = None,
-              placement: Optional[str] = None, name: Optional[str] = None) -> Record:  # pylint: disable=redefined-outer-name
-  """`of_model` reading the embedding from a nested parameter tree."""
+              placement: Optional[str] = None, name: Optional[str] = None,  # pylint: disable=redefined-outer-name
+              embedding_path: str = EMBEDDING_PATH) -> Record:
+  """`of_model` reading the embedding from a nested parameter tree
+  (`embedding_path`: T5's by default; `models.families.embedding_path(config)`)."""
   node: Any = params
-  for key in EMBEDDING_PATH.split("/"):
+  for key in embedding_path.split("/"):
     if not isinstance(node, Mapping) or key not in node:
-      raise KeyError(f"No {EMBEDDING_PATH} in the parameters; cannot fingerprint "
+      raise KeyError(f"No {embedding_path} in the parameters; cannot fingerprint "
                      "the frozen model.")
     node = node[key]
   return of_model(node, vocabulary, placement, name)

@@ -48,6 +48,7 @@ from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.methods import prefix_bank as prefix_bank_lib
 from prompt_tuning.methods.base import Method
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 FLAGS = flags.FLAGS
@@ -125,7 +126,8 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
                        "one frozen model. Set --gin.INITIAL_CHECKPOINT_PATH.")
     initial_checkpoint_path = paths.pop()
   if model_config is None and records:
-    model_config = T5Config.from_dict(next(iter(records.values()))["model_config"])
+    model_config = families.config_from_dict(
+        next(iter(records.values()))["model_config"])
   return initial_checkpoint_path, model_config
 
 
@@ -214,7 +216,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                      "); serve prompts trained on this model size.")
   current = fingerprint.of_params(
       params, vocabulary, fingerprint.placement(method),
-      name=initial_checkpoint_path or "a randomly initialized model")
+      name=initial_checkpoint_path or "a randomly initialized model",
+      embedding_path=families.embedding_path(config))
   for name, source in sources.items():
     if not isinstance(source, np.ndarray):
       try:
@@ -258,7 +261,8 @@ def _load_mixed_model(sources, prefix_sources, records, model_config,
             for e, s in sources.items() if not isinstance(s, np.ndarray)]
   checks += [(e, s, "prefix") for e, s in prefix_sources.items()]
   for entry, source, placement in checks:
-    current = fingerprint.of_params(params, vocabulary, placement, name=name)
+    current = fingerprint.of_params(params, vocabulary, placement, name=name,
+                                    embedding_path=families.embedding_path(config))
     try:
       prompt_files_lib.check_model(source, current, allow=allow_model_mismatch)
     except fingerprint.PromptModelMismatch as e:

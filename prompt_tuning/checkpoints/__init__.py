@@ -7,11 +7,14 @@
   t5x          a `checkpoint_<step>` directory with a `checkpoint` msgpack file, the
                file itself, or a model directory of `checkpoint_<step>/` (latest).
   huggingface  `config.json` + `model.safetensors` (or its sharded index, or
-               `pytorch_model.bin`, which needs torch).
+               `pytorch_model.bin`, which needs torch): T5 1.1, or a decoder-only
+               GPT-2 / Llama / Mistral / Qwen2 / Phi-3 (`hf_decoder.py`) by the
+               config's `model_type`.
   native       `config.json` + `params/` (orbax), written by `save`.
 
 `params` is a nested dict of float32 numpy arrays with exactly the tree of
-`Transformer(config).init(...)['params']` (T5X paths, no prompt/prefix). With
+`models.families.build(config).init(...)['params']` (T5X paths for T5, Hugging
+Face names for the decoder-only families; no prompt/prefix). With
 `config=None` the config comes from the checkpoint (for T5X, which stores none,
 sizes are inferred from shapes and the rest are `T5Config` defaults); a given config
 must agree with the checkpoint's sizes or `ConfigMismatchError` lists each field.
@@ -24,7 +27,7 @@ from typing import Optional, Tuple
 
 from etils import epath
 
-from prompt_tuning.checkpoints import huggingface, native, t5x
+from prompt_tuning.checkpoints import hf_decoder, huggingface, native, t5x
 from prompt_tuning.checkpoints.errors import (CheckpointError, CheckpointNotFoundError,
                                               ConfigMismatchError,
                                               MissingDependencyError,
@@ -121,6 +124,11 @@ def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
     return config, materialize(str(checkpoint_dir), source, config)
   if fmt == "huggingface":
     hf = huggingface.read_hf_config(path)
+    if hf_decoder.is_decoder_config(hf):
+      config_class, found, runtime = hf_decoder.config_fields(hf, path)
+      config = resolve_config(str(path), found, config, runtime, config_class)
+      source, describe = hf_decoder.read_source(path, config, hf)
+      return config, materialize(str(path), source, config, describe_missing=describe)
     found, runtime = huggingface.config_fields(hf, path)
     config = resolve_config(str(path), found, config, runtime)
     source, describe = huggingface.read_source(path, config, hf)
