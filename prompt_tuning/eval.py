@@ -27,7 +27,7 @@ import jax
 from absl import logging
 
 from prompt_tuning import params as params_lib
-from prompt_tuning import cli, configurables, building
+from prompt_tuning import cli, configurables, building, fingerprint, prompt_files
 from prompt_tuning.training import evaluation
 from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import train_state as ckpt
@@ -72,7 +72,10 @@ def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.
 def load_trained(method: Method, model_config: Optional[T5Config],
                  initial_checkpoint_path: Optional[str], *,
                  model_dir: Optional[str] = None, checkpoint: Union[str, int] = "best",
-                 mesh=None, seed: int = 0) -> Tuple[Any, Dict[str, Any], Any, str]:
+                 mesh=None, seed: int = 0, vocabulary: Any = None,
+                 prompt_file: Optional[str] = None,
+                 allow_model_mismatch: bool = False
+                 ) -> Tuple[Any, Dict[str, Any], Any, str]:
   """Model + parameters for evaluation or inference.
 
   With `model_dir`, the method's `.npy` export there replaces its parameters (a
@@ -80,6 +83,10 @@ def load_trained(method: Method, model_config: Optional[T5Config],
   checkpoint instead), and the frozen model / config default to those recorded in
   `config.json`; without it the method's initializer runs (e.g. a prompt from
   `PROMPT_FILE`).
+
+  The export (or `prompt_file`) must have been trained on this frozen model,
+  `vocabulary` and placement (`prompt_tuning.fingerprint`), unless
+  `allow_model_mismatch`; one without a fingerprint loads with a warning.
 
   Returns:
     (model, params, shardings, description of what was loaded).
@@ -112,6 +119,13 @@ def load_trained(method: Method, model_config: Optional[T5Config],
     params, source = _orbax_trained(method, params, model_dir, _step_of(str(export)))
   else:
     source = "the method's initializer"
+  checked = str(export) if has_npy else prompt_file
+  if checked:
+    current = fingerprint.of_params(
+        params, vocabulary, fingerprint.placement(run_method),
+        name=initial_checkpoint_path or "a randomly initialized model",
+        embedding_path=families.embedding_path(config))
+    prompt_files.check_model(checked, current, allow=allow_model_mismatch)
   return run_method.build(config), params, shardings, source
 
 
@@ -185,13 +199,16 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
              max_examples: Optional[int] = None,
              max_decode_length: Optional[int] = None,
              decode_fn: Optional[Any] = None,
-             output_dir: Optional[str] = None) -> Dict[str, evaluation.TaskResult]:
+             output_dir: Optional[str] = None,
+             allow_prompt_model_mismatch: Optional[bool] = None
+             ) -> Dict[str, evaluation.TaskResult]:
   """Evaluates and reports (gin: `evaluate.<arg>`; macros in runs/prompt_eval.gin).
 
   `model_dir`, `initial_checkpoint_path` and `output_dir` default to the macros
   MODEL_DIR, INITIAL_CHECKPOINT_PATH and EVAL_OUTPUT_DIR when those are defined.
   With a MODEL_DIR the method is rebuilt from its config.json (a METHOD that
   contradicts it is an error); otherwise `method` defaults to the METHOD macro.
+  `allow_prompt_model_mismatch` defaults to ALLOW_PROMPT_MODEL_MISMATCH (else False).
   """
   model_dir = model_dir if model_dir is not None else cli.macro("MODEL_DIR")
   method = resolve_method(method, model_dir)
@@ -208,10 +225,16 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
     # Before any frozen weight is read: P of the method, H of the model.
     check_prompt_file(prompt_file, getattr(method.prompt, "length", None),
                       getattr(model_config, "emb_dim", None))
+  if allow_prompt_model_mismatch is None:
+    allow_prompt_model_mismatch = bool(cli.macro("ALLOW_PROMPT_MODEL_MISMATCH", False))
+  import tasks  # pylint: disable=g-import-not-at-top
   mesh = configurables.make_mesh()
   model, params, shardings, source = load_trained(
       method, model_config, initial_checkpoint_path, model_dir=model_dir,
-      checkpoint=checkpoint, mesh=mesh)
+      checkpoint=checkpoint, mesh=mesh,
+      vocabulary=tasks.task_vocabulary(mixture_or_task_name),
+      prompt_file=None if model_dir else cli.macro("PROMPT_FILE"),
+      allow_model_mismatch=allow_prompt_model_mismatch)
   if not model_dir and cli.macro("PROMPT_FILE"):
     source = str(cli.macro("PROMPT_FILE"))
   evaluator = evaluation.Evaluator(

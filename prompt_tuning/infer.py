@@ -42,14 +42,17 @@ import jax
 import numpy as np
 from absl import flags
 
-from prompt_tuning import cli, configurables, building
+from prompt_tuning import cli, configurables, building, fingerprint
+from prompt_tuning import prompt_files as prompt_files_lib
 from prompt_tuning.checkpoints import peft_adapters
+from prompt_tuning.errors import UserError
 from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
-from prompt_tuning.errors import UserError
 from prompt_tuning.methods import ia3 as ia3_lib
 from prompt_tuning.methods import lora as lora_lib
+from prompt_tuning.methods import prefix_bank as prefix_bank_lib
+from prompt_tuning.methods.base import Method
 from prompt_tuning.methods.initializers import check_prompt_file
 from prompt_tuning.models import families
 from prompt_tuning.params import flatten, with_params
@@ -64,6 +67,7 @@ flags.DEFINE_multi_string("prompt", [], "NAME=PATH of a prompt to serve (a .npy 
                           "file or a MODEL_DIR); repeatable; adds to PROMPT_FILES.")
 
 INFER_MACROS = ("TASK_FEATURE_LENGTHS",)
+SERVED_METHODS = (None, "prompt", "prefix")
 Labels = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
 
@@ -102,10 +106,11 @@ def run_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
   if not (path.is_dir() and (path / ckpt.CONFIG_JSON).is_file()):
     return None
   record = ckpt.read_run_config(str(path))
-  if record.get("method") not in (None, "prompt"):
+  if record.get("method") not in SERVED_METHODS:
     raise InferError(f"{path} was trained with method {record.get('method')!r}; "
-                     "prompt_tuning.infer serves prompt-tuning prompts (a prompt "
-                     "bank). Evaluate other methods with prompt_tuning.eval.")
+                     "prompt_tuning.infer serves prompt-tuning prompts and prefix-"
+                     "tuning prefixes (one mixed bank). Evaluate other methods with "
+                     "prompt_tuning.eval.")
   return record
 
 
@@ -195,7 +200,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                     initial_checkpoint_path: Optional[str], *, mesh=None,
                     checkpoint: Union[str, int] = "best", seed: int = 0,
                     combine: Optional[str] = None,
-                    adapter: Optional[Union[str, os.PathLike]] = None):
+                    adapter: Optional[Union[str, os.PathLike]] = None,
+                    vocabulary: Any = None, allow_model_mismatch: bool = False):
   """Frozen T5 + a bank of the named prompts.
 
   Args:
@@ -210,6 +216,9 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
       else 'prefix'.
     adapter: a PEFT LoRA or IA3 adapter directory merged into the frozen kernels
       (`merge_adapter`); None: the frozen model as loaded.
+    vocabulary: the served vocabulary, part of the model fingerprint every
+      prompt file is checked against (`prompt_tuning.fingerprint`).
+    allow_model_mismatch: serve prompts trained on another frozen model (logged).
 
   Returns:
     (model, params, bank, description of the frozen model).
@@ -218,15 +227,28 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     raise InferError("No prompts to serve: set --gin.PROMPT_FILES=\"{'name': "
                      "'/path/prompt.npy'}\", --prompt=NAME=PATH, PROMPT_FILE or "
                      "MODEL_DIR.")
-  records, sources = {}, {}
+  records, sources, prefix_sources = {}, {}, {}
   for name, source in prompts.items():
     if isinstance(source, (str, os.PathLike)):
       record = run_record(source)
       if record is not None:
         records[str(source)] = record
-      sources[name] = prompt_path(source, checkpoint)
+      if record is not None and record.get("method") == "prefix":
+        from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
+        prefix_sources[name] = eval_lib.export_dir(str(source), checkpoint)
+      else:
+        sources[name] = prompt_path(source, checkpoint)
     else:
       sources[name] = source
+  if prefix_sources:
+    if adapter is not None:
+      raise InferError("--gin.ADAPTER cannot be combined with prefix-tuning MODEL_DIRs "
+                       f"({', '.join(map(str, prefix_sources.values()))}) yet; serve "
+                       "the adapter with plain prompts only.")
+    return _load_mixed_model(sources, prefix_sources, records, model_config,
+                             initial_checkpoint_path, mesh=mesh, seed=seed,
+                             combine=combine, vocabulary=vocabulary,
+                             allow_model_mismatch=allow_model_mismatch)
   initial_checkpoint_path, model_config = frozen_model_source(
       records, initial_checkpoint_path, model_config)
   if model_config is None and not initial_checkpoint_path:
@@ -252,6 +274,16 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     raise InferError(f"The prompts have width H={width} but the frozen model has "
                      f"emb_dim {config.emb_dim} ({initial_checkpoint_path or 'random'}"
                      "); serve prompts trained on this model size.")
+  current = fingerprint.of_params(
+      params, vocabulary, fingerprint.placement(method),
+      name=initial_checkpoint_path or "a randomly initialized model",
+      embedding_path=families.embedding_path(config))
+  for name, source in sources.items():
+    if not isinstance(source, np.ndarray):
+      try:
+        prompt_files_lib.check_model(source, current, allow=allow_model_mismatch)
+      except fingerprint.PromptModelMismatch as e:
+        raise InferError(f"Prompt {name!r}: {e}") from e
   params = building.apply_exported(
       params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
           bank_params["prompts"])}, "the prompt bank")
@@ -270,6 +302,51 @@ def _check_prompt_files(sources: Mapping[str, Any],
   for source in sources.values():
     if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_file():
       check_prompt_file(source, None, width)
+
+
+def _load_mixed_model(sources, prefix_sources, records, model_config,
+                      initial_checkpoint_path, *, mesh, seed, combine, vocabulary,
+                      allow_model_mismatch):
+  """`load_bank_model` when some sources are prefix-tuning MODEL_DIRs: plain prompts
+  and folded prefixes share one index (`methods/prefix_bank.mixed_banks`)."""
+  initial_checkpoint_path, model_config = frozen_model_source(
+      records, initial_checkpoint_path, model_config)
+  if model_config is None and not initial_checkpoint_path:
+    raise InferError("No frozen model: set --gin.INITIAL_CHECKPOINT_PATH (T5X, "
+                     "Hugging Face or native checkpoint) or serve a MODEL_DIR.")
+  config, params, _ = building.build_params(
+      Method(name="frozen"), model_config, initial_checkpoint_path,
+      jax.random.PRNGKey(seed), mesh=mesh, run_initializer=False)
+  name = initial_checkpoint_path or "a randomly initialized model"
+  prompts = {}
+  for entry, source in sources.items():
+    prompts[entry] = np.asarray(bank_lib.load_prompt(source), np.float32)
+    if prompts[entry].shape[-1] != config.emb_dim:
+      raise InferError(f"Prompt {entry!r} has width H={prompts[entry].shape[-1]} but "
+                       f"the frozen model has emb_dim {config.emb_dim}.")
+  combine = prompt_combine(
+      {d: r for d, r in records.items() if r.get("method") != "prefix"}, combine)
+  checks = [(e, s, f"prompt/{combine}")
+            for e, s in sources.items() if not isinstance(s, np.ndarray)]
+  checks += [(e, s, "prefix") for e, s in prefix_sources.items()]
+  for entry, source, placement in checks:
+    current = fingerprint.of_params(params, vocabulary, placement, name=name,
+                                    embedding_path=families.embedding_path(config))
+    try:
+      prompt_files_lib.check_model(source, current, allow=allow_model_mismatch)
+    except fingerprint.PromptModelMismatch as e:
+      raise InferError(f"Prompt {entry!r}: {e}") from e
+  try:
+    prompt_bank, prefix_bank, params = prefix_bank_lib.mixed_banks(
+        params, config, prompts,
+        {e: ckpt.read_arrays(str(d)) for e, d in prefix_sources.items()}, combine)
+  except ValueError as e:
+    raise InferError(str(e)) from e
+  for entry in prompt_bank.names:
+    logging.info("Serving %r from %s.", entry,
+                 prefix_sources.get(entry, sources.get(entry, "an array")))
+  model = Method(name="bank", prompt=prompt_bank, prefix=prefix_bank).build(config)
+  return model, params, prompt_bank, str(name)
 
 
 def resolve_labels(labels: Labels, task_labels: Callable[[str], Optional[Sequence[str]]]
@@ -356,7 +433,9 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   mesh = configurables.make_mesh()
   model, params, bank, frozen = load_bank_model(
       _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
-      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine, adapter=adapter)
+      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine, adapter=adapter,
+      vocabulary=vocab,
+      allow_model_mismatch=bool(cli.macro("ALLOW_PROMPT_MODEL_MISMATCH", False)))
   routes = serving.make_routes(bank, ensembles,
                                resolve_labels(labels, tasks.get_label_strings))
   decodes = any(r.labels is None for r in routes.values())

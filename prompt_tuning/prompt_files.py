@@ -9,6 +9,11 @@
                                           holding `prompt_embeddings` `[P, H]`
   load_peft(directory)                    → the `[P, H]` float32 prompt of an adapter
 
+Every writer takes an optional `model` record (`prompt_tuning.fingerprint`) of the
+frozen model the prompt was trained on: `.npy` files get a `<name>.model.json`
+sidecar, PEFT adapters keep it in the safetensors header. `check_model(source,
+current)` refuses a prompt trained on another model (warns when it has no record).
+
 PEFT's seq2seq prompt tuning prepends the virtual tokens to the encoder input
 embeddings and extends the attention mask with ones, exactly as prompt tuning here
 ('prefix' combination); the adapter is written with `num_transformer_submodules: 1`
@@ -22,10 +27,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 
+from prompt_tuning import fingerprint
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params
 from prompt_tuning.models.config import T5Config
@@ -45,8 +51,10 @@ class PeftFormatError(ValueError):
 # ---------------------------------------------------------------- numpy
 
 
-def save_prompt(path: PathLike, prompt) -> str:
-  """Writes a `[P, H]` prompt as float32 `.npy` (the released prompts' format)."""
+def save_prompt(path: PathLike, prompt,
+                model: Optional[Mapping[str, object]] = None) -> str:
+  """Writes a `[P, H]` prompt as float32 `.npy` (the released prompts' format),
+  with `model` (a fingerprint record) as its sidecar when given."""
   prompt = np.asarray(prompt, dtype=np.float32)
   if prompt.ndim != 2:
     raise ValueError(f"A prompt is [P, H]; got shape {list(prompt.shape)} for {path}.")
@@ -54,11 +62,15 @@ def save_prompt(path: PathLike, prompt) -> str:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with open(path, "wb") as f:
     np.save(f, prompt, allow_pickle=False)
+  if model is not None:
+    fingerprint.write_sidecar(path, model)
   return path
 
 
-def save_numpy(directory: PathLike, method: Method, params: Params) -> Dict[str, str]:
-  """Writes each of `method.exported(params)` as `<directory>/<name>.npy`.
+def save_numpy(directory: PathLike, method: Method, params: Params,
+               model: Optional[Mapping[str, object]] = None) -> Dict[str, str]:
+  """Writes each of `method.exported(params)` as `<directory>/<name>.npy` (+ the
+  `model` fingerprint sidecar when given).
 
   Returns:
     name → written path (empty for methods that export nothing, e.g. model tuning).
@@ -70,8 +82,18 @@ def save_numpy(directory: PathLike, method: Method, params: Params) -> Dict[str,
     path = os.path.join(directory, f"{name}.npy")
     with open(path, "wb") as f:
       np.save(f, np.asarray(array), allow_pickle=False)
+    if model is not None:
+      fingerprint.write_sidecar(path, model)
     written[name] = path
   return written
+
+
+def check_model(source: PathLike, current: Mapping[str, object],
+                allow: bool = False) -> bool:
+  """Refuses a prompt (`.npy`, export directory or PEFT adapter) trained on another
+  frozen model than `current` (`fingerprint.of_model`); see `fingerprint.check`."""
+  return fingerprint.check(fingerprint.read_any(source), current, os.fspath(source),
+                           allow=allow)
 
 
 # ---------------------------------------------------------------- PEFT
@@ -105,8 +127,11 @@ def peft_config(num_virtual_tokens: int, token_dim: int,
 
 
 def save_peft(directory: PathLike, prompt, config: Optional[T5Config] = None,
-              base_model_name_or_path: Optional[str] = None) -> str:
+              base_model_name_or_path: Optional[str] = None,
+              model: Optional[Mapping[str, object]] = None) -> str:
   """Writes a `[P, H]` prompt as a PEFT prompt-tuning adapter directory.
+
+  `model` (a fingerprint record) goes into the safetensors header metadata.
 
   `peft.PeftModel.from_pretrained(T5ForConditionalGeneration, directory)` then
   prepends the same prompt to the encoder input. Returns the directory.
@@ -120,8 +145,11 @@ def save_peft(directory: PathLike, prompt, config: Optional[T5Config] = None,
                      f"H = {config.emb_dim}.")
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
+  metadata = {"format": "pt"}
+  if model is not None:
+    metadata[fingerprint.SAFETENSORS_KEY] = json.dumps(dict(model), sort_keys=True)
   save_file({PEFT_KEY: prompt}, os.path.join(directory, ADAPTER_WEIGHTS),
-            metadata={"format": "pt"})
+            metadata=metadata)
   with open(os.path.join(directory, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
     json.dump(peft_config(prompt.shape[0], prompt.shape[1], config,
                           base_model_name_or_path), f, indent=2, sort_keys=True)

@@ -81,3 +81,38 @@ def test_rank_classify_rejects_bad_label_shape(tiny):
   model, params, tokens, labels, forward = tiny
   with pytest.raises(ValueError, match=r"\[K, L\]"):
     ranking.rank_classify(model, params, tokens, labels[0])
+
+
+@pytest.mark.parametrize("normalization,alpha", [("sum", 0.6), ("mean", 0.6),
+                                                 ("length_penalty", 0.6),
+                                                 ("length_penalty", 1.3)])
+def test_length_normalized_label_scores_match_brute_force(tiny, normalization, alpha):
+  model, params, tokens, labels, forward = tiny
+  best, scores = ranking.rank_classify(model, params, tokens, labels,
+                                       normalization=normalization, alpha=alpha)
+  expected = np.zeros((tokens.shape[0], labels.shape[0]))
+  for b in range(tokens.shape[0]):
+    for k in range(labels.shape[0]):
+      raw = brute_force_score(forward, params, tokens[b:b + 1], labels[k])
+      n = int(np.count_nonzero(np.asarray(labels[k])))
+      divisor = {"sum": 1.0, "mean": float(n),
+                 "length_penalty": ((5.0 + n) / 6.0) ** alpha}[normalization]
+      expected[b, k] = raw / divisor
+  np.testing.assert_allclose(np.asarray(scores), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(best), expected.argmax(axis=-1))
+
+
+def test_normalization_can_change_the_winner():
+  # A 1-token label at -2.0 vs a 4-token label at -4.0 (-1.0 per token).
+  scores = jnp.asarray([[-2.0, -4.0]])
+  lengths = ranking.label_lengths(jnp.asarray([[5, 0, 0, 0], [6, 7, 8, 1]]))
+  np.testing.assert_array_equal(lengths, [1.0, 4.0])
+  assert int(jnp.argmax(ranking.normalize(scores, lengths, "sum"))) == 0
+  assert int(jnp.argmax(ranking.normalize(scores, lengths, "mean"))) == 1
+  penalized = ranking.normalize(scores, lengths, "length_penalty", alpha=2.0)
+  np.testing.assert_allclose(penalized, [[-2.0 / 1.0, -4.0 / 1.5 ** 2]], rtol=1e-6)
+  assert int(jnp.argmax(penalized)) == 1
+  np.testing.assert_allclose(ranking.normalize(scores, lengths, "length_penalty",
+                                               alpha=0.0), scores)
+  with pytest.raises(ValueError, match="normalization 'median'"):
+    ranking.normalize(scores, lengths, "median")

@@ -10,7 +10,15 @@ the model also commit to ending there, as seqio's `append_eos` does for targets.
       -> (best [B], scores [B, K])
 
 `rank_classify` encodes each input once and repeats the encoder output K times;
-ties go to the lowest label index (`argmax`). Both are thin wrappers over jitted
+ties go to the lowest label index (`argmax`).
+
+Labels of several tokens compete unevenly on a plain sum (every extra token adds a
+negative log-probability), so `normalization=` chooses how the sum is compared:
+
+  'sum'             sum_t log p                      (default; the paper's setup)
+  'mean'            sum_t log p / n                  (n = the label's real tokens)
+  'length_penalty'  sum_t log p / ((5 + n) / 6)**alpha   (T5X's brevity penalty, as in
+                                                     beam search; alpha=0 is 'sum') Both are thin wrappers over jitted
 functions (the model is static), usable inside an outer `jax.jit`.
 """
 from __future__ import annotations
@@ -34,13 +42,16 @@ def shift_right(targets: Array) -> Array:
 
 
 def score_encoded(model: nn.Module, params: Params, encoded: Array,
-                  encoder_mask: Array, target_tokens: Array) -> Array:
+                  encoder_mask: Array, target_tokens: Array,
+                  prompt_index: Optional[Array] = None) -> Array:
   """Sum of target log-probs [B] given the encoder output [B, T', H], mask [B, T'].
 
-  target_tokens [B, L] int; positions with id 0 are not scored.
+  target_tokens [B, L] int; positions with id 0 are not scored. `prompt_index [B]`
+  reaches the decoder too (a prefix bank's per-example decoder prefixes).
   """
   logits = model.apply({"params": params}, encoded, encoder_mask,
-                       shift_right(target_tokens), method=model.decode)  # [B, L, V]
+                       shift_right(target_tokens), prompt_index=prompt_index,
+                       method=model.decode)  # [B, L, V]
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   token_lp = jnp.take_along_axis(log_probs, target_tokens[..., None], axis=-1)[..., 0]
   return jnp.sum(jnp.where(target_tokens > 0, token_lp, 0.0), axis=-1)
@@ -69,27 +80,65 @@ def score_sequences(model: nn.Module, params: Params, encoder_input_tokens: Arra
 @functools.partial(jax.jit, static_argnums=0)
 def _score_jit(model, params, encoder_input_tokens, target_tokens, prompt_index):
   encoded, mask = encode(model, params, encoder_input_tokens, prompt_index)
-  return score_encoded(model, params, encoded, mask, target_tokens)
+  return score_encoded(model, params, encoded, mask, target_tokens, prompt_index)
+
+
+NORMALIZATIONS = ("sum", "mean", "length_penalty")
+
+
+def label_lengths(label_tokens: Array) -> Array:
+  """[..., L] int → [...] float32: the number of real (non-0) tokens per label."""
+  return jnp.sum(jnp.asarray(label_tokens) > 0, axis=-1).astype(jnp.float32)
+
+
+def normalize(scores: Array, lengths: Array, normalization: str = "sum",
+              alpha: float = 0.6) -> Array:
+  """Summed log-likelihoods [..., K] compared per `normalization` (module docstring).
+
+  `lengths` [K] (or broadcastable to `scores`) counts each label's real tokens.
+  """
+  scores = jnp.asarray(scores, jnp.float32)
+  lengths = jnp.asarray(lengths, jnp.float32)
+  if normalization == "sum":
+    return scores
+  if normalization == "mean":
+    return scores / jnp.maximum(lengths, 1.0)
+  if normalization == "length_penalty":
+    return scores / ((5.0 + lengths) / 6.0) ** alpha
+  raise ValueError(f"Unknown label score normalization {normalization!r}; choose "
+                   f"one of {NORMALIZATIONS}.")
 
 
 def rank_classify(model: nn.Module, params: Params, encoder_input_tokens: Array,
                   label_tokens: Array, *,
-                  prompt_index: Optional[Array] = None) -> Tuple[Array, Array]:
+                  prompt_index: Optional[Array] = None, normalization: str = "sum",
+                  alpha: float = 0.6) -> Tuple[Array, Array]:
   """Picks the most likely of K label sequences for every input.
 
   Args:
     encoder_input_tokens: [B, T] int.
     label_tokens: [K, L] int, one 0-padded row per label (shared by the batch).
     prompt_index: optional [B] int for a prompt bank.
+    normalization: 'sum' | 'mean' | 'length_penalty' (module docstring).
+    alpha: the exponent of 'length_penalty'.
 
   Returns:
-    (best [B] int32 label index, scores [B, K] float32 log-likelihoods).
+    (best [B] int32 label index, scores [B, K] float32: the log-likelihoods,
+    normalized as asked).
   """
   if jnp.ndim(label_tokens) != 2:
     raise ValueError(f"rank_classify: label_tokens must be [K, L]; got shape "
                      f"{jnp.shape(label_tokens)}.")
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"Unknown label score normalization {normalization!r}; choose "
+                     f"one of {NORMALIZATIONS}.")
   check_prompt_index(model, encoder_input_tokens, prompt_index)
-  return _rank_jit(model, params, encoder_input_tokens, label_tokens, prompt_index)
+  best, scores = _rank_jit(model, params, encoder_input_tokens, label_tokens,
+                           prompt_index)
+  if normalization == "sum":
+    return best, scores
+  scores = normalize(scores, label_lengths(label_tokens), normalization, alpha)
+  return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -101,6 +150,7 @@ def _rank_jit(model, params, encoder_input_tokens, label_tokens, prompt_index):
   encoded = jnp.repeat(encoded, num_labels, axis=0)  # [B*K, T', H]
   mask = jnp.repeat(mask, num_labels, axis=0)
   targets = jnp.tile(label_tokens, (batch, 1))  # [B*K, L]
-  scores = score_encoded(model, params, encoded, mask, targets).reshape(
+  index = None if prompt_index is None else jnp.repeat(prompt_index, num_labels)
+  scores = score_encoded(model, params, encoded, mask, targets, index).reshape(
       batch, num_labels)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores

@@ -77,9 +77,10 @@ class PromptBank(nn.Module):
 
   def __post_init__(self):
     lengths = tuple(int(n) for n in self.lengths)
-    if not lengths or min(lengths) < 1:
-      raise ValueError(f"PromptBank needs at least one prompt, each of length >= 1; "
-                       f"got lengths {lengths}.")
+    if not lengths or min(lengths) < 0 or max(lengths) < 1:
+      raise ValueError(f"PromptBank needs at least one prompt of length >= 1 (length "
+                       f"0 marks an entry served without a prompt, e.g. a prefix-"
+                       f"tuned one in a mixed batch); got lengths {lengths}.")
     names = tuple(self.names) or tuple(f"prompt_{k}" for k in range(len(lengths)))
     if len(names) != len(lengths) or len(set(names)) != len(names):
       raise ValueError(f"PromptBank needs one distinct name per prompt; got names "

@@ -52,7 +52,8 @@ def encode(model: nn.Module, params: Params, encoder_input_tokens: Array,
 
 
 def init_cache(model: nn.Module, params: Params, encoded: Array,
-               encoder_mask: Array, max_decode_length: int) -> Any:
+               encoder_mask: Array, max_decode_length: int,
+               prompt_index: Optional[Array] = None) -> Any:
   """The decoder cache for `[B, L]` decoding (L = max_decode_length).
 
   One decoder call on a single dummy token creates it: self-attention caches of
@@ -62,18 +63,22 @@ def init_cache(model: nn.Module, params: Params, encoded: Array,
   dummy = jnp.zeros((encoded.shape[0], 1), jnp.int32)
   _, variables = model.apply({"params": params}, encoded, encoder_mask, dummy,
                              decode=True, max_decode_length=max_decode_length,
-                             method=model.decode, mutable=["cache"])
+                             prompt_index=prompt_index, method=model.decode,
+                             mutable=["cache"])
   return variables["cache"]
 
 
 def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
                 encoder_mask: Array, tokens: Array,
-                max_decode_length: int) -> Tuple[Array, Any]:
-  """One cached step: tokens [B] (previous outputs) → (logits [B, V] f32, cache)."""
+                max_decode_length: int,
+                prompt_index: Optional[Array] = None) -> Tuple[Array, Any]:
+  """One cached step: tokens [B] (previous outputs) → (logits [B, V] f32, cache).
+
+  `prompt_index [B]` picks each example's decoder prefix from a prefix bank."""
   logits, variables = model.apply(
       {"params": params, "cache": cache}, encoded, encoder_mask, tokens[:, None],
-      decode=True, max_decode_length=max_decode_length, method=model.decode,
-      mutable=["cache"])
+      decode=True, max_decode_length=max_decode_length, prompt_index=prompt_index,
+      method=model.decode, mutable=["cache"])
   return logits[:, 0], variables["cache"]
 
 
@@ -114,7 +119,7 @@ def _token_loop(model, params, encoder_input_tokens, prompt_index,
   """Runs the cached loop; `choose(logits [B, V], step) -> tokens [B]`."""
   encoded, mask = encode(model, params, encoder_input_tokens, prompt_index)
   batch = encoded.shape[0]
-  cache = init_cache(model, params, encoded, mask, max_decode_length)
+  cache = init_cache(model, params, encoded, mask, max_decode_length, prompt_index)
   out = jnp.zeros((batch, max_decode_length), jnp.int32)
   last = jnp.zeros((batch,), jnp.int32)  # BOS
   done = jnp.zeros((batch,), bool)
@@ -126,7 +131,7 @@ def _token_loop(model, params, encoder_input_tokens, prompt_index,
   def body(state):
     step, cache, last, out, done = state
     logits, cache = decode_step(model, params, cache, encoded, mask, last,
-                                max_decode_length)
+                                max_decode_length, prompt_index)
     token = jnp.where(done, 0, choose(logits, step).astype(jnp.int32))
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     return step + 1, cache, token, out, done | (token == eos_id)
@@ -304,7 +309,8 @@ def _beam_jit(model, params, encoder_input_tokens, prompt_index, max_decode_leng
   batch = encoded.shape[0]
   encoded = jnp.repeat(encoded, k, axis=0)  # [B*K, T', H]
   mask = jnp.repeat(mask, k, axis=0)  # [B*K, T']
-  cache = init_cache(model, params, encoded, mask, length)
+  beam_index = None if prompt_index is None else jnp.repeat(prompt_index, k)
+  cache = init_cache(model, params, encoded, mask, length, beam_index)
   ranks = jnp.arange(2 * k)
 
   def cond(state):
@@ -317,7 +323,8 @@ def _beam_jit(model, params, encoder_input_tokens, prompt_index, max_decode_leng
     step, cache, live_seqs, live_lp, fin_seqs, fin_scores = state
     last = jnp.where(step > 0,
                      live_seqs[:, :, jnp.maximum(step - 1, 0)], 0).reshape(-1)
-    logits, cache = decode_step(model, params, cache, encoded, mask, last, length)
+    logits, cache = decode_step(model, params, cache, encoded, mask, last, length,
+                                beam_index)
     vocab = logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
     candidates = (live_lp[..., None] + log_probs).reshape(batch, k * vocab)

@@ -238,7 +238,8 @@ class MultiHeadAttention(nn.Module):
                cache_length: Optional[int] = None,
                deterministic: bool = True) -> Array:
     """inputs_q [B, T, H], inputs_kv [B, S, H], mask [B, 1, T, S] (bool),
-    bias [1|B, N, T, S], prefix (k, v) each [B, P, N, D] → [B, T, H].
+    bias [1|B, N, T, S], prefix (k, v) each [B, P, N, D], or (k, v, visible [B, P])
+    when some examples see fewer (or none) of the P prefix positions → [B, T, H].
 
     `decode`: self-attention over a key/value cache of `cache_length` positions
     (default: the creating call's length). `cache_inputs_kv`: `inputs_kv` is the
@@ -267,13 +268,19 @@ class MultiHeadAttention(nn.Module):
                                                   cache_length)
 
     if prefix is not None:
-      prefix_k, prefix_v = (p.astype(self.dtype) for p in prefix)  # [B, P, N, D]
+      prefix_k, prefix_v = (p.astype(self.dtype) for p in prefix[:2])  # [B, P, N, D]
+      visible = prefix[2] if len(prefix) > 2 else None  # [B, P] bool, or all visible
       num_prefix = prefix_k.shape[1]
       key = jnp.concatenate([prefix_k, key], axis=1)
       value = jnp.concatenate([prefix_v, value], axis=1)
+      if visible is not None and mask is None:
+        mask = jnp.ones((query.shape[0], 1, query.shape[1], key.shape[1] - num_prefix),
+                        bool)
       if mask is not None:
-        mask = jnp.concatenate(
-            [jnp.ones(mask.shape[:3] + (num_prefix,), mask.dtype), mask], axis=-1)
+        shape = mask.shape[:3] + (num_prefix,)
+        seen = (jnp.ones(shape, mask.dtype) if visible is None else
+                jnp.broadcast_to(visible[:, None, None, :], shape).astype(mask.dtype))
+        mask = jnp.concatenate([seen, mask], axis=-1)
       if bias is not None:
         bias = jnp.concatenate(
             [jnp.zeros(bias.shape[:3] + (num_prefix,), bias.dtype), bias], axis=-1)

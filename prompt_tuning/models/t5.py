@@ -22,7 +22,9 @@ that this file stays the frozen network and nothing else:
     masked mean of that output as `features [B, H]`.
   * `prefix`: a module living at `prefix/…` returning per-layer key/value prefixes,
     `{'encoder' | 'decoder' | 'cross': (keys, values) each [L, P, N, D]}` (prefix
-    tuning; 'cross' prefixes the decoder's encoder-decoder attention).
+    tuning; 'cross' prefixes the decoder's encoder-decoder attention), or per example
+    `[B, L, P, N, D]` plus `visible [B, P]` (a prefix bank). A module with
+    `takes_prompt_index = True` is called with the batch's `prompt_index`.
   * `adapter`: a Flax method interceptor `(next_fun, args, kwargs, context, *,
     deterministic) -> output` that is active while the encoder and the decoder run
     (LoRA, IA3, per-layer prompts). It sees every module call, so it can adapt a
@@ -71,12 +73,21 @@ def remat_layer(layer_cls, policy: str, static_argnums: Tuple[int, ...]):
 
 
 def _layer_prefix(prefixes: Optional[Prefixes], stack: str, layer: int, batch: int):
-  """Slices layer `layer` of a stack's prefixes and broadcasts to `[B, P, N, D]`."""
+  """Layer `layer` of a stack's prefixes as `[B, P, N, D]` keys and values.
+
+  A stack's prefixes are `(keys, values)`, each `[L, P, N, D]` (one prefix for the
+  whole batch, broadcast) or `[B, L, P, N, D]` (one per example, e.g. gathered from
+  a prefix bank), optionally followed by `visible [B, P]` (bool) when examples use
+  fewer of the P positions (a shorter prefix, or none).
+  """
   if not prefixes or stack not in prefixes:
     return None
-  keys, values = prefixes[stack]
-  expand = lambda a: jnp.broadcast_to(a[layer][None], (batch,) + a.shape[1:])
-  return expand(keys), expand(values)
+  keys, values, *visible = prefixes[stack]
+  def expand(a):
+    if a.ndim == 5:
+      return a[:, layer]
+    return jnp.broadcast_to(a[layer][None], (batch,) + a.shape[1:])
+  return (expand(keys), expand(values), *visible)
 
 
 class EncoderLayer(nn.Module):
@@ -249,8 +260,13 @@ class Transformer(nn.Module):
     return nn.intercept_methods(functools.partial(self.adapter,
                                                   deterministic=deterministic))
 
-  def _prefixes(self, deterministic: bool) -> Optional[Prefixes]:
-    return self.prefix(deterministic=deterministic) if self.prefix is not None else None
+  def _prefixes(self, deterministic: bool,
+                prompt_index: Optional[Array] = None) -> Optional[Prefixes]:
+    if self.prefix is None:
+      return None
+    if getattr(self.prefix, "takes_prompt_index", False):
+      return self.prefix(deterministic=deterministic, prompt_index=prompt_index)
+    return self.prefix(deterministic=deterministic)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False,
              prompt_index: Optional[Array] = None) -> Tuple[Array, Array]:
@@ -265,7 +281,7 @@ class Transformer(nn.Module):
       features = (jnp.sum(plain.astype(jnp.float32) * weights, axis=1) /
                   jnp.maximum(jnp.sum(weights, axis=1), 1.0))  # [B, H]
       features = jax.lax.stop_gradient(features)
-    prefixes = self._prefixes(deterministic)
+    prefixes = self._prefixes(deterministic, prompt_index)
     with self._adapting(deterministic):
       return self.encoder(encoder_input_tokens, features=features,
                           prompt_index=prompt_index, prefixes=prefixes,
@@ -273,10 +289,12 @@ class Transformer(nn.Module):
 
   def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
              enable_dropout: bool = False, decode: bool = False,
-             max_decode_length: Optional[int] = None) -> Array:
-    """Logits `[B, T, vocab]` for decoder inputs given the encoder output."""
+             max_decode_length: Optional[int] = None,
+             prompt_index: Optional[Array] = None) -> Array:
+    """Logits `[B, T, vocab]` for decoder inputs given the encoder output
+    (`prompt_index [B]` picks each example's decoder prefix from a prefix bank)."""
     deterministic = not enable_dropout
-    prefixes = self._prefixes(deterministic)
+    prefixes = self._prefixes(deterministic, prompt_index)
     with self._adapting(deterministic):
       return self.decoder(encoded, encoder_mask, decoder_input_tokens,
                           prefixes=prefixes, deterministic=deterministic,
@@ -294,4 +312,5 @@ class Transformer(nn.Module):
     del decoder_target_tokens
     encoded, encoder_mask = self.encode(encoder_input_tokens, enable_dropout,
                                         prompt_index)
-    return self.decode(encoded, encoder_mask, decoder_input_tokens, enable_dropout)
+    return self.decode(encoded, encoder_mask, decoder_input_tokens, enable_dropout,
+                       prompt_index=prompt_index)

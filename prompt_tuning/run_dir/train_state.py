@@ -11,6 +11,10 @@
     complete.json                    {"step": N}: the run finished (final export,
                                      evaluation and best/ written); a rerun of a
                                      run stopped before it finishes the rest
+    model_fingerprint.json           the frozen model the run trains on
+                                     (`prompt_tuning.fingerprint`); copied next to
+                                     every exported `<name>.npy` as
+                                     `<name>.model.json`
 
 The frozen model is never re-saved: `config.json` records where it came from.
 Orbax writes each checkpoint to a temporary directory and renames it when complete,
@@ -35,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.errors import UserError, WriteError, free_space, write_error
+from prompt_tuning import fingerprint
 
 CONFIG_JSON = "config.json"
 NUMPY_DIR = "numpy_checkpoints"
@@ -247,8 +252,13 @@ class StateCheckpointer:
 
 def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
                  extra: Optional[Mapping[str, Any]] = None,
-                 extra_name: str = BEST_JSON) -> None:
-  """Writes `<name>.npy` per array into `directory`, replacing it atomically."""
+                 extra_name: str = BEST_JSON,
+                 model: Optional[Mapping[str, Any]] = None) -> None:
+  """Writes `<name>.npy` per array into `directory`, replacing it atomically.
+
+  `model`: a `fingerprint` record written next to each array as
+  `<name>.model.json`.
+  """
   directory = pathlib.Path(directory)
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp",
@@ -258,6 +268,8 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
     for name, value in arrays.items():
       current = directory / f"{name}.npy"
       np.save(tmp / f"{name}.npy", np.asarray(value))
+      if model is not None:
+        fingerprint.write_sidecar(tmp / f"{name}.npy", model)
     if extra is not None:
       current = directory / extra_name
       (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
@@ -295,7 +307,7 @@ def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
                 keep: Optional[int] = None) -> pathlib.Path:
   """Writes `numpy_checkpoints/checkpoint_<step>/` and keeps the newest `keep`."""
   path = numpy_checkpoint_dir(model_dir, step)
-  write_arrays(str(path), arrays)
+  write_arrays(str(path), arrays, model=fingerprint.read_run(model_dir))
   if keep:
     for old in numpy_steps(model_dir)[:-keep]:
       shutil.rmtree(numpy_checkpoint_dir(model_dir, old), ignore_errors=True)
@@ -337,8 +349,14 @@ def is_complete(model_dir: str, step: int) -> bool:
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
                 record: Mapping[str, Any]) -> pathlib.Path:
   path = pathlib.Path(model_dir) / BEST_DIR
-  write_arrays(str(path), arrays, extra=record)
+  write_arrays(str(path), arrays, extra=record, model=fingerprint.read_run(model_dir))
   return path
+
+
+def write_model_fingerprint(model_dir: str, record: Mapping[str, Any]) -> pathlib.Path:
+  """Records the frozen model of the run (`fingerprint.of_params(...)`); every later
+  `export_step` / `export_best` writes it next to each exported array. Host 0."""
+  return fingerprint.write_run(model_dir, record)
 
 
 def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:

@@ -83,3 +83,113 @@ def weighted_cross_entropy(
   norm = normalizer_value(weights, loss_normalizing_factor)
   return (jnp.sum(total * weights) / norm, jnp.sum(z_term * weights) / norm,
           jnp.sum(weights))
+
+
+# ------------------------------------------------------------------------------------
+# Classification objectives over the valid labels (the official prompt-tuning code's
+# `extended/perceptron`) and the wayward regularizer (`extended/wayward`).
+#
+# The label scores come from `inference.ranking.label_scores`: one (optionally
+# length-normalized) teacher-forced log-likelihood per candidate label, [B, C].
+# ------------------------------------------------------------------------------------
+
+
+def _gold_mask(scores: Array, gold: Array) -> Array:
+  """`gold` as a [B, C] float one-hot: given as indices [B] or as a [B, C] mask."""
+  gold = jnp.asarray(gold)
+  if gold.ndim == 1:
+    return jax.nn.one_hot(gold, scores.shape[-1], dtype=jnp.float32)
+  if gold.shape != scores.shape:
+    raise ValueError(f"gold labels must be indices [B] or a one-hot [B, C] like the "
+                     f"scores {list(scores.shape)}; got {list(gold.shape)}.")
+  return gold.astype(jnp.float32)
+
+
+def _masked(scores: Array, valid: Optional[Array]) -> Array:
+  scores = scores.astype(jnp.float32)
+  if valid is None:
+    return scores
+  return jnp.where(valid, scores, -jnp.inf)
+
+
+def perceptron_loss(scores: Array, gold: Array, *, hinge: float = 0.0,
+                    valid: Optional[Array] = None,
+                    reduction: str = "sum") -> Tuple[Array, Array]:
+  """Perceptron ranking loss over the candidate labels.
+
+  Per example: `max(0, hinge + max_c s_c - s_gold)`, the maximum running over all
+  valid labels, the gold one included (as in the official code's
+  `PerceptronLossEncoderDecoderModel`): with `hinge = 0` an example whose gold label
+  already scores highest costs nothing; with `hinge > 0` it still costs `hinge`
+  (and pushes the gold score up) unless another label ties it from above.
+
+  Args:
+    scores: [B, C] label scores (e.g. log-likelihoods of each label sequence).
+    gold: [B] int index of the correct label, or a [B, C] one-hot (`is_correct`).
+    hinge: the margin added to the score difference.
+    valid: optional [B, C] bool; False labels take no part (padding when examples
+      have different numbers of labels).
+    reduction: 'sum' over the batch (the official code), 'mean' or 'none'.
+
+  Returns:
+    (loss, per_example [B]): loss is a scalar, or [B] for reduction='none'.
+  """
+  masked = _masked(scores, valid)
+  gold_mask = _gold_mask(masked, gold)
+  gold_score = jnp.sum(jnp.where(gold_mask > 0, masked, 0.0), axis=-1)  # [B]
+  best = jnp.max(masked, axis=-1)  # [B]
+  per_example = jnp.maximum(0.0, hinge + best - gold_score)
+  return _reduce(per_example, reduction), per_example
+
+
+def valid_label_cross_entropy(scores: Array, gold: Array, *,
+                              valid: Optional[Array] = None,
+                              reduction: str = "mean") -> Tuple[Array, Array]:
+  """Cross-entropy with the label scores as logits (softmax over valid labels only).
+
+  Args / Returns as `perceptron_loss`; `reduction` defaults to the batch mean.
+  """
+  masked = _masked(scores, valid)
+  gold_mask = _gold_mask(masked, gold)
+  log_probs = jax.nn.log_softmax(masked, axis=-1)
+  per_example = -jnp.sum(jnp.where(gold_mask > 0, log_probs, 0.0), axis=-1)
+  return _reduce(per_example, reduction), per_example
+
+
+def _reduce(values: Array, reduction: str) -> Array:
+  if reduction == "sum":
+    return jnp.sum(values)
+  if reduction == "mean":
+    return jnp.mean(values)
+  if reduction == "none":
+    return values
+  raise ValueError(f"Unknown reduction {reduction!r}; use 'sum', 'mean' or 'none'.")
+
+
+def wayward_distance(prompt: Array, text_prompt: Array) -> Array:
+  """Squared L2 distance per prompt position, averaged over positions.
+
+  `sum_p ||prompt_p - text_prompt_p||^2 / P` for prompt, text_prompt [P, H] (the
+  official code's `squared_l2_distance`).
+  """
+  prompt = jnp.asarray(prompt, jnp.float32)
+  text_prompt = jnp.asarray(text_prompt, jnp.float32)
+  if prompt.ndim != 2 or prompt.shape != text_prompt.shape:
+    raise ValueError(f"wayward regularization compares a prompt [P, H] with the "
+                     f"embedded text prompt of the same shape; got "
+                     f"{list(prompt.shape)} and {list(text_prompt.shape)}. Embed a text "
+                     f"of exactly P tokens (pad or truncate it) for the target.")
+  return jnp.sum(jnp.square(prompt - text_prompt)) / prompt.shape[0]
+
+
+def wayward_loss(task_loss: Array, prompt: Array, text_prompt: Array,
+                 gamma: float = 0.01) -> Tuple[Array, Array]:
+  """Task loss plus `gamma * wayward_distance(prompt, text_prompt)` (Khashabi et al.
+  2021, "Prompt Waywardness"): keeps the soft prompt near the embedding of a
+  discrete text prompt `[P, H]` (e.g. `token_embedder/embedding[ids]`).
+
+  Returns:
+    (total, distance): both float32 scalars.
+  """
+  distance = wayward_distance(prompt, text_prompt)
+  return task_loss + gamma * distance, distance
