@@ -12,8 +12,10 @@
 
 `params` is a nested dict of float32 numpy arrays with exactly the tree of
 `Transformer(config).init(...)['params']` (T5X paths, no prompt/prefix). With
-`config=None` the config comes from the checkpoint (for T5X, which stores none,
-sizes are inferred from shapes and the rest are `T5Config` defaults); a given config
+`config=None` the config comes from the checkpoint; a T5X checkpoint stores none
+(sizes can be inferred from shapes, the relative-attention max distance and norm
+epsilon cannot), so loading one needs the model gin's config, except with
+`weights_only=True` for callers that only read the arrays; a given config
 must agree with the checkpoint's sizes or `ConfigMismatchError` lists each field.
 Tensors are checked against the model before any large read and read one at a time
 (`tree.materialize`).
@@ -29,6 +31,7 @@ from prompt_tuning.checkpoints.errors import (CheckpointError, CheckpointNotFoun
                                               ConfigMismatchError,
                                               MissingDependencyError,
                                               ParameterMismatchError,
+                                              T5XConfigRequiredError,
                                               UnknownCheckpointFormatError)
 from prompt_tuning.checkpoints.huggingface import save_huggingface
 from prompt_tuning.checkpoints.native import save
@@ -39,7 +42,7 @@ from prompt_tuning.models.config import T5Config
 __all__ = [
     "load", "save", "save_huggingface", "detect_format", "expected_shapes",
     "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
-    "MissingDependencyError", "ParameterMismatchError",
+    "MissingDependencyError", "ParameterMismatchError", "T5XConfigRequiredError",
     "UnknownCheckpointFormatError",
 ]
 
@@ -93,7 +96,8 @@ def detect_format(path) -> str:
       f"Tried formats {', '.join(FORMATS)}, which expect:\n{_EXPECTED_FILES}{hint}")
 
 
-def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
+def load(path, config: Optional[T5Config] = None, *,
+         weights_only: bool = False) -> Tuple[T5Config, Params]:
   """Loads a frozen T5.1.1 from a T5X, Hugging Face or native checkpoint.
 
   Args:
@@ -101,7 +105,11 @@ def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
     config: the intended model config, or None to take it from the checkpoint.
       Its size fields must match the checkpoint; `dropout_rate`, `dtype` (and for
       T5X, which stores neither, `relative_attention_max_distance` and
-      `layer_norm_epsilon`) are taken from it.
+      `layer_norm_epsilon`) are taken from it. A T5X checkpoint needs it (see
+      `T5XConfigRequiredError`) unless `weights_only`.
+    weights_only: the caller uses the arrays only (e.g. compares embeddings) and
+      never builds a model from the returned config; for T5X without a config the
+      fields a T5X checkpoint does not record are then `T5Config` defaults.
 
   Returns:
     (config, params): params is a nested dict of float32 numpy arrays in the
@@ -109,6 +117,8 @@ def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
 
   Raises:
     CheckpointNotFoundError, UnknownCheckpointFormatError, ConfigMismatchError,
+    T5XConfigRequiredError (T5X without `config`), t5x.DamagedChunkError (a zarr
+    chunk missing or undecodable: names the tensor, chunk and file),
     ParameterMismatchError (every missing tensor / wrong shape, expected vs found),
     MissingDependencyError (a `.bin`-only directory without torch).
   """
@@ -117,6 +127,8 @@ def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
   if fmt == "t5x":
     checkpoint_dir, source = t5x.read_source(path)
     found = t5x.infer_config_fields(source)
+    if config is None and not weights_only:
+      raise T5XConfigRequiredError(str(checkpoint_dir))
     config = resolve_config(str(checkpoint_dir), found, config, runtime=None)
     return config, materialize(str(checkpoint_dir), source, config)
   if fmt == "huggingface":
