@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from prompt_tuning import (evaluation, host_memory, initial_params, losses, optim,
-                           partitioning, run_lock)
+from prompt_tuning import (evaluation, host_memory, initial_params, losses,
+                           opt_state_sharding, optim, partitioning, run_lock)
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
 from prompt_tuning.methods.base import Method, flatten, unflatten
@@ -203,6 +203,7 @@ class CompiledSteps:
   state_shardings: Any
   frozen_shardings: Params
   batch_sharding: Any
+  lower: Optional[Callable[..., Any]] = None
 
 
 def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -210,17 +211,13 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                   frozen_shardings: Params, config: TrainConfig) -> CompiledSteps:
   """Jits `train_step` with explicit in/out shardings (state donated).
 
-  Optimizer-state shardings are those XLA gives `optimizer.init` from the sharded
-  trainable parameters (slots shaped like a parameter follow the parameter).
+  Optimizer-state shardings are derived from the trainable parameters' shardings
+  (`opt_state_sharding.py`: slots follow their parameter, factored Adafactor slots
+  keep the matching axes, scalars are replicated), not left to XLA.
   """
   replicated = partitioning.replicated(mesh)
-  # Ask XLA how it would shard the optimizer state; anything it leaves off the mesh
-  # (scalar counters, tiny factored slots) is replicated.
-  probe = jax.jit(optimizer.init, in_shardings=(trainable_shardings,))
-  proposed = probe.lower(trainable).compile().output_shardings
-  opt_shardings = jax.tree_util.tree_map(
-      lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated,
-      proposed)
+  opt_shardings = opt_state_sharding.opt_state_shardings(
+      optimizer, trainable, trainable_shardings, mesh)
   init_opt = jax.jit(optimizer.init, in_shardings=(trainable_shardings,),
                      out_shardings=opt_shardings)
   state_shardings = TrainState(step=replicated, trainable=trainable_shardings,
@@ -249,8 +246,12 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
       host_memory.release_freed()
     return out
 
+  def lower(state, frozen, batch, rng):
+    """The step lowered for these (abstract) arguments, e.g. to read its HLO."""
+    return jitted.lower(state, frozen, batch, rng, *static)
+
   return CompiledSteps(train, init_state, state_shardings, frozen_shardings,
-                       batch_sharding)
+                       batch_sharding, lower)
 
 
 def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
