@@ -73,6 +73,11 @@ class TrainConfig:
       metric, else the eval loss); `best_mode` 'max' or 'min' ('min' for loss).
     use_cached: read seqio's offline cache.
     shuffle: shuffle the training examples.
+    num_microbatches: split each global batch into this many microbatches whose
+      gradients are accumulated in one compiled step (T5X's `num_microbatches`;
+      gin: `NUM_MICROBATCHES`); the update equals the whole batch's. None or 1:
+      no split. Must divide `batch_size`, and each microbatch must divide the
+      `data` axis.
   """
   model_dir: str
   mixture_or_task_name: str
@@ -96,6 +101,7 @@ class TrainConfig:
   best_mode: Optional[str] = None
   use_cached: bool = False
   shuffle: bool = True
+  num_microbatches: Optional[int] = None
 
 
 # ====================================================================================
@@ -146,9 +152,27 @@ def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
   return None
 
 
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
+                  "decoder_target_tokens", "decoder_loss_weights")
+
+
+def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  """`[B, ...]` → `[num_microbatches, B / num_microbatches, ...]` per feature.
+
+  Row `r` goes to microbatch `r % num_microbatches`, so every microbatch takes the
+  same number of rows from each `data` shard (a shard's contiguous rows split
+  locally; nothing moves between devices).
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return {k: split(v) for k, v in batch.items()}
+
+
 def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, *,
                model, optimizer: optax.GradientTransformation, z_loss: float,
-               loss_normalizing_factor: Any, enable_dropout: bool
+               loss_normalizing_factor: Any, enable_dropout: bool,
+               num_microbatches: Optional[int] = None
                ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on the trainable parameters.
 
@@ -162,23 +186,47 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
     optimizer: an optax transformation over the trainable tree (static).
     z_loss, loss_normalizing_factor: see `prompt_tuning.losses`.
     enable_dropout: dropout in the model.
+    num_microbatches: M > 1 accumulates the gradients of M microbatches
+      `[B / M, ...]` (`split_microbatches`) in a `lax.scan`; microbatch `i` draws
+      its dropout from `fold_in(fold_in(rng, step), i)`. Every microbatch's summed
+      loss is divided by the whole batch's normalizer, so loss, gradients and
+      update equal the whole batch's (up to float summation order).
 
   Returns:
     (new state, metrics): `loss` (z-loss included), `z_loss`, `weight_sum`,
     `grad_norm` and, when the optimizer exposes it, `learning_rate`.
   """
   step_rng = jax.random.fold_in(rng, state.step)
+  # The whole batch's normalizer (e.g. its real target tokens), for every microbatch.
+  norm = losses.normalizer_value(batch["decoder_loss_weights"].astype(jnp.float32),
+                                 loss_normalizing_factor)
 
-  def loss_fn(trainable):
+  def loss_fn(trainable, part: Batch, part_rng: jax.Array):
     logits = model.apply({"params": merge_params(trainable, frozen)},
-                         batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         enable_dropout=enable_dropout, rngs={"dropout": step_rng})
-    loss, z, weight_sum = losses.weighted_cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-        z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
-    return loss, {"z_loss": z, "weight_sum": weight_sum}
+                         part["encoder_input_tokens"], part["decoder_input_tokens"],
+                         enable_dropout=enable_dropout, rngs={"dropout": part_rng})
+    total, z, weight_sum = losses.weighted_cross_entropy(
+        logits, part["decoder_target_tokens"], part["decoder_loss_weights"],
+        z_loss=z_loss, loss_normalizing_factor=None)  # sums
+    return total / norm, {"z_loss": z / norm, "weight_sum": weight_sum}
 
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if not num_microbatches or num_microbatches == 1:
+    (loss, aux), grads = grad_fn(state.trainable, batch, step_rng)
+  else:
+    parts = split_microbatches({k: batch[k] for k in MODEL_FEATURES},
+                               num_microbatches)
+
+    def accumulate(carry, inputs):
+      index, part = inputs
+      out = grad_fn(state.trainable, part, jax.random.fold_in(step_rng, index))
+      return jax.tree_util.tree_map(jnp.add, carry, out), None
+
+    zero = jnp.zeros((), jnp.float32)
+    start = ((zero, {"z_loss": zero, "weight_sum": zero}),
+             jax.tree_util.tree_map(jnp.zeros_like, state.trainable))
+    ((loss, aux), grads), _ = jax.lax.scan(
+        accumulate, start, (jnp.arange(num_microbatches), parts))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
@@ -230,13 +278,13 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
   batch_sharding = partitioning.batch_sharding(mesh)
   # The module-level function with static settings: runs with the same model,
   # optimizer and shardings reuse one compiled program.
-  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8),
+  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8, 9),
                    in_shardings=(state_shardings, frozen_shardings, batch_sharding,
                                  replicated),
                    out_shardings=(state_shardings, replicated),
                    donate_argnums=(0,))
   static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
-            config.enable_dropout)
+            config.enable_dropout, config.num_microbatches)
   compiled = []
 
   def train(state, frozen, batch, rng):
@@ -255,10 +303,11 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
 
 
 def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
-                           loss_normalizing_factor, enable_dropout):
+                           loss_normalizing_factor, enable_dropout,
+                           num_microbatches):
   return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer,
                     z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
-                    enable_dropout=enable_dropout)
+                    enable_dropout=enable_dropout, num_microbatches=num_microbatches)
 
 
 # ====================================================================================
