@@ -33,7 +33,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning import (evaluation, host_memory, initial_params, losses,
-                           opt_state_sharding, optim, partitioning, run_lock)
+                           opt_state_sharding, optim, partitioning, run_lock,
+                           shape_checks)
 from prompt_tuning import state_checkpoints as ckpt
 from prompt_tuning import summaries as summaries_lib
 from prompt_tuning.methods.base import Method, flatten, unflatten
@@ -474,7 +475,10 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   # ---------------------------------------------------------------- setup: the mesh
   mesh = mesh if mesh is not None else partitioning.make_mesh()
   axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
-  host_batch_size = partitioning.check_batch_size(config.batch_size, mesh)
+  # Every batch shape against the mesh, before anything is loaded.
+  host_batch_size = shape_checks.check_train_shapes(
+      config.batch_size, config.eval_batch_size, config.num_microbatches, mesh,
+      jax.process_count(), evaluates=config.eval_period >= 0)
   logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
                dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
