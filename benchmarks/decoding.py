@@ -3,7 +3,7 @@
 Two comparisons in one run, on one set of random T5 1.1 weights (default: preset
 'small', B=8 examples of 128 input tokens, 32 greedy tokens):
 
-  1. `prompt_tuning.decoding.greedy_decode` (one jitted while_loop, key/value
+  1. `prompt_tuning.models.decoding.greedy_decode` (one jitted while_loop, key/value
      cache) vs `transformers.T5ForConditionalGeneration.generate` (greedy, cache)
      in PyTorch on the CPU, same weights (written once as a Hugging Face
      directory by `benchmarks/weights.py`, read by both). The decoded ids are
@@ -74,9 +74,10 @@ class OursDecode:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from prompt_tuning import checkpoints, decoding  # pylint: disable=g-import-not-at-top
+    from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+    from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
     from prompt_tuning.methods import bank as bank_lib  # pylint: disable=g-import-not-at-top
-    from prompt_tuning.methods.base import with_params  # pylint: disable=g-import-not-at-top
+    from prompt_tuning.params import with_params  # pylint: disable=g-import-not-at-top
     from prompt_tuning.methods.prompt import Prompt  # pylint: disable=g-import-not-at-top
     from prompt_tuning.models.t5 import Transformer  # pylint: disable=g-import-not-at-top
 

@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common, flops, weights  # pylint: disable=g-import-not-at-top
-from prompt_tuning import losses, optim, trainer
+from prompt_tuning import params as params_lib
+from prompt_tuning.training import losses, optim, trainer
 from prompt_tuning.methods import prompt as prompt_lib
 
 
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
   params = jax.jit(lambda rng: nn.unbox(model.init(
       rng, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]))(
           jax.random.PRNGKey(0))
-  trainable, frozen = trainer.split_params(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   optimizer = optim.adafactor_prompt_tuning()
   batch = {k: jnp.asarray(v) for k, v in weights.batch(shapes, config.vocab_size).items()}
   rng = jax.random.PRNGKey(1)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
 
   @jax.jit
   def forward(trainable, frozen, batch, rng):
-    logits = model.apply({"params": trainer.merge_params(trainable, frozen)},
+    logits = model.apply({"params": params_lib.merge(trainable, frozen)},
                          batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                          enable_dropout=True, rngs={"dropout": rng})
     return losses.weighted_cross_entropy(logits, batch["decoder_target_tokens"],

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import optim
+from prompt_tuning import params as params_lib
+from prompt_tuning.training import optim
 from prompt_tuning.methods.baselines import model_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
 from prompt_tuning.models.config import preset
@@ -63,10 +64,10 @@ def build(method, optimizer, config, batch):
   enc, dec, tgt = batch
   abstract = jax.eval_shape(lambda: nn.unbox(
       model.init(jax.random.PRNGKey(0), enc[:1], dec[:1])["params"]))
-  trainable, frozen = optim.split(random_params(abstract), method)
+  trainable, frozen = params_lib.split(random_params(abstract), method.trainable)
 
   def loss_fn(trainable, frozen):
-    logits = model.apply({"params": optim.merge(trainable, frozen)}, enc, dec)
+    logits = model.apply({"params": params_lib.merge(trainable, frozen)}, enc, dec)
     logp = jax.nn.log_softmax(logits)
     token = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
     return jnp.mean(token)

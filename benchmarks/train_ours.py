@@ -1,6 +1,6 @@
 """Our train step as a worker contender: the trainer's own compiled step, timed.
 
-The step is exactly what `prompt_tuning.trainer.train` runs: `build_params` (frozen
+The step is exactly what `prompt_tuning.training.trainer.train` runs: `build_params` (frozen
 model loaded from the shared Hugging Face directory, method parameters initialized),
 `compile_steps` (the pure `train_step` jitted with shardings and the state donated)
 on a mesh over this process's CPU devices, one fixed batch fed repeatedly.
@@ -26,7 +26,9 @@ import jax
 import numpy as np
 
 from benchmarks import common, weights
-from prompt_tuning import initial_params, optim, partitioning, trainer
+from prompt_tuning import params as params_lib
+from prompt_tuning import building, partitioning
+from prompt_tuning.training import optim, trainer
 from prompt_tuning.methods import baselines, initializers, lopa, prefix
 from prompt_tuning.methods import prompt as prompt_lib
 
@@ -99,12 +101,12 @@ class OursTrain:
     method, optimizer = method_and_optimizer(
         self.method_name, shapes, os.path.join(self.directory, weights.PROMPT_FILE))
     mesh = partitioning.make_mesh()
-    config, params, shardings = initial_params.build_params(
+    config, params, shardings = building.build_params(
         method, shapes.model_config(), os.path.join(self.directory, weights.MODEL_DIR),
         jax.random.PRNGKey(0), mesh=mesh)
     model = method.build(config)
-    trainable, frozen = trainer.split_params(params, method)
-    trainable_shardings, frozen_shardings = trainer.split_params(shardings, method)
+    trainable, frozen = params_lib.split(params, method.trainable)
+    trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
     del params
     train_config = trainer.TrainConfig(
         model_dir="", mixture_or_task_name="benchmark",

@@ -43,7 +43,7 @@ def decoder_step_bytes(params) -> int:
   """Bytes a cached decoding step must read: every decoder kernel and the output
   projection, except cross-attention's key/value kernels (applied to the encoder
   output once, by a cache); the token embedding is read one row per token."""
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   return sum(int(v.nbytes) for k, v in flatten(params).items()
              if k.startswith("decoder/") and not (
                  "encoder_decoder_attention/key" in k or
@@ -61,7 +61,7 @@ class Prepare:
   def setup(self) -> Dict[str, Any]:
     import jax  # pylint: disable=g-import-not-at-top
     from prompt_tuning.checkpoints.huggingface import save_huggingface  # pylint: disable=g-import-not-at-top
-    from prompt_tuning.initial_params import init_inputs  # pylint: disable=g-import-not-at-top
+    from prompt_tuning.building import init_inputs  # pylint: disable=g-import-not-at-top
     from prompt_tuning.models.t5 import Transformer  # pylint: disable=g-import-not-at-top
     import flax.linen as nn  # pylint: disable=g-import-not-at-top
 

@@ -35,8 +35,8 @@ from typing import Callable, List, Optional, Sequence
 import gin
 from absl import app, flags, logging
 
+from prompt_tuning import configurables  # pylint: disable=unused-import  # gin names
 from prompt_tuning import partitioning
-from prompt_tuning.models import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -73,31 +73,10 @@ EXAMPLES = {
 }
 
 
-# ------------------------------------------------------------------------------------
-# Gin registrations shared by the entry points (library modules stay gin-free).
-# ------------------------------------------------------------------------------------
-
-
-
-def _preset(name: str, **overrides) -> config_lib.T5Config:
-  """`config.preset` that also takes dtype names (`dtype = 'bfloat16'`) from gin."""
-  if isinstance(overrides.get("dtype"), str):
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    overrides["dtype"] = jnp.dtype(overrides["dtype"]).type
-  return config_lib.preset(name, **overrides)
-
-
-t5_preset = gin.external_configurable(_preset, "t5_preset")
-T5Config = gin.external_configurable(config_lib.T5Config, "T5Config")
-make_mesh = gin.external_configurable(partitioning.make_mesh, "partitioning.make_mesh")
-axis_rules = gin.external_configurable(partitioning.rules, "partitioning.rules")
-
-
 def import_gin_modules() -> None:
-  """Imports the modules that register configurables used by the gin files."""
+  """Imports `tasks` (its registrations); `configurables` is imported above."""
   import importlib  # pylint: disable=g-import-not-at-top
-  for name in ("prompt_tuning.methods.configurables", "prompt_tuning.optim",
-               "tasks"):
+  for name in ("tasks",):
     try:
       importlib.import_module(name)
     except ModuleNotFoundError as e:

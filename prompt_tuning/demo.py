@@ -109,7 +109,7 @@ def run_entry(run: Run) -> object:
 def frozen_checksum() -> str:
   """sha256 over every frozen tensor of the bundled checkpoint, in path order."""
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   from prompt_tuning.tiny import assets  # pylint: disable=g-import-not-at-top
   _, params = checkpoints.load(assets.CHECKPOINT_PATH)
   digest = hashlib.sha256()
@@ -332,7 +332,7 @@ def _log_to_console() -> None:
 
 def _prompt_of(result) -> np.ndarray:
   """The trained `[P, H]` prompt in a TrainResult's trainable parameters."""
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   arrays = [np.asarray(v) for k, v in flatten(result.trainable).items()
             if k.endswith("prompt/prompt")]
   if len(arrays) != 1:

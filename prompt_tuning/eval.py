@@ -25,9 +25,11 @@ import gin
 import jax
 from absl import logging
 
-from prompt_tuning import cli, evaluation, initial_params
-from prompt_tuning import state_checkpoints as ckpt
-from prompt_tuning import summaries as summaries_lib
+from prompt_tuning import params as params_lib
+from prompt_tuning import cli, configurables, building
+from prompt_tuning.training import evaluation
+from prompt_tuning.run_dir import train_state as ckpt
+from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models.config import T5Config
 
@@ -86,11 +88,11 @@ def load_trained(method: Method, model_config: Optional[T5Config],
                      "or pass a MODEL_DIR that has config.json.")
   has_npy = export is not None and any(export.glob("*.npy"))
   run_method = method.inference_method() if has_npy else method
-  config, params, shardings = initial_params.build_params(
+  config, params, shardings = building.build_params(
       run_method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
       mesh=mesh, run_initializer=export is None)
   if has_npy:
-    params = initial_params.apply_exported(params, ckpt.read_arrays(str(export)),
+    params = building.apply_exported(params, ckpt.read_arrays(str(export)),
                                            str(export))
     source = str(export)
   elif export is not None:
@@ -106,7 +108,7 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
 
   Uses checkpoint `step` when it is still kept, else the latest one (logged).
   """
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   checkpointer = ckpt.StateCheckpointer(model_dir, keep=None)
   steps = checkpointer.all_steps()
   if not steps:
@@ -116,13 +118,13 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
     logging.warning("The orbax checkpoint of step %d is not kept in %s; evaluating "
                     "the latest one (%d).", step, model_dir, steps[-1])
     step = steps[-1]
-  trainable, frozen = trainer.split_params(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   restored = checkpointer.restore_trainable(step, trainable)
   checkpointer.close()
   if all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(trainable)):
-    restored = initial_params.place(
+    restored = building.place(
         restored, jax.tree_util.tree_map(lambda x: x.sharding, trainable))
-  return (trainer.merge_params(restored, frozen),
+  return (params_lib.merge(restored, frozen),
           f"{model_dir}/{ckpt.STEP_PREFIX}_{step}")
 
 
@@ -166,7 +168,7 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
   # A misspelt task fails here (with close matches), before the model is loaded.
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top
   data.get_task(mixture_or_task_name)
-  mesh = cli.make_mesh()
+  mesh = configurables.make_mesh()
   model, params, shardings, source = load_trained(
       method, model_config, initial_checkpoint_path, model_dir=model_dir,
       checkpoint=checkpoint, mesh=mesh)

@@ -41,8 +41,9 @@ import jax
 import numpy as np
 from absl import flags
 
-from prompt_tuning import cli, infer_io, initial_params, serving
-from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning import cli, configurables, building
+from prompt_tuning.inference import io as infer_io, serving
+from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.models.config import T5Config
 
@@ -185,7 +186,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                     "initialized (only useful for tests).")
   bank, bank_params = bank_lib.from_prompts(sources, prompt_combine(records, combine))
   method = bank_lib.bank_method(bank)
-  config, params, _ = initial_params.build_params(
+  config, params, _ = building.build_params(
       method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
       mesh=mesh, run_initializer=False)
   width = bank_params["prompts"].shape[-1]
@@ -193,7 +194,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     raise InferError(f"The prompts have width H={width} but the frozen model has "
                      f"emb_dim {config.emb_dim} ({initial_checkpoint_path or 'random'}"
                      "); serve prompts trained on this model size.")
-  params = initial_params.apply_exported(
+  params = building.apply_exported(
       params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
           bank_params["prompts"])}, "the prompt bank")
   for name in bank.names:
@@ -285,7 +286,7 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   import tasks  # pylint: disable=g-import-not-at-top
   vocab = (tasks.task_vocabulary(mixture_or_task_name) if mixture_or_task_name
            else tasks.get_vocabulary())
-  mesh = cli.make_mesh()
+  mesh = configurables.make_mesh()
   model, params, bank, frozen = load_bank_model(
       _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
       mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine)

@@ -30,7 +30,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_tuning.methods.base import flatten, unflatten
+from prompt_tuning.params import flatten, unflatten
 
 MeshAxes = Union[None, str, Tuple[str, ...]]
 Rules = Sequence[Tuple[str, MeshAxes]]

@@ -19,11 +19,11 @@ import gin
 import optax
 from absl import logging
 
-from prompt_tuning import cli, trainer
+from prompt_tuning import cli, configurables
+from prompt_tuning.training import trainer
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models.config import T5Config
 
-TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
 
 
 @gin.configurable("train", denylist=["gin_config"])
@@ -36,12 +36,12 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           decode_fn: Optional[Callable[..., Any]] = None,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
   """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
-  mesh = cli.make_mesh()
+  mesh = configurables.make_mesh()
   learning_rate_fn = learning_rate_fn or _bound_learning_rate()
   return trainer.train(config, method=method, model_config=model_config,
                        optimizer=optimizer,
                        initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
-                       axis_rules=cli.axis_rules(), learning_rate_fn=learning_rate_fn,
+                       axis_rules=configurables.axis_rules(), learning_rate_fn=learning_rate_fn,
                        decode_fn=decode_fn, gin_config=gin_config)
 
 

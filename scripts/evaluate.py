@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import collect  # pylint: disable=g-import-not-at-top
-from prompt_tuning.research import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import eval_runs as evaluate_lib  # pylint: disable=g-import-not-at-top
 
 LEADING = ["source", "path", "method", "task", "split"]
 

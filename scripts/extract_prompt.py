@@ -21,7 +21,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
-from prompt_tuning import export  # pylint: disable=g-import-not-at-top
+from prompt_tuning import prompt_files  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
 
 
@@ -42,7 +42,7 @@ def main(argv=None):
   except (FileNotFoundError, ValueError, KeyError) as e:
     print(f"extract_prompt: error: {e}", file=sys.stderr)
     return 1
-  path = export.save_prompt(args.output, prompt)
+  path = prompt_files.save_prompt(args.output, prompt)
   print(f"Wrote {path}: prompt [{prompt.shape[0]}, {prompt.shape[1]}] from "
         f"{args.source}")
   return 0

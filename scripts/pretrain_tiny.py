@@ -45,7 +45,7 @@ import optax
 
 from prompt_tuning import cli
 from prompt_tuning import checkpoints
-from prompt_tuning.losses import weighted_cross_entropy
+from prompt_tuning.training.losses import weighted_cross_entropy
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import Transformer
 from prompt_tuning.tiny import assets, corpus, pretraining, spm

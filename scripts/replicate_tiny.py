@@ -59,8 +59,8 @@ import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning.tiny import corpus  # pylint: disable=g-import-not-at-top
 
-from prompt_tuning.research import collect, ensembles, model_dirs  # pylint: disable=g-import-not-at-top
-from prompt_tuning.research import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import collect, ensemble_runs, model_dirs  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import eval_runs as evaluate_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import plots, runs as runs_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import transfer  # pylint: disable=g-import-not-at-top
@@ -289,7 +289,7 @@ def ensemble(args, sweep) -> Dict[str, Any]:
   cache = out / "ensemble.json"
   if cache.exists():
     return json.loads(cache.read_text())
-  return ensembles.ensemble_eval(
+  return ensemble_runs.ensemble_eval(
       {f"seed{r.seed}": str(r.model_dir) for r in members}, sweep.task,
       output_dir=str(out), max_examples=args.max_eval_examples,
       model_gin_files=[MODEL_GIN], gin_files=[COMMON_GIN],

@@ -28,6 +28,10 @@ from tasks import generation
 from tasks import local
 from tasks import tiny  # bundled demo tasks (owned by the demo work)
 from tasks import tiny_shift  # domain-shifted tiny tasks (research workflows)
+from tasks import table_to_text  # decoder-only (GPT-2) formats of E2E/WebNLG/DART
+from tasks import gsm8k
+from tasks import code  # MBPP-format code tasks, pass@1 through tasks.sandbox
+from tasks import hf_vocab  # tasks re-tokenized with a Hugging Face tokenizer
 
 from tasks.labels import TASK_PREFIXES
 from tasks.labels import get_label_strings
@@ -47,6 +51,9 @@ def register_all() -> None:
   qa.register()
   generation.register()
   tiny.register()
+  table_to_text.register()
+  gsm8k.register()
+  code.register()
 
 
 register_all()

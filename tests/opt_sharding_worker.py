@@ -20,7 +20,7 @@ _ALL_GATHER = re.compile(r"=\s*\(?([a-z0-9]+\[[0-9,]*\])[^=]*?\ball-gather(?:-st
 
 def _methods():
   # pylint: disable=g-import-not-at-top
-  from prompt_tuning import optim
+  from prompt_tuning.training import optim
   from prompt_tuning.methods import baselines, lopa, prefix, prompt
   return {
       "prompt": (prompt.prompt_tuning(length=3), optim.adafactor_prompt_tuning()),
@@ -61,8 +61,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import (initial_params, opt_state_sharding, partitioning,  # pylint: disable=g-import-not-at-top
-                             trainer)
+  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import building, partitioning
+  from prompt_tuning import params as params_lib
+  from prompt_tuning.training import opt_state_sharding, trainer
   assert jax.device_count() == 8
   mesh = partitioning.make_mesh(4)
   config = tl.train_config("/unused", batch_size=8)
@@ -77,13 +79,13 @@ def main(argv):
         _xla_guess if label.endswith("xla_guess") else derived)
     # Abstract arguments carrying their shardings: lowering needs no real arrays.
     model = method.build(tl.tiny_config())
-    boxed = initial_params.abstract_params(model)
+    boxed = building.abstract_params(model)
     shardings = partitioning.param_shardings(boxed, mesh, partitioning.rules())
     params = jax.tree_util.tree_map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
         nn.unbox(boxed), shardings)
-    trainable, frozen = trainer.split_params(params, method)
-    trainable_shardings, frozen_shardings = trainer.split_params(shardings, method)
+    trainable, frozen = params_lib.split(params, method.trainable)
+    trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
     steps = trainer.compile_steps(model, optimizer, mesh, trainable,
                                   trainable_shardings, frozen_shardings, config)
     state = jax.tree_util.tree_map(

@@ -19,7 +19,7 @@ BATCH = 8
 
 def _train(model_dir, mesh, shard=0, num_shards=1):
   import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   return trainer.train(
       tl.train_config(model_dir, train_steps=STEPS, batch_size=BATCH,
                       checkpoint_period=STEPS),
@@ -32,8 +32,8 @@ def _kernel_sharding(mesh):
   """How the mesh shards a kernel whose `mlp` axis maps to `model`."""
   import jax  # pylint: disable=g-import-not-at-top
   import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import initial_params  # pylint: disable=g-import-not-at-top
-  _, params, _ = initial_params.build_params(
+  from prompt_tuning import building  # pylint: disable=g-import-not-at-top
+  _, params, _ = building.build_params(
       tl.model_tuning(), tl.tiny_config(), None, jax.random.PRNGKey(0), mesh=mesh)
   kernel = params["decoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]  # [embed, mlp]
   return {"spec": [str(a) for a in kernel.sharding.spec],
@@ -43,7 +43,7 @@ def _kernel_sharding(mesh):
 
 def _summary(result):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   return {"losses": [result.losses[s] for s in range(1, STEPS + 1)],
           "params": {k: np.asarray(v).ravel()[:16].tolist()
                      for k, v in flatten(result.trainable).items()}}

@@ -42,16 +42,16 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from prompt_tuning import checkpoints, initial_params
+  from prompt_tuning import building, checkpoints
   from prompt_tuning.methods import initializers, prompt
-  from prompt_tuning.methods.base import flatten
+  from prompt_tuning.params import flatten
   from prompt_tuning.models.t5 import Transformer  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.config import T5Config  # pylint: disable=g-import-not-at-top
   assert jax.process_count() == 2 and jax.device_count() == 4
   config = T5Config(**json.loads(argv[6]))
   mesh = partitioning.make_mesh(4)
   shardings = flatten(partitioning.param_shardings(
-      initial_params.abstract_params(Transformer(config)), mesh,
+      building.abstract_params(Transformer(config)), mesh,
       partitioning.rules()))
   result = {"process_index": jax.process_index()}
   for fmt, path in (("t5x", t5x_dir), ("huggingface", hf_dir)):
@@ -69,7 +69,7 @@ def main(argv):
         "sharded": sorted(n for n, a in arrays.items() if not a.is_fully_replicated)}
   # The whole entry point: a prompt drawn from the sharded embedding table.
   method = prompt.prompt_tuning(length=3, initializer=initializers.sampled_vocab(50))
-  _, params, _ = initial_params.build_params(
+  _, params, _ = building.build_params(
       method, config, t5x_dir, jax.random.PRNGKey(0), mesh=mesh)
   result["prompt"] = np.asarray(params["encoder"]["prompt"]["prompt"]).tolist()
   with open(out, "w") as f:

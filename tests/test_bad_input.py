@@ -182,8 +182,8 @@ def test_unknown_gin_flag_binding_is_named_with_close_matches(clean_gin):
 
 
 def test_unwritable_model_dir_fails_before_anything_else(tmp_path):
-  from prompt_tuning import run_lock  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.run_dir import lock as run_lock  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   with pytest.raises(run_lock.ModelDirError) as error:
@@ -210,7 +210,8 @@ def _poisoned_batches(at_step: int):
 
 
 def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path):
-  from prompt_tuning import state_checkpoints, trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.run_dir import train_state  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   model_dir = tmp_path / "run"
   # Checkpoints every 2 steps; the loss of step 5 is NaN: 2 and 4 are good, and
   # nothing may be saved at 6 (the parameters are NaN after update 5).
@@ -226,20 +227,20 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
   assert "rerun the same command to resume from step 4" in message
 
   # Checkpoints 2 and 4 are intact and finite; nothing after them was written.
-  checkpointer = state_checkpoints.StateCheckpointer(str(model_dir), keep=5)
+  checkpointer = train_state.StateCheckpointer(str(model_dir), keep=5)
   assert checkpointer.all_steps() == [2, 4]
   assert checkpointer.read_data(4)["batches_consumed"] == 4
   checkpointer.close()
-  assert state_checkpoints.numpy_steps(str(model_dir)) == [2, 4]
-  exported = state_checkpoints.read_arrays(str(
-      state_checkpoints.numpy_checkpoint_dir(str(model_dir), 4)))
+  assert train_state.numpy_steps(str(model_dir)) == [2, 4]
+  exported = train_state.read_arrays(str(
+      train_state.numpy_checkpoint_dir(str(model_dir), 4)))
   assert exported and all(np.all(np.isfinite(v)) for v in exported.values())
 
 
 def test_parameters_are_checked_finite_before_every_save():
   # The save-time guard for an update that makes the parameters (not yet the loss)
   # NaN or infinite.
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   good = {"a": {"w": np.ones((2, 3), np.float32)}, "b": np.zeros(4, np.float32)}
   assert bool(trainer._all_finite(good))  # pylint: disable=protected-access
   for bad in (np.nan, np.inf, -np.inf):
@@ -273,7 +274,8 @@ def _register_long_task(name="bad_input_long_inputs"):
 def test_long_inputs_are_truncated_as_seqio_does_and_counted(tmp_path, caplog):
   import seqio  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import data, trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   task = _register_long_task()
   # The token ids are exactly seqio.get_dataset's (same trimming, same order).
   ours = next(data.train_batches(task, tl.FEATURE_LENGTHS, 8, seed=1))
@@ -309,7 +311,8 @@ def test_evaluation_cuts_long_inputs_like_seqio_and_reports_them(caplog):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import data, evaluation  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import evaluation  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.t5 import Transformer  # pylint: disable=g-import-not-at-top
   name = _register_long_task()
   task = seqio.get_mixture_or_task(name)

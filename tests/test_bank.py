@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from methods_testlib import random_params
 
-from prompt_tuning import decoding
+from prompt_tuning.models import decoding
 from prompt_tuning.methods import bank as bank_lib
-from prompt_tuning.methods.base import flatten, with_params
+from prompt_tuning.params import flatten, with_params
 from prompt_tuning.methods.prompt import Prompt
 from prompt_tuning.models.config import preset
 from prompt_tuning.models.t5 import Transformer

@@ -19,7 +19,8 @@ import pytest
 
 from benchmarks import common, flops, weights
 from benchmarks.worker import Worker, WorkerError
-from prompt_tuning import optim, trainer
+from prompt_tuning import params as params_lib
+from prompt_tuning.training import optim, trainer
 from prompt_tuning.methods import prompt as prompt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def test_flop_formula_counts_exactly_the_traced_matmuls_of_a_prompt_tuning_step(
   params = jax.eval_shape(lambda rng: nn.unbox(model.init(
       rng, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]),
                           jax.random.PRNGKey(0))  # shapes are all the trace needs
-  trainable, frozen = trainer.split_params(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   optimizer = optim.adafactor_prompt_tuning()
   state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable,
                              jax.eval_shape(optimizer.init, trainable))

@@ -10,7 +10,7 @@ import tensorstore as ts
 
 from conftest import SHARED_FIXTURES, T5X_TINY_CHECKPOINT
 
-from prompt_tuning.methods.base import unflatten
+from prompt_tuning.params import unflatten
 from prompt_tuning import checkpoints
 from prompt_tuning.checkpoints import t5x, tree
 from prompt_tuning.models import config as config_lib

@@ -4,7 +4,7 @@ import optax
 import pytest
 from absl import app
 
-from prompt_tuning import cli
+from prompt_tuning import cli, configurables
 from prompt_tuning import eval as eval_lib
 from prompt_tuning import train as train_lib
 
@@ -41,7 +41,7 @@ def test_prompt_finetune_gin_has_the_papers_settings(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # found through the search paths, not the cwd
   cli.parse_gin(["models/t5_1_1_base.gin", "runs/prompt_finetune.gin"], _bindings())
   assert cli.missing_macros(cli.TRAIN_MACROS) == []
-  config = train_lib.TrainConfig()
+  config = configurables.TrainConfig()
   assert (config.train_steps, config.batch_size, config.eval_period) == (30000, 32, 1000)
   assert config.checkpoint_period == 1000 and config.z_loss == 1e-4
   assert config.loss_normalizing_factor == "NUM_REAL_TARGET_TOKENS"
@@ -59,7 +59,7 @@ def test_model_finetune_gin_trains_everything():
   cli.parse_gin(["models/t5_1_1_small.gin", "runs/model_finetune.gin"], _bindings())
   assert cli.macro("METHOD").trainable == (".*",)
   assert gin.query_parameter("optim.adafactor_model_tuning.learning_rate") == 1e-3
-  assert train_lib.TrainConfig().train_steps == 30000
+  assert configurables.TrainConfig().train_steps == 30000
 
 
 def test_missing_required_macro_names_it_and_the_flag_to_add():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from methods_testlib import random_params
 
-from prompt_tuning import decoding
+from prompt_tuning.models import decoding
 from prompt_tuning.models.config import preset
 from prompt_tuning.models.t5 import Transformer
 

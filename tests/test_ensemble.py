@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from methods_testlib import random_params
 
-from prompt_tuning import decoding, ensemble, ranking
+from prompt_tuning.models import decoding
+from prompt_tuning.inference import ensemble, ranking
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.models.config import preset
 from prompt_tuning.models.t5 import Transformer

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning import params as params_lib
 from prompt_tuning import checkpoints
-from prompt_tuning import export
-from prompt_tuning import optim
-from prompt_tuning.methods import base
+from prompt_tuning import prompt_files
+from prompt_tuning.training import optim
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.prefix import prefix_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
@@ -31,7 +31,7 @@ def test_save_numpy_round_trips_through_the_file_initializer(tmp_path):
   method = prompt_tuning(length=P)
   enc, dec, _ = batch()
   params = random_params(method.build(config), enc, dec)
-  written = export.save_numpy(tmp_path, method, params)
+  written = prompt_files.save_numpy(tmp_path, method, params)
   assert list(written) == ["encoder.prompt.prompt"]
   path = written["encoder.prompt.prompt"]
   assert path.endswith("encoder.prompt.prompt.npy")
@@ -48,7 +48,7 @@ def test_save_numpy_writes_folded_prefixes(tmp_path):
   method = prefix_tuning(length=2, hidden_dim=8)
   enc, dec, _ = batch()
   params = random_params(method.build(config), enc, dec)
-  written = export.save_numpy(tmp_path, method, params)
+  written = prompt_files.save_numpy(tmp_path, method, params)
   assert sorted(written) == ["prefix.decoder.key", "prefix.decoder.value",
                              "prefix.encoder.key", "prefix.encoder.value"]
   assert np.load(written["prefix.encoder.key"]).shape == (2, 2, 4, 8)  # [L, P, N, D]
@@ -56,7 +56,7 @@ def test_save_numpy_writes_folded_prefixes(tmp_path):
 
 def test_save_prompt_refuses_non_matrices(tmp_path):
   with pytest.raises(ValueError, match=r"\[P, H\]"):
-    export.save_prompt(tmp_path / "p.npy", np.zeros((2, 3, 4)))
+    prompt_files.save_prompt(tmp_path / "p.npy", np.zeros((2, 3, 4)))
 
 
 # ---------------------------------------------------------------- PEFT
@@ -110,7 +110,7 @@ def _ours(directory, prompt=None):
     model = prompt_tuning(length=1).build(config).clone(prompt=None)
   else:
     model = prompt_tuning(length=prompt.shape[0]).build(config)
-    params = base.with_params(params, {"encoder/prompt/prompt": jnp.asarray(prompt)})
+    params = params_lib.with_params(params, {"encoder/prompt/prompt": jnp.asarray(prompt)})
   value = jax.jit(functools.partial(loss, model))(params, enc, dec, tgt)
   return config, float(value), (enc, tgt)
 
@@ -125,7 +125,7 @@ def test_peft_adapter_gives_the_same_loss_in_pytorch(hf_checkpoint, tmp_path):
   config, ours, (enc, tgt) = _ours(hf_checkpoint, prompt)
   _, plain, _ = _ours(hf_checkpoint)
   assert abs(ours - plain) > 1e-3  # the prompt matters
-  adapter = export.save_peft(tmp_path / "adapter", prompt, config)
+  adapter = prompt_files.save_peft(tmp_path / "adapter", prompt, config)
   stored = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
   assert stored["peft_type"] == "PROMPT_TUNING" and stored["num_virtual_tokens"] == P
   peft_model = peft.PeftModel.from_pretrained(_hf_model(hf_checkpoint), adapter)
@@ -144,7 +144,7 @@ def test_adapter_written_by_peft_imports_and_training_continues(hf_checkpoint, t
   peft_model.save_pretrained(tmp_path / "from_peft")
   saved = peft_model.get_prompt_embedding_to_save("default").numpy()
   assert saved.shape == (2 * P, 32)
-  prompt = export.load_peft(tmp_path / "from_peft")
+  prompt = prompt_files.load_peft(tmp_path / "from_peft")
   np.testing.assert_array_equal(prompt, saved[:P])
   peft_model.eval()
   config, ours, (enc, tgt) = _ours(hf_checkpoint, prompt)
@@ -157,11 +157,11 @@ def test_adapter_written_by_peft_imports_and_training_continues(hf_checkpoint, t
   np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"], prompt)
   model = method.build(config)
   enc, dec, tgt = batch(size=3, inputs=9, targets=5)
-  trainable, frozen = optim.split(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   tx = optim.adafactor_prompt_tuning(learning_rate=0.1)
   state = tx.init(trainable)
   grad = jax.jit(jax.value_and_grad(
-      lambda t: loss(model, optim.merge(t, frozen), enc, dec, tgt)))
+      lambda t: loss(model, params_lib.merge(t, frozen), enc, dec, tgt)))
   losses = []
   for _ in range(3):
     value, grads = grad(trainable)
@@ -184,14 +184,14 @@ def test_adapter_written_by_peft_imports_and_training_continues(hf_checkpoint, t
 ])
 def test_broken_adapters_raise_peft_format_error(tmp_path, corrupt, message):
   directory = tmp_path / "adapter"
-  export.save_peft(directory, np.zeros((P, 32), np.float32))
+  prompt_files.save_peft(directory, np.zeros((P, 32), np.float32))
   corrupt(directory)
-  with pytest.raises(export.PeftFormatError, match=message):
-    export.load_peft(directory)
+  with pytest.raises(prompt_files.PeftFormatError, match=message):
+    prompt_files.load_peft(directory)
 
 
 def test_from_file_checks_the_adapter_prompt_shape(tmp_path):
-  export.save_peft(tmp_path / "adapter", np.zeros((P, 32), np.float32))
+  prompt_files.save_peft(tmp_path / "adapter", np.zeros((P, 32), np.float32))
   with pytest.raises(inits.PromptFileError, match="PROMPT_LENGTH to 5"):
     inits.from_file(tmp_path / "adapter")(None, (7, 32), None)
   with pytest.raises(inits.PromptFileError, match="adapter_config.json"):

@@ -41,7 +41,7 @@ def _config(model_dir):
 
 
 def _train(model_dir, batches_fn=None):
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   return trainer.train(_config(model_dir), method=tl.partial_tuning(),
                        model_config=tl.tiny_config(), optimizer=tl.adam(),
                        batches_fn=batches_fn or tl.fixed_batches(8))
@@ -87,7 +87,10 @@ def _worker(model_dir: str, mode: str) -> None:
 
 def _start(model_dir, mode, compile_cache) -> subprocess.Popen:
   # The workers share a persistent compilation cache: one compiles, the rest load.
+  # PYTHONPATH: the worker runs as a script, so without it `prompt_tuning` would be
+  # the installed package rather than this checkout.
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]),
              JAX_COMPILATION_CACHE_DIR=str(compile_cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -112,7 +115,7 @@ def reference(tmp_path_factory):
 
 
 def _same_params(result, reference):
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   ours, theirs = flatten(result.trainable), flatten(reference)
   assert set(ours) == set(theirs)
   for path, value in theirs.items():
@@ -120,8 +123,8 @@ def _same_params(result, reference):
 
 
 def _committed(model_dir):
-  from prompt_tuning import state_checkpoints  # pylint: disable=g-import-not-at-top
-  checkpointer = state_checkpoints.StateCheckpointer(str(model_dir), keep=10)
+  from prompt_tuning.run_dir import train_state  # pylint: disable=g-import-not-at-top
+  checkpointer = train_state.StateCheckpointer(str(model_dir), keep=10)
   try:
     return checkpointer.all_steps(), checkpointer.latest_step()
   finally:
@@ -134,7 +137,7 @@ def _entries(model_dir):
 
 def test_kill_9_during_training_resumes_bit_identical_and_second_run_is_refused(
     tmp_path, reference, compile_cache, caplog):
-  from prompt_tuning import run_lock  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.run_dir import lock as run_lock  # pylint: disable=g-import-not-at-top
   model_dir = tmp_path / "run"
   proc = _start(model_dir, "slow", compile_cache)
   deadline = time.time() + 300
@@ -170,7 +173,7 @@ def test_kill_9_during_training_resumes_bit_identical_and_second_run_is_refused(
 
 def test_kill_9_inside_a_checkpoint_commit_keeps_the_previous_one_latest(
     tmp_path, reference, compile_cache):
-  from prompt_tuning import state_checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.run_dir import train_state  # pylint: disable=g-import-not-at-top
   model_dir = tmp_path / "run"
   proc = _start(model_dir, "kill_commit:4", compile_cache)
   _, err = proc.communicate(timeout=600)
@@ -183,7 +186,7 @@ def test_kill_9_inside_a_checkpoint_commit_keeps_the_previous_one_latest(
   assert partial and "checkpoint_4" not in entries, entries
   assert {"state", "data"} <= set(os.listdir(model_dir / partial[0]))
   assert _committed(model_dir) == ([2], 2)
-  assert state_checkpoints.numpy_steps(str(model_dir)) == [2]
+  assert train_state.numpy_steps(str(model_dir)) == [2]
 
   result = _train(model_dir)
   assert result.step == STEPS and min(result.losses) == 3

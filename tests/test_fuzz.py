@@ -15,7 +15,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from prompt_tuning import run_lock
+from prompt_tuning.run_dir import lock as run_lock
 
 _records = st.dictionaries(
     st.sampled_from(["pid", "host", "started", "argv", "other"]),

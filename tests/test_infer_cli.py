@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import T5_VOCAB, run_entry_point
-from prompt_tuning import checkpoints, decoding, ranking
-from prompt_tuning.methods.base import with_params
+from prompt_tuning import checkpoints
+from prompt_tuning.models import decoding
+from prompt_tuning.inference import ranking
+from prompt_tuning.params import with_params
 from prompt_tuning.methods.prompt import Prompt
 from prompt_tuning.models.config import preset
 from prompt_tuning.models.t5 import Transformer

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import decoding, infer_io, ranking, serving
+from prompt_tuning.models import decoding
+from prompt_tuning.inference import io as infer_io, ranking, serving
 from prompt_tuning import infer as infer_lib
-from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
-from prompt_tuning.methods.base import with_params
+from prompt_tuning.params import with_params
 from prompt_tuning.methods.prompt import Prompt
 from prompt_tuning.models.config import preset
 from prompt_tuning.models.t5 import Transformer

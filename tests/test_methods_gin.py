@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_tuning.methods import base
-from prompt_tuning.methods import configurables
+from prompt_tuning import params as params_lib
+from prompt_tuning import configurables
 from prompt_tuning.methods.base import Method
 
 from conftest import REPO_ROOT, RELEASED_PROMPTS, T5_VOCAB
@@ -79,7 +79,7 @@ def _initialized_prompt(method, vocab_rows=128, width=32):
   table = np.random.default_rng(0).standard_normal((vocab_rows, width)).astype(np.float32)
   out = method.initialize(jax.random.PRNGKey(0), {"token_embedder": {"embedding": table}},
                           config)
-  return np.asarray(base.get_param(out, "encoder/prompt/prompt")), table
+  return np.asarray(params_lib.get_param(out, "encoder/prompt/prompt")), table
 
 
 def _is_row(table, row):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.methods import base
+from prompt_tuning import params as params_lib
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.prompt import prompt_tuning
 from prompt_tuning.models.config import preset
@@ -199,7 +199,7 @@ def test_released_prompt_runs_in_a_tiny_model_of_the_same_width():
   apply = jax.jit(model.apply)
   logits = apply({"params": loaded}, enc, dec)
   assert logits.shape == (1, 3, 128) and np.all(np.isfinite(logits))
-  zeroed = base.with_params(loaded, {"encoder/prompt/prompt": jnp.zeros((100, 768))})
+  zeroed = params_lib.with_params(loaded, {"encoder/prompt/prompt": jnp.zeros((100, 768))})
   assert not np.allclose(logits, apply({"params": zeroed}, enc, dec))
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.methods import base
+from prompt_tuning import params as params_lib
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.lopa import LopaPrompt, lopa
 
@@ -32,7 +32,7 @@ def _prompt_from_params(own, features, variant="gate"):
 def test_parameters_paths_and_axes():
   method = lopa(length=P, rank=R, hidden_dim=HID)
   enc, dec, _ = batch()
-  boxed = base.flatten(jax.eval_shape(
+  boxed = params_lib.flatten(jax.eval_shape(
       lambda: method.build(tiny_config()).init(RNG, enc, dec))["params"])
   own = {k: v for k, v in boxed.items() if method.is_trainable(k)}
   assert {k: v.value.shape for k, v in own.items()} == {
@@ -48,7 +48,7 @@ def test_parameters_paths_and_axes():
   }
   assert all(isinstance(v, nn.LogicallyPartitioned) for v in own.values())
   assert own["encoder/prompt/prompt"].names == ("prompt", "embed")
-  assert base.matches("encoder/prompt/prompt", [r".*/prompt/.*"])
+  assert params_lib.matches("encoder/prompt/prompt", [r".*/prompt/.*"])
 
 
 @pytest.mark.parametrize("variant", ["gate", "add", "max", "concat"])
@@ -131,7 +131,7 @@ def test_initialize_applies_the_prompt_initializer_to_z_s():
   enc, dec, _ = batch()
   method = lopa(length=P, rank=R, hidden_dim=HID, initializer=inits.sampled_vocab())
   model = method.build(config)
-  params = base.without_params(random_params(model, enc, dec), "encoder/prompt")
+  params = params_lib.without_params(random_params(model, enc, dec), "encoder/prompt")
   loaded = jax.jit(lambda rng, p: method.initialize(rng, p, config))(RNG, params)
   table = np.asarray(params["token_embedder"]["embedding"])
   for row in np.asarray(loaded["encoder"]["prompt"]["prompt"]):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.methods import base
+from prompt_tuning import params as params_lib
 from prompt_tuning.methods import prefix as prefix_lib
 from prompt_tuning.methods.prefix import prefix_tuning
 
@@ -29,7 +29,7 @@ def setup():
 
 def test_training_parameters_paths_shapes_and_axes(setup):
   config, method, model, _, (enc, dec, _) = setup
-  boxed = base.flatten(jax.eval_shape(lambda: model.init(RNG, enc, dec))["params"])
+  boxed = params_lib.flatten(jax.eval_shape(lambda: model.init(RNG, enc, dec))["params"])
   own = {k: v for k, v in boxed.items() if k.startswith("prefix/")}
   assert all(isinstance(v, nn.LogicallyPartitioned) for v in own.values())
   shapes = {k: v.value.shape for k, v in own.items()}
@@ -75,7 +75,7 @@ def test_folded_prefixes_give_the_same_outputs(setup):
   config, method, model, params, (enc, dec, _) = setup
   inference = method.inference_method()
   folded = method.inference_params(params)
-  flat = base.flatten(folded)
+  flat = params_lib.flatten(folded)
   assert not any(k.startswith("prefix/") and "kernel" in k for k in flat)
   assert flat["prefix/encoder/key"].shape == (2, P, 4, 8)
   assert flat["prefix/decoder/value"].shape == (3, P, 4, 8)
@@ -126,7 +126,7 @@ def test_export_writes_the_folded_prefixes(setup):
 
 def test_initialize_creates_prefix_params_for_a_frozen_checkpoint(setup):
   config, method, _, params, _ = setup
-  frozen_only = base.without_params(params, "prefix")
+  frozen_only = params_lib.without_params(params, "prefix")
   loaded = jax.jit(lambda rng, p: method.initialize(rng, p, config))(
       jax.random.PRNGKey(5), frozen_only)
   assert jax.tree.structure(loaded) == jax.tree.structure(params)

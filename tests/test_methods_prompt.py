@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning.methods import base
+from prompt_tuning import params as params_lib
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.methods.prompt import prompt_tuning
@@ -19,13 +19,13 @@ def test_prompt_parameter_path_axes_and_regex():
   method = prompt_tuning(length=5)
   enc, dec, _ = batch()
   boxed = jax.eval_shape(lambda: method.build(tiny_config()).init(RNG, enc, dec))
-  flat = base.flatten(boxed["params"])
+  flat = params_lib.flatten(boxed["params"])
   prompt = flat["encoder/prompt/prompt"]
   assert isinstance(prompt, nn.LogicallyPartitioned)
   assert prompt.names == ("prompt", "embed") and prompt.value.shape == (5, 32)
   trained = [k for k in flat if method.is_trainable(k)]
   assert trained == ["encoder/prompt/prompt"]
-  assert base.matches("encoder/prompt/prompt", [r".*/prompt/.*"])
+  assert params_lib.matches("encoder/prompt/prompt", [r".*/prompt/.*"])
 
 
 def _placement(mode, x_len=5, lengths=(3, 5), num_prompt=2):
@@ -104,7 +104,7 @@ def test_prompt_changes_the_output():
   model = method.build(one_layer_config())
   enc, dec, _ = batch()
   params = random_params(model, enc, dec)
-  other = base.with_params(params, {"encoder/prompt/prompt": jnp.zeros((3, 32))})
+  other = params_lib.with_params(params, {"encoder/prompt/prompt": jnp.zeros((3, 32))})
   apply = jax.jit(model.apply)
   assert not np.allclose(apply({"params": params}, enc, dec),
                          apply({"params": other}, enc, dec))
@@ -121,9 +121,9 @@ def test_initialize_uses_the_configured_initializer_and_keeps_frozen_params():
   table = np.asarray(params["token_embedder"]["embedding"])
   for row in prompt:  # each row is one vocabulary embedding
     assert np.any(np.all(table == row, axis=1))
-  for path, value in base.flatten(params).items():
+  for path, value in params_lib.flatten(params).items():
     if path != "encoder/prompt/prompt":
-      assert loaded is not params and base.get_param(loaded, path) is value
+      assert loaded is not params and params_lib.get_param(loaded, path) is value
 
 
 def test_initialize_adds_the_prompt_to_a_frozen_checkpoint():
@@ -132,7 +132,7 @@ def test_initialize_adds_the_prompt_to_a_frozen_checkpoint():
   method = prompt_tuning(length=4)
   model = method.build(config)
   enc, dec, _ = batch()
-  params = base.without_params(random_params(model, enc, dec), "encoder/prompt")
+  params = params_lib.without_params(random_params(model, enc, dec), "encoder/prompt")
   loaded = method.initialize(RNG, params, config)
   prompt = loaded["encoder"]["prompt"]["prompt"]
   assert prompt.shape == (4, 32) and float(jnp.max(jnp.abs(prompt))) <= 0.5

@@ -8,16 +8,18 @@ import optax
 import pytest
 
 import trainer_testlib as tl
-from prompt_tuning import initial_params, losses, trainer
+from prompt_tuning import building
+from prompt_tuning import params as params_lib
+from prompt_tuning.training import losses, trainer
 from prompt_tuning.methods import prompt
-from prompt_tuning.methods.base import flatten
+from prompt_tuning.params import flatten
 
 
 def _setup(method):
   config = tl.tiny_config(dropout_rate=0.1)
-  _, params, _ = initial_params.build_params(method, config, None,
+  _, params, _ = building.build_params(method, config, None,
                                              jax.random.PRNGKey(0))
-  trainable, frozen = trainer.split_params(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   return method.build(config), trainable, frozen
 
 
@@ -85,7 +87,7 @@ def test_per_microbatch_normalization_would_differ():
   """The uneven batch makes the test sensitive: averaging each microbatch's own
   token-normalized loss (a common bug) gives a different loss than the batch's."""
   model, trainable, frozen = _setup(tl.model_tuning())
-  params = {"params": trainer.merge_params(trainable, frozen)}
+  params = {"params": params_lib.merge(trainable, frozen)}
 
   @jax.jit
   def loss(b):
@@ -126,7 +128,7 @@ def test_dropout_differs_per_microbatch_and_stays_deterministic():
   @jax.jit
   def grads(part, rng):
     def loss(t):
-      logits = model.apply({"params": trainer.merge_params(t, frozen)},
+      logits = model.apply({"params": params_lib.merge(t, frozen)},
                            part["encoder_input_tokens"], part["decoder_input_tokens"],
                            enable_dropout=True, rngs={"dropout": rng})
       return losses.weighted_cross_entropy(logits, part["decoder_target_tokens"],
@@ -144,8 +146,8 @@ def test_dropout_differs_per_microbatch_and_stays_deterministic():
 
 
 def test_num_microbatches_is_gin_bindable(tmp_path):
-  from prompt_tuning import train  # pylint: disable=g-import-not-at-top  (registers)
-  del train
+  from prompt_tuning import configurables  # pylint: disable=g-import-not-at-top  (registers)
+  del configurables
   gin.add_config_file_search_path(str(tl.__file__).rsplit("/tests/", 1)[0] + "/configs")
   gin.parse_config_files_and_bindings(
       ["runs/prompt_finetune.gin"],

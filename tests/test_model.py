@@ -157,7 +157,7 @@ def test_incremental_decoding_matches_full_forward(tiny):
 def test_decoding_projects_the_encoder_output_once(tiny):
   """Cross-attention keys/values are made when the cache is created and reused:
   later steps read them from the cache, not from the `encoded` they are given."""
-  from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
   config, model, params, enc, dec = tiny
   encoded, mask = model.apply({"params": params}, enc, method=model.encode)
   length = dec.shape[1]

@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import opt_sharding_worker
-from prompt_tuning import opt_state_sharding, optim, partitioning
+from prompt_tuning import partitioning
+from prompt_tuning.training import opt_state_sharding, optim
 
 WORKER = pathlib.Path(opt_sharding_worker.__file__)
 REPO = WORKER.parents[1]

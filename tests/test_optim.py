@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_tuning import optim
-from prompt_tuning.methods import base
+from prompt_tuning import params as params_lib
+from prompt_tuning.training import optim
 from prompt_tuning.methods.baselines import model_tuning, prompt_design
 from prompt_tuning.methods.lopa import lopa
 from prompt_tuning.methods.prefix import prefix_tuning
@@ -26,42 +26,43 @@ def _params():
 
 def test_split_and_merge_round_trip():
   params = _params()
-  trainable, frozen = optim.split(params, prompt_tuning(length=3))
-  assert list(trainable) == ["encoder/prompt/prompt"]
-  assert "token_embedder/embedding" in frozen and len(frozen) > 20
-  merged = optim.merge(trainable, frozen)
+  trainable, frozen = params_lib.split(params, prompt_tuning(length=3).trainable)
+  assert list(params_lib.flatten(trainable)) == ["encoder/prompt/prompt"]
+  frozen_paths = params_lib.flatten(frozen)
+  assert "token_embedder/embedding" in frozen_paths and len(frozen_paths) > 20
+  merged = params_lib.merge(trainable, frozen)
   assert jax.tree.structure(merged) == jax.tree.structure(params)
-  for path, value in base.flatten(params).items():
-    assert base.get_param(merged, path) is value
+  for path, value in params_lib.flatten(params).items():
+    assert params_lib.get_param(merged, path) is value
 
 
 def test_split_with_regexes_that_match_nothing_names_them():
   with pytest.raises(ValueError, match=r"decoder/nothing/\.\*"):
-    optim.split(_params(), [r"decoder/nothing/.*"])
+    params_lib.split(_params(), [r"decoder/nothing/.*"])
   with pytest.raises(ValueError, match="list"):
-    optim.split(_params(), r".*/prompt/.*")
+    params_lib.split(_params(), r".*/prompt/.*")
 
 
 def test_merge_refuses_overlap():
   with pytest.raises(ValueError, match="both"):
-    optim.merge({"a/b": 1}, {"a/b": 2})
+    params_lib.merge({"a/b": 1}, {"a/b": 2})
 
 
 def test_trainable_regexes_default_to_the_method_and_can_be_overridden():
   method = prompt_tuning(length=3)
   assert optim.trainable_regexes(method) == (r".*/prompt/.*",)
   assert optim.trainable_regexes(method, [r"decoder/.*"]) == (r"decoder/.*",)
-  trainable, _ = optim.split(_params(), optim.trainable_regexes(
+  trainable, _ = params_lib.split(_params(), optim.trainable_regexes(
       method, [r".*/prompt/.*", r"decoder/decoder_norm/.*"]))
-  assert sorted(trainable) == ["decoder/decoder_norm/scale", "encoder/prompt/prompt"]
+  assert sorted(params_lib.flatten(trainable)) == ["decoder/decoder_norm/scale", "encoder/prompt/prompt"]
 
 
 def test_baselines_train_everything_or_nothing():
   params = _params()
-  trainable, frozen = optim.split(params, model_tuning())
-  assert not frozen and len(trainable) == len(base.flatten(params))
-  trainable, frozen = optim.split(params, prompt_design())
-  assert not trainable and len(frozen) == len(base.flatten(params))
+  trainable, frozen = params_lib.split(params, model_tuning().trainable)
+  assert not frozen and len(params_lib.flatten(trainable)) == len(params_lib.flatten(params))
+  trainable, frozen = params_lib.split(params, prompt_design().trainable)
+  assert not trainable and len(params_lib.flatten(frozen)) == len(params_lib.flatten(params))
 
 
 # ---------------------------------------------------------------- train steps
@@ -73,12 +74,12 @@ def _train(method, optimizer, steps=3, config=None):
   model = method.build(config)
   enc, dec, tgt = batch()
   params = random_params(model, enc, dec)
-  trainable, frozen = optim.split(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
 
   @jax.jit
   def step(trainable, frozen, opt_state):
     value, grads = jax.value_and_grad(
-        lambda t: loss(model, optim.merge(t, frozen), enc, dec, tgt))(trainable)
+        lambda t: loss(model, params_lib.merge(t, frozen), enc, dec, tgt))(trainable)
     trainable, opt_state = optim.apply_gradients(optimizer, grads, opt_state, trainable)
     return trainable, opt_state, value
 
@@ -87,7 +88,7 @@ def _train(method, optimizer, steps=3, config=None):
   for _ in range(steps):
     trainable, opt_state, value = step(trainable, frozen, opt_state)
     losses.append(float(value))
-  return params, optim.merge(trainable, frozen), losses
+  return params, params_lib.merge(trainable, frozen), losses
 
 
 @pytest.mark.parametrize("name, method, optimizer", [
@@ -98,8 +99,8 @@ def _train(method, optimizer, steps=3, config=None):
 def test_frozen_parameters_stay_bit_identical(name, method, optimizer):
   before, after, losses = _train(method, optimizer)
   changed = []
-  for path, value in base.flatten(before).items():
-    new = np.asarray(base.get_param(after, path))
+  for path, value in params_lib.flatten(before).items():
+    new = np.asarray(params_lib.get_param(after, path))
     if method.is_trainable(path):
       changed.append(not np.array_equal(new, value))
     else:
@@ -114,7 +115,7 @@ def test_frozen_parameters_stay_bit_identical(name, method, optimizer):
 def _state_size(method, optimizer, config):
   model = method.build(config)
   enc, dec, _ = batch()
-  trainable, frozen = optim.split(abstract_params(model, enc, dec), method)
+  trainable, frozen = params_lib.split(abstract_params(model, enc, dec), method.trainable)
   state = jax.eval_shape(optimizer.init, trainable)
   return (optim.num_elements(state), optim.num_elements(trainable),
           optim.num_elements(frozen))
@@ -145,7 +146,7 @@ def test_adamw_state_is_two_moments_of_the_trainable_parameters():
 def test_model_tuning_state_covers_the_whole_model():
   state, trained, frozen = _state_size(model_tuning(), optim.adafactor_model_tuning(),
                                        SMALL)
-  leaves = len(base.flatten(abstract_params(model_tuning().build(SMALL), *batch()[:2])))
+  leaves = len(params_lib.flatten(abstract_params(model_tuning().build(SMALL), *batch()[:2])))
   # No tiny matrix has two dims >= 128, so every second moment is unfactored: one
   # value per parameter, two 1-element placeholders per leaf, one step counter.
   assert frozen == 0 and state == trained + 2 * leaves + 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from methods_testlib import random_params
 
-from prompt_tuning import ranking
+from prompt_tuning.inference import ranking
 from prompt_tuning.models.config import preset
 from prompt_tuning.models.t5 import Transformer
 

@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pytest
 
-from prompt_tuning import run_lock
-from prompt_tuning import state_checkpoints as ckpt
-from prompt_tuning.methods.base import unflatten
+from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning.run_dir import train_state as ckpt
+from prompt_tuning.params import unflatten
 
 
 def _dead_pid() -> int:

@@ -2,7 +2,8 @@
 import pytest
 
 import trainer_testlib as tl
-from prompt_tuning import partitioning, shape_checks, trainer
+from prompt_tuning import partitioning, shape_checks
+from prompt_tuning.training import trainer
 
 
 class _Mesh:

@@ -15,10 +15,10 @@ from conftest import T5X_TINY_CHECKPOINT
 from test_checkpoints_t5x import FIXTURE_CONFIG
 
 import sharded_reads_worker
-from prompt_tuning import checkpoints, initial_params
+from prompt_tuning import building, checkpoints
 from prompt_tuning.checkpoints import tree
 from prompt_tuning.methods import initializers, prompt
-from prompt_tuning.methods.base import flatten
+from prompt_tuning.params import flatten
 
 WORKER = pathlib.Path(sharded_reads_worker.__file__)
 REPO = WORKER.parents[1]
@@ -81,7 +81,7 @@ def test_each_process_reads_about_its_share_and_the_right_values(runs, fmt):
 
 def test_prompt_from_the_sharded_embedding_matches_one_process(runs):
   method = prompt.prompt_tuning(length=3, initializer=initializers.sampled_vocab(50))
-  _, params, _ = initial_params.build_params(
+  _, params, _ = building.build_params(
       method, FIXTURE_CONFIG, str(T5X_TINY_CHECKPOINT), jax.random.PRNGKey(0))
   want = params["encoder"]["prompt"]["prompt"]
   assert np.std(want) > 0

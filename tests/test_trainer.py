@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
-from prompt_tuning import losses, state_checkpoints, trainer
-from prompt_tuning.methods.base import flatten
+from prompt_tuning import params as params_lib
+from prompt_tuning.training import losses, trainer
+from prompt_tuning.run_dir import train_state
+from prompt_tuning.params import flatten
 
 
 def test_loss_is_t5x_cross_entropy_plus_z_loss_per_real_target_token():
@@ -39,10 +41,10 @@ def test_train_step_updates_only_trainable_and_keeps_no_frozen_optimizer_state()
   method = tl.partial_tuning()
   config = tl.tiny_config(dropout_rate=0.0)
   model = method.build(config)
-  from prompt_tuning import initial_params  # pylint: disable=g-import-not-at-top
-  _, params, _ = initial_params.build_params(method, config, None,
+  from prompt_tuning import building  # pylint: disable=g-import-not-at-top
+  _, params, _ = building.build_params(method, config, None,
                                              jax.random.PRNGKey(0))
-  trainable, frozen = trainer.split_params(params, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
   assert set(flatten(trainable)) == {
       f"decoder/layers_0/mlp/{k}/kernel" for k in ("wi_0", "wi_1", "wo")}
   optimizer = tl.adam(1e-2)
@@ -66,7 +68,7 @@ def test_train_step_updates_only_trainable_and_keeps_no_frozen_optimizer_state()
   for path, value in flatten(state.trainable).items():
     assert not np.allclose(value, flatten(trainable)[path]), path
   # The loss reported equals the model loss recomputed on the merged tree.
-  logits = model.apply({"params": trainer.merge_params(state.trainable, frozen)},
+  logits = model.apply({"params": params_lib.merge(state.trainable, frozen)},
                        batch["encoder_input_tokens"], batch["decoder_input_tokens"])
   loss, _, _ = losses.weighted_cross_entropy(logits, batch["decoder_target_tokens"],
                                              batch["decoder_loss_weights"])
@@ -116,7 +118,7 @@ def test_resume_after_sigterm_is_bit_identical_and_config_change_is_refused(tmp_
 
   first = _run(tmp_path / "resumed", batches_fn=interrupting, train_steps=steps)
   assert first.preempted and first.step == 2
-  checkpointer = state_checkpoints.StateCheckpointer(str(tmp_path / "resumed"))
+  checkpointer = train_state.StateCheckpointer(str(tmp_path / "resumed"))
   assert checkpointer.latest_step() == 2
   checkpointer.close()
   assert (tmp_path / "resumed" / "numpy_checkpoints" / "checkpoint_2").is_dir()
@@ -139,14 +141,14 @@ def test_resume_after_sigterm_is_bit_identical_and_config_change_is_refused(tmp_
 
 def test_config_json_of_a_run_that_never_saved_is_replaced(tmp_path):
   record = {"method": "prompt", "seed": 0, "task": "t"}
-  state_checkpoints.check_or_write_run_config(str(tmp_path), record)
+  train_state.check_or_write_run_config(str(tmp_path), record)
   # No checkpoint yet (e.g. the first attempt failed while loading): replaced.
-  state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
+  train_state.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
   (tmp_path / "checkpoint_10").mkdir()
   with pytest.raises(ValueError, match="seed: 1 in .* vs 2 now"):
-    state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=2))
-  state_checkpoints.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
+    train_state.check_or_write_run_config(str(tmp_path), dict(record, seed=2))
+  train_state.check_or_write_run_config(str(tmp_path), dict(record, seed=1))
 
 
 def test_eval_loads_a_model_tuning_run_from_its_orbax_checkpoint(tmp_path):

@@ -103,7 +103,7 @@ def fixed_batches(batch_size: int, seed: int = 0, vocab: int = 259, shard: int =
 
 
 def train_config(model_dir, **overrides):
-  from prompt_tuning import trainer  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   values = dict(model_dir=str(model_dir), mixture_or_task_name=TASK,
                 task_feature_lengths=FEATURE_LENGTHS, train_steps=5, batch_size=8,
                 eval_period=-1, checkpoint_period=100, log_period=1, seed=0)

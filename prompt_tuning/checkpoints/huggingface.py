@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, Tuple
 import numpy as np
 from etils import epath
 
-from prompt_tuning.checkpoints.errors import (CheckpointError, MissingDependencyError)
+from prompt_tuning.checkpoints.errors import CheckpointError, MissingDependencyError
 from prompt_tuning.checkpoints.tree import (Index, LazyTensor, Params, ReadCounter,
                                             Source)
 from prompt_tuning.models.config import T5Config

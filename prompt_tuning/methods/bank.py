@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.methods import prompt as prompt_lib
-from prompt_tuning.methods.base import Method, Params, with_params
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params, with_params
 from prompt_tuning.methods.initializers import load_prompt_file
 from prompt_tuning.models.layers import param
 

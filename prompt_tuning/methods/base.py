@@ -8,77 +8,15 @@ The trainer, the checkpointer and the entry points only talk to this interface.
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
-import flax
 import flax.linen as nn
 import jax
 import numpy as np
 
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import Transformer
-
-Params = Dict[str, Any]  # nested dict of arrays, T5X layout
-
-
-def flatten(params: Params) -> Dict[str, Any]:
-  """`{'encoder': {'prompt': {'prompt': x}}}` → `{'encoder/prompt/prompt': x}`."""
-  return flax.traverse_util.flatten_dict(params, sep="/")
-
-
-def unflatten(flat: Dict[str, Any]) -> Params:
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def get_param(params: Params, path: str) -> Any:
-  """The (unboxed) array at a `/`-joined path; KeyError names the missing path."""
-  node = params
-  for key in path.split("/"):
-    if not hasattr(node, "keys") or key not in node:
-      raise KeyError(f"No parameter at {path!r} (missing {key!r}).")
-    node = node[key]
-  return nn.unbox(node)
-
-
-def with_params(params: Params, updates: Dict[str, Any]) -> Params:
-  """A copy of `params` with each `/`-joined path in `updates` set (subtrees too).
-
-  The input tree is not modified; intermediate dicts are created as needed.
-  """
-  out = _copy_dicts(params)
-  for path, value in updates.items():
-    node = out
-    *parents, leaf = path.split("/")
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return out
-
-
-def without_params(params: Params, path: str) -> Params:
-  """A copy of `params` without the subtree at `path` (no error when absent)."""
-  out = _copy_dicts(params)
-  node = out
-  *parents, leaf = path.split("/")
-  for key in parents:
-    if key not in node:
-      return out
-    node = node[key]
-  node.pop(leaf, None)
-  return out
-
-
-def _copy_dicts(tree):
-  if hasattr(tree, "items") and not isinstance(tree, nn.meta.AxisMetadata):
-    return {k: _copy_dicts(v) for k, v in tree.items()}
-  return tree
-
-
-def matches(path: str, patterns: Sequence[str]) -> bool:
-  """True when a `/`-joined parameter path fully matches any regex (T5X semantics)."""
-  return any(re.fullmatch(p, path) for p in patterns)
-
+from prompt_tuning.params import Params, flatten, matches, unflatten
 
 @dataclasses.dataclass(frozen=True)
 class Method:

@@ -195,7 +195,7 @@ def from_file(path: Union[str, os.PathLike]) -> Initializer:
   """The prompt stored in a `.npy` file of shape `[P, H]` (any float dtype → float32).
 
   `path` may also be a Hugging Face PEFT prompt-tuning adapter directory (see
-  `prompt_tuning.export`), to continue training from a PEFT prompt.
+  `prompt_tuning.prompt_files`), to continue training from a PEFT prompt.
   """
   if not isinstance(path, (str, os.PathLike)):
     raise ValueError(f"prompt_init.from_file needs the path of a .npy file (gin: "
@@ -211,12 +211,12 @@ def from_file(path: Union[str, os.PathLike]) -> Initializer:
 
 
 def _load_peft_prompt(path, shape):
-  from prompt_tuning import export  # pylint: disable=g-import-not-at-top  # no cycle at import
-  if not export.is_peft_dir(path):
+  from prompt_tuning import prompt_files  # pylint: disable=g-import-not-at-top  # no cycle at import
+  if not prompt_files.is_peft_dir(path):
     raise PromptFileError(f"Prompt path {path} is a directory without "
-                          f"{export.ADAPTER_CONFIG}; expected a .npy file of shape "
+                          f"{prompt_files.ADAPTER_CONFIG}; expected a .npy file of shape "
                           f"[{shape[0]}, {shape[1]}] or a PEFT prompt-tuning adapter.")
-  prompt = export.load_peft(path)
+  prompt = prompt_files.load_peft(path)
   if tuple(prompt.shape) != tuple(shape):
     raise PromptFileError(f"PEFT adapter {path} holds a prompt of shape "
                           f"{list(prompt.shape)}; expected [{shape[0]}, {shape[1]}] "

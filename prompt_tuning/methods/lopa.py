@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods import prompt as prompt_lib
-from prompt_tuning.methods.base import Method, Params, with_params
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params, with_params
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import Dropout, param
 

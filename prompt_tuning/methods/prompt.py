@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.methods import initializers as inits
-from prompt_tuning.methods.base import Method, Params, get_param, with_params
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params, get_param, with_params
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import param
 

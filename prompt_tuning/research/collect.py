@@ -36,13 +36,13 @@ def columns(extra_axes: Sequence[str] = ()) -> List[str]:
 @functools.lru_cache(maxsize=None)
 def _count(config_items: Tuple[Tuple[str, Any], ...]) -> int:
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import initial_params  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import building  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.config import T5Config  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.t5 import Transformer  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   config = T5Config.from_dict(dict(config_items))
-  abstract = nn.unbox(initial_params.abstract_params(Transformer(config)))
+  abstract = nn.unbox(building.abstract_params(Transformer(config)))
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(abstract)))
 
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from prompt_tuning.methods.base import matches
+from prompt_tuning.params import matches
 from prompt_tuning.research import model_dirs
 
 
@@ -76,12 +76,12 @@ def load(spec: str) -> Source:
       what = "trained state only (random frozen init, never saved)"
     return Source(f"{path} step {step} ({what})", params, trainable)
   if path.is_dir() and any(path.glob("*.npy")) and not checkpoint:
-    from prompt_tuning import state_checkpoints  # pylint: disable=g-import-not-at-top
-    arrays = state_checkpoints.read_arrays(str(path))
+    from prompt_tuning.run_dir import train_state  # pylint: disable=g-import-not-at-top
+    arrays = train_state.read_arrays(str(path))
     return Source(f"{path} (.npy exports)",
                   {_dotted_to_path(k): v for k, v in arrays.items()})
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   _, tree = checkpoints.load(model_dirs.local_absolute(path), weights_only=True)
   return Source(f"{path} ({checkpoints.detect_format(str(path))} checkpoint)",
                 flatten(tree))

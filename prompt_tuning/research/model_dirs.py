@@ -1,4 +1,4 @@
-"""Reading a training MODEL_DIR (see `prompt_tuning.state_checkpoints`).
+"""Reading a training MODEL_DIR (see `prompt_tuning.run_dir.train_state`).
 
   record(model_dir)                  config.json: method, task, model config, …
   evaluations(model_dir, task=None)  the metrics.jsonl evaluation lines
@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from prompt_tuning import state_checkpoints as ckpt
+from prompt_tuning.run_dir import train_state as ckpt
 
 PathLike = Union[str, pathlib.Path]
 Checkpoint = Union[str, int]  # 'best', 'latest' or a step
@@ -118,7 +118,7 @@ def trained_params(model_dir: PathLike, checkpoint: Checkpoint = "latest"
   """
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   step = resolve_step(model_dir, checkpoint)
   path = (pathlib.Path(model_dir) / f"{ckpt.STEP_PREFIX}_{step}" / "state").absolute()
   checkpointer = ocp.PyTreeCheckpointer()
@@ -146,7 +146,7 @@ def frozen_params(initial_checkpoint_path: Optional[str], what: str = "the run"
                   ) -> Tuple[Any, Dict[str, np.ndarray]]:
   """(T5Config, {path: array}) of a frozen model checkpoint (any format)."""
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.methods.base import flatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
   if not initial_checkpoint_path:
     raise ValueError(f"{what} started from a randomly initialized model "
                      "(INITIAL_CHECKPOINT_PATH = None), which was never saved: the "
@@ -186,7 +186,7 @@ def export_model(model_dir: PathLike, checkpoint: Checkpoint = "latest",
     The checkpoint directory (default `MODEL_DIR/model_export_<step>`).
   """
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.methods.base import unflatten  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import unflatten  # pylint: disable=g-import-not-at-top
   rec = record(model_dir)
   if rec.get("method") != "model":
     raise ValueError(f"{model_dir} was trained with method {rec.get('method')!r}; "
@@ -230,11 +230,11 @@ def prompt_of(source: PathLike, checkpoint: Checkpoint = "best") -> np.ndarray:
   elif (path / f"{PROMPT_EXPORT}.npy").is_file():
     prompt = np.load(path / f"{PROMPT_EXPORT}.npy")
   else:
-    from prompt_tuning import export  # pylint: disable=g-import-not-at-top
-    if not (path / export.ADAPTER_CONFIG).is_file():
+    from prompt_tuning import prompt_files  # pylint: disable=g-import-not-at-top
+    if not (path / prompt_files.ADAPTER_CONFIG).is_file():
       raise FileNotFoundError(f"{path} holds no prompt: expected {PROMPT_EXPORT}.npy, "
-                              f"a PEFT {export.ADAPTER_CONFIG} or a MODEL_DIR.")
-    prompt = export.load_peft(path)
+                              f"a PEFT {prompt_files.ADAPTER_CONFIG} or a MODEL_DIR.")
+    prompt = prompt_files.load_peft(path)
   prompt = np.asarray(prompt, np.float32)
   if prompt.ndim != 2:
     raise ValueError(f"{source}: a prompt is [P, H]; found shape {list(prompt.shape)}.")

@@ -19,7 +19,7 @@ import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from prompt_tuning.research import collect
-from prompt_tuning.research import evaluate as evaluate_lib
+from prompt_tuning.research import eval_runs as evaluate_lib
 from prompt_tuning.research import sweep as sweep_lib
 
 METHOD_LABELS = {"model_tuning": "Model", "prompt_tuning": "Prompt"}

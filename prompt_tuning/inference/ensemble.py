@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning import decoding, ranking
+from prompt_tuning.models import decoding
+from prompt_tuning.inference import ranking
 
 Array = jax.Array
 Params = Mapping[str, Any]

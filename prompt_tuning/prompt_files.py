@@ -26,7 +26,8 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from prompt_tuning.methods.base import Method, Params
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import Params
 from prompt_tuning.models.config import T5Config
 
 PathLike = Union[str, os.PathLike]

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prompt_tuning.methods.base import flatten
+from prompt_tuning.params import flatten
 
 Params = Dict[str, Any]
 

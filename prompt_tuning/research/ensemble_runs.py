@@ -26,7 +26,7 @@ def write_requests(task: str, split: str, names: Sequence[str], path: pathlib.Pa
                    max_examples: Optional[int] = None) -> int:
   """JSONL requests: each example of the split once per served name; returns the
   number of examples. Lines carry `targets` and `example` (copied to the output)."""
-  from prompt_tuning import infer_io  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.inference import io as infer_io  # pylint: disable=g-import-not-at-top
   path.parent.mkdir(parents=True, exist_ok=True)
   count = 0
   with open(path, "w") as f:

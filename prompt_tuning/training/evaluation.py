@@ -27,7 +27,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from prompt_tuning import losses, partitioning
+from prompt_tuning.training import losses
+from prompt_tuning import partitioning
 
 Params = Dict[str, Any]
 Batch = Dict[str, Any]
@@ -179,7 +180,7 @@ class Evaluator:
   def _generate(self, params: Params, tokens: jax.Array) -> np.ndarray:
     decode_fn = self.decode_fn
     if decode_fn is None:
-      from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+      from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
       decode_fn = decoding.greedy_decode
     out = decode_fn(self.model, params, tokens,
                     max_decode_length=self.max_decode_length)

@@ -32,12 +32,16 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from prompt_tuning import (evaluation, host_memory, initial_params, losses,
-                           opt_state_sharding, optim, partitioning, run_lock,
-                           shape_checks)
-from prompt_tuning import state_checkpoints as ckpt
-from prompt_tuning import summaries as summaries_lib
-from prompt_tuning.methods.base import Method, flatten, unflatten
+from prompt_tuning.training import evaluation, losses, optim
+from prompt_tuning import host_memory, building, partitioning
+from prompt_tuning import shape_checks
+from prompt_tuning.training import opt_state_sharding
+from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning.run_dir import train_state as ckpt
+from prompt_tuning.run_dir import summaries as summaries_lib
+from prompt_tuning import params as params_lib
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -125,26 +129,6 @@ class TrainState:
                opt_state=values["opt_state"])
 
 
-def split_params(tree: Params, method: Method) -> Tuple[Params, Params]:
-  """(trainable, frozen) subtrees of `tree` by `method.trainable` regexes.
-
-  `optim.split` on nested trees: works on any tree shaped like the parameters
-  (e.g. their shardings).
-  """
-  trainable, frozen = optim.split(tree, method)
-  return unflatten(trainable), unflatten(frozen)
-
-
-def merge_params(trainable: Params, frozen: Params) -> Params:
-  """The full parameter tree from its two parts (inverse of `split_params`)."""
-  return optim.merge(flatten(trainable), flatten(frozen))
-
-
-# ====================================================================================
-# 3. Pure steps.
-# ====================================================================================
-
-
 def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
   """The `learning_rate` hyperparameter, when the optimizer injects it."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
@@ -185,7 +169,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
     rng: the run's base key; this step uses `fold_in(rng, step)`.
     model: the `Transformer` (static).
     optimizer: an optax transformation over the trainable tree (static).
-    z_loss, loss_normalizing_factor: see `prompt_tuning.losses`.
+    z_loss, loss_normalizing_factor: see `prompt_tuning.training.losses`.
     enable_dropout: dropout in the model.
     num_microbatches: M > 1 accumulates the gradients of M microbatches
       `[B / M, ...]` (`split_microbatches`) in a `lax.scan`; microbatch `i` draws
@@ -203,7 +187,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
                                  loss_normalizing_factor)
 
   def loss_fn(trainable, part: Batch, part_rng: jax.Array):
-    logits = model.apply({"params": merge_params(trainable, frozen)},
+    logits = model.apply({"params": params_lib.merge(trainable, frozen)},
                          part["encoder_input_tokens"], part["decoder_input_tokens"],
                          enable_dropout=enable_dropout, rngs={"dropout": part_rng})
     total, z, weight_sum = losses.weighted_cross_entropy(
@@ -416,7 +400,7 @@ def _due(step: int, period: int) -> bool:
 
 
 def _holding_the_run_lock(train_fn):
-  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_lock.py).
+  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_dir/lock.py).
 
   A second run on the same MODEL_DIR fails at once with `ModelDirLockedError`; the
   lock of a run that died (kill -9, preemption) is taken over with a warning.
@@ -490,12 +474,12 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 
   # ---------------------------------------------------------------- setup: parameters
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  model_config, params, shardings = initial_params.build_params(
+  model_config, params, shardings = building.build_params(
       method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
       axis_rules=axis_rules)
   model = method.build(model_config)
-  trainable, frozen = split_params(params, method)
-  trainable_shardings, frozen_shardings = split_params(shardings, method)
+  trainable, frozen = params_lib.split(params, method.trainable)
+  trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
   if not flatten(trainable):
     raise ValueError(f"Method {method.name!r}: no parameter matches its trainable "
                      f"regexes {list(method.trainable)}; parameters are e.g. "
@@ -549,7 +533,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
           split=config.eval_split, max_examples=config.max_eval_examples,
           max_decode_length=config.max_decode_length, z_loss=config.z_loss,
           use_cached=config.use_cached, decode_fn=decode_fn)
-    full = merge_params(state.trainable, frozen)
+    full = params_lib.merge(state.trainable, frozen)
     results = evaluator.evaluate(full)
     for name, result in results.items():
       summaries.record(step, name, result.metrics)
@@ -679,7 +663,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np.ndarray]:
   """`Method.exported` of the trained parameters (gathered to host numpy)."""
   host = evaluation.to_host(trainable)
-  return {k: np.asarray(v) for k, v in method.exported(merge_params(host, frozen)).items()}
+  return {k: np.asarray(v) for k, v in method.exported(params_lib.merge(host, frozen)).items()}
 
 
 def _default_batches(start_batch: int, *, config: TrainConfig,

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.decoding import check_prompt_index, encode
+from prompt_tuning.models.decoding import check_prompt_index, encode
 
 Array = jax.Array
 Params = Mapping[str, Any]

@@ -28,7 +28,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from prompt_tuning import checkpoints, host_memory, partitioning
-from prompt_tuning.methods.base import Method, flatten, unflatten
+from prompt_tuning.methods.base import Method
+from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]

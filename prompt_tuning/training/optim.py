@@ -1,12 +1,12 @@
 """Which parameters train, and the optimizers of each method's paper.
 
 Trainable parameters are chosen by regexes over `/`-joined parameter paths
-(`Method.trainable` by default, T5X `re.fullmatch` semantics). Training works on
-flat dicts `{path: array}`:
+(`Method.trainable` by default, T5X `re.fullmatch` semantics). Training works on the
+two subtrees from `prompt_tuning.params`:
 
-  trainable, frozen = split(params, regexes)      # frozen: no grads, no opt state
+  trainable, frozen = params.split(tree, regexes)  # frozen: no grads, no opt state
   opt_state = optimizer.init(trainable)
-  grads = jax.grad(lambda t: loss(merge(t, frozen)))(trainable)
+  grads = jax.grad(lambda t: loss(params.merge(t, frozen)))(trainable)
   trainable, opt_state = apply_gradients(optimizer, grads, opt_state, trainable)
 
 so the frozen model costs no weight-gradient matmuls and no optimizer memory.
@@ -44,10 +44,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import jax
 import optax
 
-from prompt_tuning.methods.base import Method, Params, flatten, matches, unflatten
+from prompt_tuning.methods.base import Method
 
-Flat = Dict[str, Any]
-Regexes = Union[Method, Sequence[str]]
+Tree = Dict[str, Any]
 
 
 # ---------------------------------------------------------------- trainable subtree
@@ -64,42 +63,8 @@ def trainable_regexes(method: Method, regexes: Optional[Sequence[str]] = None
   return tuple(regexes)
 
 
-def _regexes(regexes: Regexes) -> Tuple[str, ...]:
-  if isinstance(regexes, Method):
-    return tuple(regexes.trainable)
-  if isinstance(regexes, str):
-    raise ValueError(f"Expected a list of regexes, got the string {regexes!r}.")
-  return tuple(regexes)
-
-
-def split(params: Params, regexes: Regexes) -> Tuple[Flat, Flat]:
-  """params → (trainable, frozen), flat dicts keyed by `/`-joined path.
-
-  Raises:
-    ValueError: regexes were given but match no parameter path.
-  """
-  patterns = _regexes(regexes)
-  flat = flatten(params)
-  trainable = {k: v for k, v in flat.items() if matches(k, patterns)}
-  frozen = {k: v for k, v in flat.items() if k not in trainable}
-  if patterns and not trainable:
-    examples = ", ".join(sorted(flat)[:5])
-    raise ValueError(f"No parameter path fully matches the trainable regexes "
-                     f"{list(patterns)} (paths look like: {examples}, …). Check "
-                     f"METHOD / optim.trainable_regexes.regexes.")
-  return trainable, frozen
-
-
-def merge(trainable: Flat, frozen: Flat) -> Params:
-  """Inverse of `split`: the nested parameter tree."""
-  overlap = set(trainable) & set(frozen)
-  if overlap:
-    raise ValueError(f"Parameters both trainable and frozen: {sorted(overlap)[:5]}.")
-  return unflatten({**frozen, **trainable})
-
-
-def apply_gradients(optimizer: optax.GradientTransformation, grads: Flat,
-                    opt_state: Any, trainable: Flat) -> Tuple[Flat, Any]:
+def apply_gradients(optimizer: optax.GradientTransformation, grads: Tree,
+                    opt_state: Any, trainable: Tree) -> Tuple[Tree, Any]:
   """One optimizer step on the trainable subtree → (new trainable, new state)."""
   updates, opt_state = optimizer.update(grads, opt_state, trainable)
   return optax.apply_updates(trainable, updates), opt_state

@@ -32,8 +32,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from prompt_tuning import decoding, ensemble, partitioning, ranking
-from prompt_tuning.infer_io import Request
+from prompt_tuning.models import decoding
+from prompt_tuning.inference import ensemble, ranking
+from prompt_tuning import partitioning
+from prompt_tuning.inference.io import Request
 from prompt_tuning.methods.bank import PromptBank
 
 Params = Mapping[str, Any]

@@ -1,0 +1,80 @@
+"""Every gin registration of the package, in one place (library modules stay gin-free).
+
+The gin files import this module (`import prompt_tuning.configurables`); the entry
+points import it through `cli`. The selector names are what `configs/*.gin` use:
+
+  methods.prompt_tuning  methods.prefix_tuning  methods.lopa
+  methods.model_tuning   methods.prompt_design
+  prompt_init.random_uniform  prompt_init.sampled_vocab  prompt_init.class_labels
+  prompt_init.from_text       prompt_init.from_file
+  optim.adafactor  optim.adafactor_prompt_tuning  optim.adafactor_model_tuning
+  optim.adamw      optim.adamw_prefix_tuning      optim.adamw_lopa
+  optim.frozen     optim.linear_schedule          optim.trainable_regexes
+  decoding.greedy_decode  decoding.beam_search  decoding.sample_decode
+  T5Config  t5_preset  partitioning.make_mesh  partitioning.rules  TrainConfig
+  tiny_t5.checkpoint_path  tiny_t5.vocabulary_path
+
+The entry points' own functions (`train`, `evaluate`, `infer`) are registered where
+they are defined, and `tasks/` registers its own (`tasks.vocab`, `tasks.local`).
+
+A decoder keeps the library signature once configured, e.g.
+  DECODE_FN(model, params, tokens, max_decode_length=L, prompt_index=None)
+  decoding.predict(model, params, batch, DECODE_FN)
+(`sample_decode` also needs `rng=` at call time; `predict(..., rng=...)` passes it).
+"""
+import gin
+import jax.numpy as jnp
+
+from prompt_tuning import partitioning
+from prompt_tuning.methods import baselines, initializers, lopa, prefix, prompt
+from prompt_tuning.models import config as config_lib
+from prompt_tuning.models import decoding
+from prompt_tuning.tiny import assets
+from prompt_tuning.training import optim, trainer
+
+_REGISTRATIONS = {
+    "methods": [prompt.prompt_tuning, prefix.prefix_tuning, lopa.lopa,
+                baselines.model_tuning, baselines.prompt_design],
+    "prompt_init": [initializers.random_uniform, initializers.sampled_vocab,
+                    initializers.class_labels, initializers.from_text,
+                    initializers.from_file],
+    "optim": [optim.adafactor, optim.adafactor_prompt_tuning,
+              optim.adafactor_model_tuning, optim.adamw, optim.adamw_prefix_tuning,
+              optim.adamw_lopa, optim.frozen, optim.linear_schedule,
+              optim.trainable_regexes],
+    "decoding": [decoding.greedy_decode, decoding.beam_search, decoding.sample_decode],
+}
+
+# name → the registered (gin-wrapped) callable, e.g. CONFIGURABLES['methods.lopa'].
+CONFIGURABLES = {
+    f"{module}.{fn.__name__}": gin.external_configurable(fn, module=module)
+    for module, fns in _REGISTRATIONS.items() for fn in fns
+}
+
+
+def _preset(name: str, **overrides) -> config_lib.T5Config:
+  """`config.preset` that also takes dtype names (`dtype = 'bfloat16'`) from gin."""
+  if isinstance(overrides.get("dtype"), str):
+    overrides["dtype"] = jnp.dtype(overrides["dtype"]).type
+  return config_lib.preset(name, **overrides)
+
+
+t5_preset = gin.external_configurable(_preset, "t5_preset")
+T5Config = gin.external_configurable(config_lib.T5Config, "T5Config")
+make_mesh = gin.external_configurable(partitioning.make_mesh, "partitioning.make_mesh")
+axis_rules = gin.external_configurable(partitioning.rules, "partitioning.rules")
+TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
+
+
+@gin.configurable(module="tiny_t5")
+def checkpoint_path() -> str:
+  """`prompt_tuning/assets/tiny_t5/checkpoint` (the bundled native checkpoint)."""
+  assets.check_present()
+  return str(assets.CHECKPOINT_PATH)
+
+
+@gin.configurable(module="tiny_t5")
+def vocabulary_path() -> str:
+  """`prompt_tuning/assets/tiny_t5/sentencepiece.model` (100 extra ids on top)."""
+  assets.check_present()
+  return str(assets.VOCAB_PATH)
