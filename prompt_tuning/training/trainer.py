@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from prompt_tuning.training import evaluation, losses, optim
 from prompt_tuning import host_memory, building, partitioning
 from prompt_tuning import shape_checks
-from prompt_tuning.training import opt_state_sharding
+from prompt_tuning.training import global_stream, opt_state_sharding
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
@@ -514,8 +514,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 
   # ---------------------------------------------------------------- data
   if batches_fn is None:
-    batches_fn = functools.partial(
-        _default_batches, config=config, host_batch_size=host_batch_size)
+    batches_fn = functools.partial(_default_batches, config=config, mesh=mesh)
   batches = batches_fn(batches_consumed) if step < config.train_steps else iter(())
 
   # ---------------------------------------------------------------- evaluation
@@ -667,10 +666,13 @@ def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np
 
 
 def _default_batches(start_batch: int, *, config: TrainConfig,
-                     host_batch_size: int) -> Iterator[Batch]:
+                     mesh: Mesh) -> Iterator[Batch]:
+  """This process's rows of the global stream (a function of the global step only:
+  see `global_stream.py`)."""
   from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.train_batches(
-      config.mixture_or_task_name, config.task_feature_lengths, host_batch_size,
-      split=config.train_split, seed=config.seed, shard_index=jax.process_index(),
-      num_shards=jax.process_count(), start_batch=start_batch,
-      use_cached=config.use_cached, shuffle=config.shuffle)
+  global_batches = data_lib.train_batches(
+      config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
+      split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
+      start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle)
+  return global_stream.rows_of(global_batches,
+                               global_stream.process_rows(config.batch_size, mesh))
