@@ -7,6 +7,13 @@ STAMP := $(VENV)/.installed
 # the suite is compile and Python time, which a second process overlaps.
 PYTEST_ARGS ?=
 
+# The `t5` package is only the tests' reference for task formats and metrics
+# (tests/test_tasks_t5_parity.py imports its preprocessors, postprocessors and
+# metrics). Its declared dependencies (mesh-tensorflow, seqio-nightly,
+# tfds-nightly, ...) would replace our pins, so it is installed without them;
+# what those modules need (babel, scipy, editdistance) comes with ".[test]".
+T5_REFERENCE = $(PY) -m pip install --quiet --no-deps -c requirements/constraints.txt t5
+
 .PHONY: install test demo bench lock clean
 
 install: $(STAMP)
@@ -16,6 +23,7 @@ install: $(STAMP)
 $(STAMP): setup.py requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
+	$(T5_REFERENCE)
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -31,6 +39,7 @@ bench: $(STAMP)
 lock:
 	rm -rf /tmp/pt-lock && $(PYTHON) -m venv /tmp/pt-lock
 	/tmp/pt-lock/bin/pip install --quiet -e ".[test]"
+	/tmp/pt-lock/bin/pip install --quiet --no-deps "t5==$$(sed -n 's/^t5==//p' requirements/constraints.txt)"
 	{ head -2 requirements/constraints.txt; /tmp/pt-lock/bin/pip freeze --exclude-editable; } \
 	  > requirements/constraints.txt.new && mv requirements/constraints.txt.new requirements/constraints.txt
 

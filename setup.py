@@ -38,8 +38,10 @@ setuptools.setup(
     ],
     extras_require={
         # Side-by-side checks against the PyTorch reference implementations.
+        # babel: for the `t5` package, the task tests' reference, which the Makefile
+        # installs without its dependencies (see T5_REFERENCE there).
         "test": ["pytest", "pytest-xdist", "pytest-randomly", "hypothesis", "torch==2.13.0",
-                 "transformers>=5", "peft", "accelerate"],
+                 "transformers>=5", "peft", "accelerate", "babel"],
         # Accelerator installs: see the README ("Install").
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],

@@ -29,21 +29,25 @@ from jax.sharding import Mesh
 
 from prompt_tuning import checkpoints, host_memory, partitioning
 from prompt_tuning.methods.base import Method
+from prompt_tuning.models import families
 from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
 
 
-def init_inputs() -> Tuple[jax.Array, jax.Array]:
-  """Dummy `(encoder [1, 8], decoder [1, 4])` tokens: parameter shapes need no more."""
+def init_inputs(config: Optional[Any] = None) -> Tuple[jax.Array, ...]:
+  """Dummy tokens for `init`: T5 `(encoder [1, 8], decoder [1, 4])`, a decoder-only
+  model `(tokens [1, 8],)` (parameter shapes need no more)."""
+  if config is not None and families.is_decoder_only(config):
+    return (jnp.ones((1, 8), jnp.int32),)
   return jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32)
 
 
 def abstract_params(model: nn.Module) -> Params:
   """`jax.eval_shape` of `model.init(...)['params']`, logical-axis boxes kept."""
-  enc, dec = init_inputs()
-  return jax.eval_shape(lambda rng: model.init(rng, enc, dec),
+  inputs = init_inputs(getattr(model, "config", None))
+  return jax.eval_shape(lambda rng: model.init(rng, *inputs),
                         jax.random.PRNGKey(0))["params"]
 
 
@@ -51,12 +55,12 @@ def _init_subset(model: nn.Module, rng: jax.Array, paths) -> Dict[str, np.ndarra
   """Initializes only the parameters at `paths` (flat `/`-joined) as numpy arrays."""
   if not paths:
     return {}
-  enc, dec = init_inputs()
+  inputs = init_inputs(getattr(model, "config", None))
   wanted = tuple(sorted(paths))
 
   @jax.jit
   def init(rng):
-    flat = flatten(nn.unbox(model.init(rng, enc, dec)["params"]))
+    flat = flatten(nn.unbox(model.init(rng, *inputs)["params"]))
     return {p: flat[p] for p in wanted}
 
   return {p: np.asarray(v) for p, v in jax.device_get(init(rng)).items()}

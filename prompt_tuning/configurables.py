@@ -12,6 +12,8 @@ points import it through `cli`. The selector names are what `configs/*.gin` use:
   optim.frozen     optim.linear_schedule          optim.trainable_regexes
   decoding.greedy_decode  decoding.beam_search  decoding.sample_decode
   T5Config  t5_preset  partitioning.make_mesh  partitioning.rules  TrainConfig
+  GPT2Config  gpt2_preset  LlamaConfig  llama_preset   (decoder-only MODEL_CONFIGs;
+    the model family is the type of MODEL_CONFIG, see prompt_tuning.models.families)
   tiny_t5.checkpoint_path  tiny_t5.vocabulary_path
 
 The entry points' own functions (`train`, `evaluate`, `infer`) are registered where
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 from prompt_tuning import partitioning
 from prompt_tuning.methods import baselines, initializers, lopa, prefix, prompt
 from prompt_tuning.models import config as config_lib
+from prompt_tuning.models import decoder_config
 from prompt_tuning.models import decoding
 from prompt_tuning.tiny import assets
 from prompt_tuning.training import optim, trainer
@@ -52,15 +55,36 @@ CONFIGURABLES = {
 }
 
 
-def _preset(name: str, **overrides) -> config_lib.T5Config:
-  """`config.preset` that also takes dtype names (`dtype = 'bfloat16'`) from gin."""
+def _gin_values(overrides):
+  """dtype names (`dtype = 'bfloat16'`) and a `rope_scaling` dict, as gin gives them."""
   if isinstance(overrides.get("dtype"), str):
     overrides["dtype"] = jnp.dtype(overrides["dtype"]).type
-  return config_lib.preset(name, **overrides)
+  if isinstance(overrides.get("rope_scaling"), dict):
+    overrides["rope_scaling"] = tuple(sorted(overrides["rope_scaling"].items()))
+  return overrides
+
+
+def _preset(name: str, **overrides) -> config_lib.T5Config:
+  """`config.preset` that also takes dtype names (`dtype = 'bfloat16'`) from gin."""
+  return config_lib.preset(name, **_gin_values(overrides))
+
+
+def _gpt2_preset(name: str, **overrides) -> decoder_config.GPT2Config:
+  """`decoder_config.gpt2_preset`, also taking dtype names from gin."""
+  return decoder_config.gpt2_preset(name, **_gin_values(overrides))
+
+
+def _llama_preset(name: str, **overrides) -> decoder_config.LlamaConfig:
+  """`decoder_config.llama_preset`, also taking dtype names and a rope_scaling dict."""
+  return decoder_config.llama_preset(name, **_gin_values(overrides))
 
 
 t5_preset = gin.external_configurable(_preset, "t5_preset")
 T5Config = gin.external_configurable(config_lib.T5Config, "T5Config")
+gpt2_preset = gin.external_configurable(_gpt2_preset, "gpt2_preset")
+llama_preset = gin.external_configurable(_llama_preset, "llama_preset")
+GPT2Config = gin.external_configurable(decoder_config.GPT2Config, "GPT2Config")
+LlamaConfig = gin.external_configurable(decoder_config.LlamaConfig, "LlamaConfig")
 make_mesh = gin.external_configurable(partitioning.make_mesh, "partitioning.make_mesh")
 axis_rules = gin.external_configurable(partitioning.rules, "partitioning.rules")
 TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")

@@ -31,6 +31,7 @@ from prompt_tuning.training import evaluation
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning.methods.base import Method
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
@@ -81,7 +82,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
     if initial_checkpoint_path is None:
       initial_checkpoint_path = record.get("initial_checkpoint_path")
     if model_config is None:
-      model_config = T5Config.from_dict(record["model_config"])
+      model_config = families.config_from_dict(record["model_config"])
     export = export_dir(model_dir, checkpoint)
   if model_config is None:
     raise ValueError("No model config: set MODEL_CONFIG (include a models/*.gin file) "

@@ -45,6 +45,7 @@ from prompt_tuning import cli, configurables, building
 from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 FLAGS = flags.FLAGS
@@ -120,7 +121,8 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
                        "one frozen model. Set --gin.INITIAL_CHECKPOINT_PATH.")
     initial_checkpoint_path = paths.pop()
   if model_config is None and records:
-    model_config = T5Config.from_dict(next(iter(records.values()))["model_config"])
+    model_config = families.config_from_dict(
+        next(iter(records.values()))["model_config"])
   return initial_checkpoint_path, model_config
 
 

@@ -54,6 +54,9 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, MeshAxes], ...] = (
     ("prefix", None),
     ("layers", None),
     ("head_dim", None),
+    # Decoder-only models: GPT-2's fused q/k/v axis and its learned position table.
+    ("qkv", None),
+    ("positions", None),
     ("rank", None),
     # Method-owned names (prefix reparametrization MLP, LoPA heads): small, replicated.
     ("prefix_embed", None),

@@ -29,6 +29,7 @@ import numpy as np
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.models import families
 
 PathLike = Union[str, os.PathLike]
 ADAPTER_CONFIG = "adapter_config.json"
@@ -79,15 +80,18 @@ def save_numpy(directory: PathLike, method: Method, params: Params) -> Dict[str,
 def peft_config(num_virtual_tokens: int, token_dim: int,
                 config: Optional[T5Config] = None,
                 base_model_name_or_path: Optional[str] = None) -> Dict[str, object]:
-  """The `adapter_config.json` of a PEFT seq2seq prompt-tuning adapter."""
+  """The `adapter_config.json` of a PEFT prompt-tuning adapter: seq2seq for T5,
+  CAUSAL_LM for a decoder-only config (GPT-2, Llama family)."""
+  causal = config is not None and families.is_decoder_only(config)
+  layers = (config.num_layers if causal else config.num_encoder_layers) if config else None
   return {
       "peft_type": "PROMPT_TUNING",
-      "task_type": "SEQ_2_SEQ_LM",
+      "task_type": "CAUSAL_LM" if causal else "SEQ_2_SEQ_LM",
       "num_virtual_tokens": int(num_virtual_tokens),
       "token_dim": int(token_dim),
       "num_transformer_submodules": 1,  # the encoder only, as in Lester et al.
       "num_attention_heads": config.num_heads if config else None,
-      "num_layers": config.num_encoder_layers if config else None,
+      "num_layers": layers,
       "prompt_tuning_init": "RANDOM",
       "prompt_tuning_init_text": None,
       "tokenizer_name_or_path": None,

@@ -25,6 +25,10 @@ from tasks import glue
 from tasks import super_glue
 from tasks import qa
 from tasks import generation
+from tasks import mixtures
+from tasks import transfer
+from tasks import examples
+from tasks import variants
 from tasks import local
 from tasks import tiny  # bundled demo tasks (owned by the demo work)
 from tasks import tiny_shift  # domain-shifted tiny tasks (research workflows)
@@ -50,10 +54,13 @@ def register_all() -> None:
   super_glue.register()
   qa.register()
   generation.register()
+  mixtures.register()
+  transfer.register()
   tiny.register()
   table_to_text.register()
   gsm8k.register()
   code.register()
+  variants.register()  # After every base task: task_index_, _examples, mt5_.
 
 
 register_all()

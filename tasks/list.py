@@ -7,7 +7,8 @@ r"""Lists the registered tasks and mixtures with their splits and metrics.
 `--mock` builds every selected task (not mixtures) on `tfds.testing.mock_data` (random
 examples with the real schemas, `--mock_examples` per split) and counts the
 examples after preprocessing; nothing is downloaded. Tokenization needs a
-SentencePiece model: set PROMPT_TUNING_VOCAB to a local one for `--mock`.
+SentencePiece model: set PROMPT_TUNING_VOCAB to a local one for `--mock`
+(and PROMPT_TUNING_MT5_VOCAB for the `mt5_` tasks).
 """
 import argparse
 import re

@@ -9,9 +9,11 @@ not a valid label arrive as class id -1 and are always counted wrong; the
 import collections
 import re
 import string
+import warnings
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
+import scipy.stats
 import sklearn.metrics
 
 from tasks.postprocessors import INVALID
@@ -100,13 +102,42 @@ def mean_multiclass_f1(num_classes: int) -> MetricFn:
 
 @returns("matthews_corrcoef")
 def matthews_corrcoef(targets, predictions) -> Dict[str, float]:
-  """Matthews correlation x 100 (AX-b); invalid predictions are wrong."""
+  """Matthews correlation x 100 (CoLA, AX-b), as T5 computes it.
+
+  T5 calls sklearn's `matthews_corrcoef` on the class ids as they are, so an
+  invalid prediction (-1) is a class of its own (never equal to a target),
+  not flipped to the other class as F1 does. No predictions -> 0.
+  """
   _check_lengths(targets, predictions)
-  t, p = _binary_with_invalid_as_wrong(targets, predictions)
+  t = np.asarray(_values(targets), dtype=np.int64)
+  p = np.asarray(_values(predictions), dtype=np.int64)
   if len(t) == 0:
     return {"matthews_corrcoef": 0.0}
   return {"matthews_corrcoef":
               100.0 * float(sklearn.metrics.matthews_corrcoef(t, p))}
+
+
+def _correlation(name: str, fn):
+  """Wraps a scipy correlation (T5's STS-B metrics) as a percent metric."""
+
+  @returns(name)
+  def metric(targets, predictions) -> Dict[str, float]:
+    _check_lengths(targets, predictions)
+    t = np.asarray(_values(targets), dtype=np.float64)
+    p = np.asarray(_values(predictions), dtype=np.float64)
+    if len(t) < 2:
+      return {name: 0.0}  # scipy raises below two points.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+      # Constant inputs give nan (as in T5) with a warning; keep it quiet.
+      warnings.simplefilter("ignore")
+      return {name: 100.0 * float(fn(t, p)[0])}
+
+  metric.__name__ = name
+  return metric
+
+
+pearson_corrcoef = _correlation("pearson_corrcoef", scipy.stats.pearsonr)
+spearman_corrcoef = _correlation("spearman_corrcoef", scipy.stats.spearmanr)
 
 
 @returns("gender_parity")
@@ -194,6 +225,30 @@ def squad(targets: Sequence[Sequence[str]],
     em.append(max([float(a == prediction) for a in answers], default=0.0))
     f1.append(max([_token_f1(a, prediction) for a in answers], default=0.0))
   return {"em": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
+
+
+def _span_text(context_tokens: List[str], prediction: str) -> str:
+  """The context words a "start: i end: j" prediction points at ("" if the
+  prediction is not of that form), as T5's `span_squad`."""
+  tokens = re.sub(r"\W", " ", prediction).split()
+  if len(tokens) < 4:
+    return ""
+  try:
+    start, end = int(tokens[1]), int(tokens[3])
+  except ValueError:
+    return ""
+  return " ".join(context_tokens[start:end + 1])
+
+
+@returns("em", "f1")
+def span_squad(targets, predictions) -> Dict[str, float]:
+  """SQuAD EM/F1 of span predictions ("start: 3 end: 6" over the context's
+  space tokens), T5's `span_squad`; targets are `span_qa` dicts."""
+  _check_lengths(targets, predictions)
+  answers = [t["answers"] for t in targets]
+  texts = [_span_text(re.sub(r"\W", " ", t["context"]).split(), p)
+           for t, p in zip(targets, predictions)]
+  return squad(answers, texts)
 
 
 def _first_per_group(targets, predictions) -> Tuple[List[Any], List[Any]]:

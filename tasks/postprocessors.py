@@ -39,6 +39,20 @@ def string_label_to_class_id(text: Any,
   return label_classes.index(text) if text in label_classes else INVALID
 
 
+def string_to_float(text: Any, example=None, is_target: bool = False,
+                    default: float = -1.0) -> float:
+  """STS-B: the text as a number (Python's `float`), else `default` (-1).
+
+  T5's rule, including what Python's `float` accepts (" 3.4 ", "1e0",
+  "nan").
+  """
+  del example, is_target
+  try:
+    return float(as_text(text))
+  except ValueError:
+    return default
+
+
 class ClassLabel:
   """Picklable postprocessor mapping label strings to class ids."""
 
@@ -80,6 +94,15 @@ def qa(text, example=None, is_target=False):
   return as_text(text)
 
 
+def span_qa(text, example=None, is_target=False):
+  """Prediction -> text; target -> {"answers": all answers, "context": the
+  (padded) context} for `metrics.span_squad` (T5's `span_qa`)."""
+  if is_target:
+    return {"answers": [as_text(a) for a in example["answers"]],
+            "context": as_text(example["context"])}
+  return as_text(text)
+
+
 _WSC_DETERMINERS = frozenset([
     "a", "an", "few", "her", "his", "each", "every", "many", "much", "my",
     "our", "some", "that", "the", "their", "these", "this", "those", "which",
@@ -98,12 +121,16 @@ def wsc_simple(text, example=None, is_target=False) -> int:
   Target -> the example's label (is the candidate the true referent?).
   Prediction -> 1 when, ignoring case and determiners, the predicted words
   are a subset or superset of the candidate's words (and both or neither are
-  possessive), else 0. Accuracy of this against the label is WSC accuracy.
+  possessive), else 0; an empty or determiner-only prediction -> `INVALID`
+  (-1), wrong for either label. Accuracy of this against the label is WSC
+  accuracy.
   """
   if is_target:
     return _as_int(example["label"])
-  referent = _wsc_clean(as_text(example["targets_pretokenized"]))
   prediction = _wsc_clean(as_text(text))
+  if not prediction:
+    return INVALID  # Empty or determiners only: wrong for either label.
+  referent = _wsc_clean(as_text(example["targets_pretokenized"]))
   if ("'" in prediction) != ("'" in referent):
     return 0
   prediction_words = set(prediction.split(" "))

@@ -23,17 +23,39 @@ _plain = tf.autograph.experimental.do_not_convert
 
 # ============================== small helpers =================================
 def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
-  """T5's SQuAD spacing: a space around every non-word character.
+  """T5's SQuAD spacing: a space around every ASCII punctuation character.
+
+  The same RE2 expressions as T5's `_pad_punctuation`: `[[:punct:]]` is
+  ASCII only (!"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~, so "_" is padded too), and
+  `\\s` is ASCII whitespace only: letters such as "é" or "ü", dashes such as
+  "–" and a non-breaking space are left as they are.
 
   Args:
     text: string tensor of any shape.
 
   Returns:
-    string tensor of the same shape; runs of whitespace collapsed to one space
-    (leading/trailing spaces are kept, as in T5).
+    string tensor of the same shape; runs of ASCII whitespace collapsed to one
+    space (leading/trailing spaces are kept, as in T5).
   """
-  text = tf.strings.regex_replace(text, r"(\W)", r" \1 ")
+  text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
   return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+# Python's `\s` on str (every character whose str.isspace() is True), which
+# the prompt-tuning code's MRQA conversion (`re.sub(r"\s+", " ", s)`) uses:
+# RE2's `\s` is ASCII only, so the class is spelled out.
+_UNICODE_SPACE = (r"[\t\n\x{0b}\f\r\x{1c}-\x{1f} \x{85}\x{a0}\x{1680}"
+                  r"\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}"
+                  r"\x{3000}]+")
+
+
+def normalize_unicode_whitespace(text: tf.Tensor) -> tf.Tensor:
+  """Every run of Unicode whitespace (non-breaking spaces included) -> " ".
+
+  The prompt-tuning paper's MRQA conversion applies this to context,
+  question and answers before T5's `pad_punctuation`.
+  """
+  return tf.strings.regex_replace(text, _UNICODE_SPACE, " ")
 
 
 def join_collapsed(parts: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -117,6 +139,42 @@ def text_to_text_classification(x,
   ex["inputs"] = inputs
   ex["targets"] = _label_name(x["label"], label_names)
   return ex
+
+
+@seqio.map_over_dataset
+@_plain
+def stsb(x):
+  """T5's STS-B format: "stsb sentence1: <s1> sentence2: <s2>" -> "3.4".
+
+  The similarity label is rounded to the nearest multiple of 0.2 and written
+  with one decimal (T5's `tf.as_string(round(label * 5) / 5, precision=1)`),
+  turning STS-B into 26 classes of text; unlabelled test data (-1) -> "-1.0".
+  """
+  inputs = tf.strings.join(
+      ["stsb sentence1:", x["sentence1"], "sentence2:", x["sentence2"]],
+      separator=" ")
+  label = tf.as_string(tf.round(x["label"] * 5) / 5, precision=1)
+  return {"inputs": inputs, "targets": label, "idx": x["idx"]}
+
+
+def add_index_token(dataset: tf.data.Dataset, output_features,
+                    index: int) -> tf.data.Dataset:
+  """Token step: puts task-index token `index` first in the inputs.
+
+  The prompt-tuning code's `task_index_` tasks route multi-task prompts by
+  this token: <extra_id_{index}>, i.e. id `vocab_size - 1 - index`, before
+  the (taskless) inputs' tokens.
+  """
+  token = output_features["inputs"].vocabulary.vocab_size - 1 - index
+
+  @_plain
+  def add(x):
+    x = dict(x)
+    x["inputs"] = tf.concat(
+        [tf.constant([token], x["inputs"].dtype), x["inputs"]], axis=0)
+    return x
+
+  return dataset.map(add, num_parallel_calls=AUTOTUNE)
 
 
 # ================================= SuperGLUE ==================================
@@ -253,17 +311,22 @@ def definite_pronoun_resolution_simple(x, label: str = "wsc:"):
 # ==================================== QA ======================================
 @seqio.map_over_dataset
 @_plain
-def squad(x):
+def squad(x, include_context: bool = True):
   """SQuAD as T5: "question: <q> context: <c>" -> first answer.
 
   Question, context and answers get T5's punctuation padding; all answers are
-  kept under "answers" for the max-over-answers metric.
+  kept under "answers" for the max-over-answers metric. Without the context
+  (T5's `squad_v010_context_free`): "squad trivia question: <q>".
   """
   answers = pad_punctuation(x["answers"]["text"])
   question = pad_punctuation(x["question"])
   context = pad_punctuation(x["context"])
+  if include_context:
+    inputs = join_collapsed(["question:", question, "context:", context])
+  else:
+    inputs = join_collapsed(["squad trivia question:", question])
   return {
-      "inputs": join_collapsed(["question:", question, "context:", context]),
+      "inputs": inputs,
       "targets": _first_or_empty(answers),
       "id": x["id"],
       "context": context,
@@ -272,18 +335,74 @@ def squad(x):
   }
 
 
+def _space_tokens(text: tf.Tensor) -> tf.Tensor:
+  """T5's span tokenization: every non-word character (RE2 `\\W`, ASCII
+  word characters only) -> " ", then split on single spaces (empty tokens
+  kept, as `tf.strings.split(sep=" ")` keeps them)."""
+  text = tf.strings.regex_replace(text, r"\W", " ")
+  return tf.strings.split(input=[text], sep=" ").values
+
+
+def _span_answer(context: tf.Tensor, answer: tf.Tensor) -> tf.Tensor:
+  """"start: <i> end: <j>" of the answer's tokens in the context's, or "".
+
+  T5's search: the first start position i in [0, len(context) - len(answer))
+  (so never the very last possible position, as in T5) where the tokens match.
+  """
+  answer_tokens = _space_tokens(answer)
+  context_tokens = _space_tokens(context)
+  n = tf.size(answer_tokens)
+  positions = tf.range(tf.maximum(tf.size(context_tokens) - n, 0))
+
+  def matches(i):
+    return tf.reduce_all(tf.equal(context_tokens[i:i + n], answer_tokens))
+
+  hits = tf.map_fn(matches, positions, fn_output_signature=tf.bool)
+  found = tf.where(hits)[:, 0]
+  start = tf.cast(tf.concat([found, [-1]], axis=0)[0], tf.int32)
+  end = start + n - 1
+  text = tf.strings.format("start: {} end: {}", [start, end])
+  return tf.where(tf.equal(start, -1), tf.constant(""), text)
+
+
+def squad_span_space_tokenized(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """T5's `squad_v010_allanswers_span`: SQuAD inputs -> "start: i end: j".
+
+  The target is the (inclusive) space-token span of the first answer in the
+  context; examples whose answer is not found are dropped. "context" and
+  "answers" are kept for `metrics.span_squad`.
+  """
+
+  @_plain
+  def to_span(x):
+    x = dict(x)
+    x["targets"] = _span_answer(x["context"], x["targets"])
+    return x
+
+  dataset = squad(dataset)
+  dataset = dataset.map(to_span, num_parallel_calls=AUTOTUNE)
+  return dataset.filter(_plain(lambda x: tf.strings.length(x["targets"]) > 0))
+
+
 @seqio.map_over_dataset
 @_plain
 def mrqa(x):
-  """MRQA 2019 in the SQuAD format above.
+  """MRQA 2019 in the SQuAD format above, as the prompt-tuning paper did it.
 
-  The target is the first answer span detected in the context (as in the
-  prompt-tuning paper's conversion), falling back to the first answer.
+  That paper's conversion (its `mrqa_to_tsv.py` + `preprocess_tsv_to_qa`)
+  first turns every run of Unicode whitespace into one space (so a
+  non-breaking space becomes a plain space), then applies T5's
+  `pad_punctuation`. The target is the first answer span detected in the
+  context, falling back to the first answer.
   """
-  answers = pad_punctuation(x["answers"])
-  detected = pad_punctuation(x["detected_answers"]["text"])
-  question = pad_punctuation(x["question"])
-  context = pad_punctuation(x["context"])
+
+  def clean(text):
+    return pad_punctuation(normalize_unicode_whitespace(text))
+
+  answers = clean(x["answers"])
+  detected = clean(x["detected_answers"]["text"])
+  question = clean(x["question"])
+  context = clean(x["context"])
   return {
       "inputs": join_collapsed(["question:", question, "context:", context]),
       "targets": _first_or_empty(tf.concat([detected, answers], axis=0)),

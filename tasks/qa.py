@@ -15,6 +15,8 @@ under a second name (kept so gin files can use `taskless_` everywhere).
 - `squad_to_mrqa_<name>_v100`: train on SQuAD, evaluate on SQuAD validation
   and on one out-of-domain set; `squad_to_mrqa_v100` evaluates on all six.
 """
+import functools
+
 from tasks import metrics
 from tasks import postprocessors
 from tasks import preprocessors as prep
@@ -27,16 +29,37 @@ OUT_OF_DOMAIN = ("bio_asq", "drop", "duo_rc", "race", "relation_extraction",
                  "textbook_qa")
 
 
+def _squad_source():
+  return sources.TransformedTfdsDataSource(
+      "squad/v1.1:3.0.0", splits={"train": "train", "validation": "validation"})
+
+
 def register() -> None:
   """Registers SQuAD, the MRQA tasks and the transfer mixtures."""
+  # squad_v010 is T5's deprecated name for the same task (T5 registers it
+  # without the qa postprocessor, which scores the first answer's characters
+  # as the answer list; here it scores like squad_v010_allanswers).
+  for name in ("squad_v010_allanswers", "squad_v010"):
+    registry.add_task(
+        name,
+        source=_squad_source(),
+        text_preprocessors=[prep.squad],
+        metric_fns=(metrics.squad,),
+        postprocess_fn=postprocessors.qa)
   registry.add_task(
-      "squad_v010_allanswers",
-      source=sources.TransformedTfdsDataSource(
-          "squad/v1.1:3.0.0", splits={"train": "train",
-                                      "validation": "validation"}),
-      text_preprocessors=[prep.squad],
+      "squad_v010_allanswers_span",
+      source=_squad_source(),
+      text_preprocessors=[prep.squad_span_space_tokenized],
+      metric_fns=(metrics.span_squad,),
+      postprocess_fn=postprocessors.span_qa)
+  registry.add_task(
+      "squad_v010_context_free",
+      source=_squad_source(),
+      text_preprocessors=[
+          functools.partial(prep.squad, include_context=False)],
       metric_fns=(metrics.squad,),
-      postprocess_fn=postprocessors.qa)
+      postprocess_fn=postprocessors.qa,
+      prefix="squad")
 
   for name in IN_DOMAIN + OUT_OF_DOMAIN:
     if name in IN_DOMAIN:

@@ -7,9 +7,10 @@ Registering a name again replaces the old provider, so `tasks.register_all()`
 can be re-run (e.g. after a test reset seqio's registries).
 """
 import logging
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import seqio
+from seqio import experimental as seqio_experimental
 
 from tasks import labels as labels_lib
 from tasks import preprocessors as prep
@@ -117,3 +118,85 @@ def add_mixture(name: str,
     if first is None:
       first = mixture
   return first
+
+
+def add_sentinel_twin(name: str, num_sentinels: int = 1) -> str:
+  """Registers T5's `<name>_<n>_sentinel` twin of the registered task `name`.
+
+  seqio's `add_task_with_sentinels`: <extra_id_0> (the last vocabulary id)
+  appended to the tokenized inputs and put first in the targets; the
+  postprocessor strips it from predictions. The suffix goes before
+  "_train"/"_eval" ("super_glue_wsc_v102_simple_1_sentinel_train").
+
+  Returns:
+    The new task's name.
+  """
+  suffix = f"_{num_sentinels}_sentinel"
+  new_name = name + suffix
+  for split_word in ("_train", "_dev", "_test", "_eval", "."):
+    if split_word in name:
+      i = name.find(split_word)
+      new_name = name[:i] + suffix + name[i:]
+      break
+  _replace(seqio.TaskRegistry, new_name)
+  seqio_experimental.add_task_with_sentinels(name, num_sentinels=num_sentinels)
+  _OURS.add(id(seqio.TaskRegistry.get(new_name)))
+  labels_lib.register_labels(new_name, labels_lib.get_label_strings(name),
+                             labels_lib.get_task_prefix(name))
+  return new_name
+
+
+_KEEP = object()
+
+
+def derive(base_name: str,
+           new_name: str,
+           token_steps: Sequence[Callable[..., Any]] = (),
+           postprocess_fn: Any = _KEEP,
+           output_features: Optional[Mapping[str, seqio.Feature]] = None,
+           label_strings: Any = _KEEP,
+           prefix: Any = _KEEP) -> seqio.Task:
+  """Registers `new_name`: the registered task `base_name`, varied.
+
+  Args:
+    base_name: a registered task.
+    new_name: the new task's name (replaced if registered).
+    token_steps: token preprocessors inserted right after tokenization
+      (e.g. a task-index token).
+    postprocess_fn: a different postprocessor (default: the base's).
+    output_features: different features, e.g. another vocabulary.
+    label_strings, prefix: recorded for the new name (default: the base's).
+
+  Returns:
+    The new task.
+  """
+  base = seqio.TaskRegistry.get(base_name)
+  steps = list(base.preprocessors)
+  if token_steps:
+    at = steps.index(seqio.preprocessors.tokenize) + 1
+    steps[at:at] = list(token_steps)
+  _replace(seqio.TaskRegistry, new_name)
+  task = seqio.Task(
+      new_name,
+      source=base.source,
+      preprocessors=steps,
+      output_features=dict(output_features or base.output_features),
+      postprocess_fn=(base.postprocessor if postprocess_fn is _KEEP
+                      else postprocess_fn),
+      metric_fns=list(base.metric_fns))
+  seqio.TaskRegistry.add_provider(new_name, task)
+  _OURS.add(id(task))
+  labels_lib.register_labels(
+      new_name,
+      (labels_lib.get_label_strings(base_name) if label_strings is _KEEP
+       else label_strings),
+      labels_lib.get_task_prefix(base_name) if prefix is _KEEP else prefix)
+  return task
+
+
+def is_ours(name: str) -> bool:
+  """Whether `name` (task or mixture) was registered by this package."""
+  for reg in (seqio.TaskRegistry, seqio.MixtureRegistry):
+    if name in reg.names():
+      return id(reg.get(name)) in _OURS
+  return False

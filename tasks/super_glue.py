@@ -171,10 +171,24 @@ def _register_wsc() -> None:
       prefix="wsc:")
 
 
+def _register_sentinel_twins() -> None:
+  """T5's `_1_sentinel` twins and their proportional mixture."""
+  sentinel_rates = []
+  for name, rate in PROPORTIONAL_RATES.items():
+    sentinel_rates.append((registry.add_sentinel_twin(name), rate))
+  registry.add_mixture("super_glue_v102_proportional_sentinel",
+                       sentinel_rates, taskless=False)
+
+
 def register() -> None:
-  """Registers the SuperGLUE tasks and `super_glue_v102_proportional`."""
+  """Registers the SuperGLUE tasks, T5's sentinel twins and mixtures."""
   _register_classification()
   _register_diagnostics()
   _register_wsc()
   registry.add_mixture("super_glue_v102_proportional",
                        list(PROPORTIONAL_RATES.items()))
+  registry.add_mixture("wsc_dpr_simple_proportional", [
+      (name, PROPORTIONAL_RATES[name]) for name in (
+          "dpr_v001_simple", "super_glue_wsc_v102_simple_train",
+          "super_glue_wsc_v102_simple_eval")])
+  _register_sentinel_twins()

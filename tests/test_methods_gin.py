@@ -48,7 +48,7 @@ def test_the_expected_gin_files_exist():
 @pytest.mark.parametrize("name, method_name, trainable", [
     ("prompt_tuning", "prompt", (r".*/prompt/.*",)),
     ("prefix_tuning", "prefix", (r"prefix/.*",)),
-    ("lopa", "lopa", (r"encoder/prompt/.*",)),
+    ("lopa", "lopa", (r".*/prompt/.*",)),  # any family's prompt scope
     ("model_tuning", "model", (r".*",)),
     ("prompt_design", "design", ()),
 ])

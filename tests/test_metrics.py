@@ -66,8 +66,15 @@ def test_matthews_hand_computed():
   expected = 100 * 2 / np.sqrt(12)
   assert metrics.matthews_corrcoef([1, 1, 0, 0], [1, 0, 0, 0])[
       "matthews_corrcoef"] == pytest.approx(expected)
+  # T5 keeps an invalid prediction as a class of its own (sklearn on the raw
+  # ids): the issue's example, 57.74 rather than 33.33 with it flipped.
   assert metrics.matthews_corrcoef([1, 1, 0, 0], [1, INVALID, 0, 0])[
-      "matthews_corrcoef"] == pytest.approx(expected)
+      "matthews_corrcoef"] == pytest.approx(100 * sklearn.metrics.
+                                            matthews_corrcoef(
+                                                [1, 1, 0, 0], [1, -1, 0, 0]))
+  issue = metrics.matthews_corrcoef([0, 0, 0, 1, 1, 1],
+                                    [0, 0, INVALID, 1, 1, INVALID])
+  assert issue["matthews_corrcoef"] == pytest.approx(57.735, abs=1e-3)
   assert metrics.matthews_corrcoef([1, 0], [1, 1])["matthews_corrcoef"] == 0
 
 
@@ -191,7 +198,11 @@ def test_wsc_simple_postprocessor():
   assert post.wsc_simple("the councilmen", example=ex) == 1
   assert post.wsc_simple("City Councilmen", example=ex) == 1
   assert post.wsc_simple("demonstrators", example=ex) == 0
-  assert post.wsc_simple("", example=ex) == 0
+  # Empty or determiner-only predictions are -1 (wrong for either label).
+  assert post.wsc_simple("", example=ex) == INVALID
+  assert post.wsc_simple(" The  ", example=ex) == INVALID
+  assert metrics.accuracy([1, 0, 0, 1, 1], [post.wsc_simple("", example=ex)] *
+                          5) == {"accuracy": 0.0}
   possessive = {"targets_pretokenized": b"Bob's hat", "label": 1}
   assert post.wsc_simple("Bob", example=possessive) == 0
   assert post.wsc_simple("bob's hat", example=possessive) == 1

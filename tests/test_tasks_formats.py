@@ -288,6 +288,31 @@ def test_squad_pads_punctuation_like_t5():
           "question: q context: c")
 
 
+def test_squad_pads_ascii_punctuation_only():
+  # T5's [[:punct:]] is ASCII: letters with accents, en dashes and
+  # non-breaking spaces stay, "_" is padded.
+  ex = only("squad_v010_allanswers", {
+      "id": "x", "title": "t",
+      "context": "Beyonc\u00e9 studied at ETH Z\u00fcrich; 24\u201310 in "
+                 "snake_case.py\u00a0(v2)",
+      "question": "Where?",
+      "answers": {"text": ["ETH Z\u00fcrich"], "answer_start": [0]}})
+  assert ex["inputs"] == (
+      "question: Where ? context: Beyonc\u00e9 studied at ETH Z\u00fcrich ; "
+      "24\u201310 in snake _ case . py\u00a0 ( v2 ) ")
+  assert ex["targets"] == "ETH Z\u00fcrich"
+
+
+def test_mrqa_turns_unicode_spaces_into_spaces_before_padding():
+  ex = only("mrqa_drop_v100", {
+      "qid": "q", "subset": "DROP", "question": "Who?\u00a0(x)",
+      "context": "A\u00a0\u00a0B\u2009C\u3000D",
+      "answers": ["A\u00a0B"], "detected_answers": {"text": ["A\u00a0B"]}})
+  assert ex["inputs"] == "question: Who ? ( x ) context: A B C D"
+  assert ex["targets"] == "A B"
+  assert list(ex["answers"]) == [b"A B"]
+
+
 def test_mrqa_targets_first_detected_answer():
   ex = only("mrqa_bio_asq_v100", {
       "qid": "q1", "subset": "BioASQ",

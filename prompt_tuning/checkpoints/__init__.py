@@ -7,14 +7,17 @@
   t5x          a `checkpoint_<step>` directory with a `checkpoint` msgpack file, the
                file itself, or a model directory of `checkpoint_<step>/` (latest).
   huggingface  `config.json` + `model.safetensors` (or its sharded index, or
-               `pytorch_model.bin`, which needs torch).
+               `pytorch_model.bin`, which needs torch): T5 1.1, or a decoder-only
+               GPT-2 / Llama / Mistral / Qwen2 / Phi-3 (`hf_decoder.py`) by the
+               config's `model_type`.
   native       `config.json` + `params/` (orbax), written by `save`.
 
 `params` is a nested dict of float32 numpy arrays with exactly the tree of
-`Transformer(config).init(...)['params']` (T5X paths, no prompt/prefix). With
-`config=None` the config comes from the checkpoint; a T5X checkpoint stores none
-(sizes can be inferred from shapes, the relative-attention max distance and norm
-epsilon cannot), so loading one needs the model gin's config, except with
+`models.families.build(config).init(...)['params']` (T5X paths for T5, Hugging
+Face names for the decoder-only families; no prompt/prefix). With `config=None`
+the config comes from the checkpoint; a T5X checkpoint stores none (sizes can be
+inferred from shapes, the relative-attention max distance and norm epsilon
+cannot), so loading one needs the model gin's config, except with
 `weights_only=True` for callers that only read the arrays; a given config
 must agree with the checkpoint's sizes or `ConfigMismatchError` lists each field.
 Tensors are checked against the model before any large read and read one at a time
@@ -34,7 +37,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 from etils import epath
 from jax.sharding import Sharding
 
-from prompt_tuning.checkpoints import huggingface, native, t5x
+from prompt_tuning.checkpoints import hf_decoder, huggingface, native, t5x
 from prompt_tuning.checkpoints.errors import (CheckpointError, CheckpointNotFoundError,
                                               ConfigMismatchError,
                                               MissingDependencyError,
@@ -133,6 +136,11 @@ def open_checkpoint(path, config: Optional[T5Config] = None, *,
     return Opened(config, str(checkpoint_dir), source)
   if fmt == "huggingface":
     hf = huggingface.read_hf_config(path)
+    if hf_decoder.is_decoder_config(hf):
+      config_class, found, runtime = hf_decoder.config_fields(hf, path)
+      config = resolve_config(str(path), found, config, runtime, config_class)
+      source, describe = hf_decoder.read_source(path, config, hf)
+      return Opened(config, str(path), source, describe)
     found, runtime = huggingface.config_fields(hf, path)
     config = resolve_config(str(path), found, config, runtime)
     source, describe = huggingface.read_source(path, config, hf)

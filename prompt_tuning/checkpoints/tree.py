@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.checkpoints.errors import ConfigMismatchError, ParameterMismatchError
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.models.t5 import Transformer
 
 Params = Dict[str, Any]  # nested dict of float32 numpy arrays, T5X layout
 Shape = Tuple[int, ...]
@@ -103,18 +103,15 @@ def read_region(tensor: LazyTensor, index: Index) -> np.ndarray:
 Source = Dict[str, LazyTensor]  # '/'-joined T5X parameter path → tensor
 
 
-def _init_inputs():
-  tokens = jnp.ones((1, 4), jnp.int32)
-  return tokens, tokens
-
-
 @functools.lru_cache(maxsize=16)
-def expected_shapes(config: T5Config) -> Dict[str, Shape]:
-  """`{path: shape}` of `Transformer(config).init(...)['params']`, computed abstractly
+def expected_shapes(config: families.ModelConfig) -> Dict[str, Shape]:
+  """`{path: shape}` of the frozen network's `init(...)['params']` (T5 or a
+  decoder-only family, see `models.families`), computed abstractly
   (`jax.eval_shape`, no memory), in sorted path order."""
-  model = Transformer(config.replace(dtype=jnp.float32))
+  model = families.build(config.replace(dtype=jnp.float32))
   abstract = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), *_init_inputs())["params"])
+      lambda: model.init(jax.random.PRNGKey(0), *families.init_inputs(config))[
+          "params"])
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(
               nn.unbox(abstract))[0]}
@@ -123,7 +120,8 @@ def expected_shapes(config: T5Config) -> Dict[str, Shape]:
 
 def resolve_config(path: str, found: Mapping[str, Any],
                    config: Optional[T5Config],
-                   runtime: Optional[Mapping[str, Any]] = None) -> T5Config:
+                   runtime: Optional[Mapping[str, Any]] = None,
+                   config_class: type = T5Config) -> T5Config:
   """The config to build the model with.
 
   Args:
@@ -133,15 +131,20 @@ def resolve_config(path: str, found: Mapping[str, Any],
     runtime: non-architecture defaults recorded by the checkpoint (e.g. the Hugging
       Face `dropout_rate`); used only when `config` is None.
 
+    config_class: the family's config dataclass (`T5Config`, `LlamaConfig`, …).
+
   Returns:
-    `config` itself when it agrees with `found`; with no config, `T5Config`
+    `config` itself when it agrees with `found`; with no config, `config_class`
     defaults overridden by `runtime` and `found`.
 
   Raises:
     ConfigMismatchError: listing every field where `config` and `found` differ.
   """
   if config is None:
-    return T5Config(**{**dict(runtime or {}), **dict(found)})
+    return config_class(**{**dict(runtime or {}), **dict(found)})
+  if not isinstance(config, config_class):
+    raise ConfigMismatchError(path, [("model family", type(config).__name__,
+                                      config_class.__name__)])
   mismatches = [(field, getattr(config, field), value)
                 for field, value in found.items() if getattr(config, field) != value]
   if mismatches:

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
-from prompt_tuning.models.t5 import Transformer
 from prompt_tuning.params import Params, flatten, matches, unflatten
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +48,10 @@ class Method:
   inference: Optional[Callable[[], "Method"]] = None
   fold: Optional[Callable[[Params], Params]] = None
 
-  def build(self, config: T5Config) -> Transformer:
-    """The Flax module for this method on a frozen T5 of `config`."""
-    return Transformer(config, prompt=self.prompt, prefix=self.prefix)
+  def build(self, config: families.ModelConfig) -> nn.Module:
+    """The Flax module for this method on the frozen model of `config`; the family
+    (T5, GPT-2, Llama) is the type of the config (`models.families`)."""
+    return families.build(config, prompt=self.prompt, prefix=self.prefix)
 
   def is_trainable(self, path: str) -> bool:
     return matches(path, self.trainable)

@@ -32,6 +32,7 @@ from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params, with_params
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import Dropout, param
 
@@ -152,7 +153,9 @@ def lopa(length: int = 10, rank: int = 4, hidden_dim: int = 256,
     own = prompt_lib.standalone_params(module, head_rng, config)
     own["prompt"] = prompt_lib.initialize_prompt(initializer, length, prompt_rng,
                                                  params, config)
-    return with_params(params, {"encoder/prompt": own})
+    return with_params(params, {families.prompt_scope(config): own})
 
-  return Method(name="lopa", prompt=module, trainable=(r"encoder/prompt/.*",),
+  # `.*/prompt/.*`: encoder/prompt/… on T5, model/ or transformer/prompt/… on the
+  # decoder-only families.
+  return Method(name="lopa", prompt=module, trainable=(prompt_lib.PROMPT_REGEX,),
                 initialize=initialize)

@@ -13,7 +13,11 @@ After training `fold` evaluates the MLP once and the inference method holds only
 prefixes (`prefix/{encoder,decoder}/{key,value}` `[L, P, N, D]`), which is also what
 is exported.
 
-The prefix modules need the frozen model's T5Config (layers, heads, head_dim): they
+On a decoder-only model (GPT-2, Llama family) there is one stack, `decoder`, and
+the prefixes have the model's key/value heads K (fewer than N with grouped-query
+attention); they act as `past_key_values` (see `prompt_tuning/models/causal_lm.py`).
+
+The prefix modules need the frozen model's config (layers, heads, head_dim): they
 take it from the Transformer that adopts them, or from `config=` when used alone.
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params, get_param, with_params, without_params
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import Dropout, param
 
@@ -38,20 +43,32 @@ STACKS = ("encoder", "decoder")
 KV_AXES = ("layers", "prompt", "heads", "kv")
 
 
-def _config(module: nn.Module) -> T5Config:
+def _config(module: nn.Module) -> families.ModelConfig:
   """The module's own config, else its parent's (the Transformer adopting it)."""
   if module.config is not None:
     return module.config
   parent_config = getattr(module.parent, "config", None)
-  if isinstance(parent_config, T5Config):
+  if isinstance(parent_config, (T5Config,) + families.DECODER_ONLY):
     return parent_config
   raise ValueError(f"{type(module).__name__} needs the T5Config: plug it into "
                    "Transformer(config, prefix=...) or pass config=... when using it "
                    "on its own.")
 
 
-def _num_layers(config: T5Config, stack: str) -> int:
+def _stacks(config) -> Tuple[str, ...]:
+  """T5: both stacks; a decoder-only model: its one stack, named 'decoder'."""
+  return ("decoder",) if families.is_decoder_only(config) else STACKS
+
+
+def _num_layers(config, stack: str) -> int:
+  if families.is_decoder_only(config):
+    return config.num_layers
   return config.num_encoder_layers if stack == "encoder" else config.num_decoder_layers
+
+
+def _kv_heads(config) -> int:
+  """Heads of a prefix: the key/value heads (fewer than the query heads with GQA)."""
+  return config.num_kv_heads if families.is_decoder_only(config) else config.num_heads
 
 
 def prefixes_from_mlp(stack_params: Params) -> Tuple[Array, Array]:
@@ -116,8 +133,8 @@ class Prefix(nn.Module):
   def __call__(self, deterministic: bool = True) -> Dict[str, Tuple[Array, Array]]:
     cfg = _config(self)
     out = {}
-    for stack in STACKS:
-      keys, values = PrefixMlp(self.length, _num_layers(cfg, stack), cfg.num_heads,
+    for stack in _stacks(cfg):
+      keys, values = PrefixMlp(self.length, _num_layers(cfg, stack), _kv_heads(cfg),
                                cfg.head_dim, self.prefix_dim or cfg.emb_dim,
                                self.hidden_dim, name=stack)()
       dropout = Dropout(self.dropout_rate)
@@ -146,15 +163,15 @@ class FoldedPrefix(nn.Module):
   def __call__(self, deterministic: bool = True) -> Dict[str, Tuple[Array, Array]]:
     del deterministic
     cfg = _config(self)
-    return {stack: KeyValues((_num_layers(cfg, stack), self.length, cfg.num_heads,
+    return {stack: KeyValues((_num_layers(cfg, stack), self.length, _kv_heads(cfg),
                               cfg.head_dim), name=stack)()
-            for stack in STACKS}
+            for stack in _stacks(cfg)}
 
 
 def fold(params: Params) -> Params:
   """Training params → inference params: each prefix MLP replaced by its output."""
   folded = {}
-  for stack in STACKS:
+  for stack in _present(params):
     keys, values = prefixes_from_mlp(get_param(params, f"prefix/{stack}"))
     folded[f"prefix/{stack}"] = {"key": keys, "value": values}
   return with_params(without_params(params, "prefix"), folded)
@@ -168,7 +185,13 @@ def export(params: Params) -> Dict[str, np.ndarray]:
 def export_folded(params: Params) -> Dict[str, np.ndarray]:
   """Export of folded (inference) parameters; the same names as `export`."""
   return {f"prefix.{stack}.{kind}": np.asarray(get_param(params, f"prefix/{stack}/{kind}"))
-          for stack in STACKS for kind in ("key", "value")}
+          for stack in _present(params) for kind in ("key", "value")}
+
+
+def _present(params: Params) -> Tuple[str, ...]:
+  """The stacks with prefixes in `params` (both for T5, 'decoder' alone for a
+  decoder-only model)."""
+  return tuple(s for s in STACKS if s in params.get("prefix", {}))
 
 
 def prefix_tuning(length: int = 10, hidden_dim: int = 512,

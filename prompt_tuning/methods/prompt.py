@@ -24,11 +24,12 @@ import numpy as np
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params, get_param, with_params
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import param
 
 Array = jax.Array
-PROMPT_PATH = "encoder/prompt/prompt"
+PROMPT_PATH = "encoder/prompt/prompt"  # T5; decoder-only: families.prompt_scope
 PROMPT_REGEX = r".*/prompt/.*"  # the T5X prompt-tuning regex; matches PROMPT_PATH
 
 
@@ -158,7 +159,7 @@ def standalone_params(module: nn.Module, rng: Array, config: T5Config) -> Params
 def initialize_prompt(initializer: inits.Initializer, length: int, rng: Array,
                       params: Params, config: T5Config) -> Array:
   """Runs `initializer` for a `[length, H]` prompt on the frozen embedding table."""
-  embedding = get_param(params, "token_embedder/embedding")
+  embedding = get_param(params, families.embedding_path(config))
   return initializer(rng, (length, config.emb_dim), embedding)
 
 
@@ -182,10 +183,11 @@ def prompt_tuning(length: int = 100,
 
   def initialize(rng: Array, params: Params, config: T5Config) -> Params:
     value = initialize_prompt(initializer, length, rng, params, config)
-    return with_params(params, {PROMPT_PATH: value})
+    return with_params(params, {f"{families.prompt_scope(config)}/prompt": value})
 
   def export(params: Params) -> Dict[str, np.ndarray]:
-    return {PROMPT_PATH.replace("/", "."): np.asarray(get_param(params, PROMPT_PATH))}
+    path = f"{families.prompt_scope_in(params)}/prompt"  # PROMPT_PATH for T5
+    return {path.replace("/", "."): np.asarray(get_param(params, path))}
 
   return Method(name="prompt", prompt=Prompt(length=length, combine=combine),
                 trainable=(PROMPT_REGEX,), initialize=initialize, export=export)
