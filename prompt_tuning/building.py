@@ -6,8 +6,9 @@ Shared by the entry points (train, eval, infer):
                                            initial_checkpoint_path, rng, mesh=mesh)
 
 1. the frozen model comes from `INITIAL_CHECKPOINT_PATH` (T5X, Hugging Face or native,
-   via `prompt_tuning.checkpoints.load`), or is randomly initialized when the path is
-   None (tests, tiny-model pretraining);
+   via `prompt_tuning.checkpoints`), or is randomly initialized when the path is
+   None (tests, tiny-model pretraining); with a mesh, each process reads only the
+   slices of each tensor that its devices hold (`checkpoints.load_sharded`);
 2. the method's own parameters (e.g. `encoder/prompt/prompt`) are initialized by the
    model's initializers, computing only those (the rest of `init` is pruned by XLA);
 3. `Method.initialize` runs (e.g. prompt from class labels or from a `.npy` file);
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from prompt_tuning import host_memory, partitioning
+from prompt_tuning import checkpoints, host_memory, partitioning
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models import families
@@ -93,18 +94,30 @@ def build_params(method: Method, model_config: T5Config,
   """
   init_rng, method_rng = jax.random.split(rng)
   config = model_config
-  loaded: Dict[str, np.ndarray] = {}
+  loaded: Dict[str, Any] = {}
+  opened = None
   if initial_checkpoint_path:
-    from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
     logging.info("Loading the frozen model from %s.", initial_checkpoint_path)
-    config, tree = checkpoints.load(initial_checkpoint_path, config=model_config)
-    loaded = flatten(tree)
-    del tree
-    cast_frozen(loaded, method, getattr(config, "frozen_dtype", jnp.float32))
+    opened = checkpoints.open_checkpoint(initial_checkpoint_path,
+                                         config=model_config)
+    config = opened.config
   model = method.build(config)
   abstract = abstract_params(model)
   expected = {p: leaf.value if isinstance(leaf, nn.Partitioned) else leaf
               for p, leaf in flatten(abstract).items()}
+  shardings = None
+  if mesh is not None:
+    shardings = partitioning.param_shardings(
+        abstract, mesh, axis_rules if axis_rules is not None else partitioning.rules())
+  if opened is not None and mesh is not None:
+    # Each process reads only the shards its devices hold (checkpoints/sharded.py).
+    loaded = checkpoints.load_sharded(opened, flatten(shardings))
+  elif opened is not None:
+    loaded = flatten(checkpoints.materialize(
+        opened.location, opened.source, opened.config,
+        describe_missing=opened.describe_missing))
+  del opened
+  cast_frozen(loaded, method, getattr(config, "frozen_dtype", jnp.float32))
   missing = [p for p in expected if p not in loaded]
   if initial_checkpoint_path:
     logging.info("Initializing %d parameters not in the checkpoint: %s", len(missing),
@@ -125,8 +138,6 @@ def build_params(method: Method, model_config: T5Config,
   _check_shapes(params, expected)
   if mesh is None:
     return config, jax.tree_util.tree_map(np.asarray, params), None
-  shardings = partitioning.param_shardings(
-      abstract, mesh, axis_rules if axis_rules is not None else partitioning.rules())
   placed = place(params, shardings)
   del params, flat, loaded
   host_memory.release_freed()  # the host copies just freed (docs/BENCHMARKS.md)
@@ -147,6 +158,8 @@ def cast_frozen(flat: Dict[str, Any], method: Method, dtype: Any) -> Dict[str, A
       continue
     if isinstance(value, jax.ShapeDtypeStruct):
       flat[path] = jax.ShapeDtypeStruct(value.shape, dtype, sharding=value.sharding)
+    elif isinstance(value, jax.Array):  # sharded reads: cast on the devices
+      flat[path] = value.astype(dtype)
     else:
       flat[path] = np.asarray(value).astype(dtype)
   return flat
@@ -171,6 +184,10 @@ def place(params: Params, shardings: Params) -> Params:
   def put(value, sharding):
     if isinstance(value, jax.Array) and value.sharding == sharding:
       return value
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+      # Computed from other processes' shards (e.g. a prompt taken from the
+      # sharded embedding table): reshard on the devices, never via the host.
+      return jax.jit(lambda x: x, out_shardings=sharding)(value)
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 

@@ -76,10 +76,57 @@ def test_fixture_forward_pass_runs(fixture_loaded):
   assert float(jnp.std(logits)) > 0  # the trained weights are not all zeros
 
 
-def test_fixture_config_inferred_from_shapes():
-  config, params = checkpoints.load(T5X_TINY_CHECKPOINT)
+def test_fixture_without_config_is_refused_unless_only_weights_are_wanted():
+  # The fixture was trained with max distance 8; a T5X checkpoint does not say so,
+  # and a silent default of 128 would build a different model.
+  with pytest.raises(checkpoints.T5XConfigRequiredError) as info:
+    checkpoints.load(T5X_TINY_CHECKPOINT)
+  message = str(info.value)
+  assert str(T5X_TINY_CHECKPOINT) in message
+  assert "relative_attention_max_distance" in message and "MODEL_CONFIG" in message
+  config, params = checkpoints.load(T5X_TINY_CHECKPOINT, weights_only=True)
   assert config == FIXTURE_CONFIG.replace(relative_attention_max_distance=128)
   assert params["decoder"]["logits_dense"]["kernel"].shape == (4, 32128)
+
+
+LOGITS = "target.decoder.logits_dense.kernel"  # [4, 32128] in 8 chunks of [4, 4096]
+
+
+@pytest.fixture
+def fixture_copy(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "checkpoint_3"
+  shutil.copytree(T5X_TINY_CHECKPOINT, copy)
+  return copy
+
+
+def test_missing_zarr_chunk_is_an_error_naming_tensor_chunk_and_file(fixture_copy):
+  chunk = fixture_copy / LOGITS / "0.3"
+  chunk.unlink()  # a partial download: tensorstore alone would read 16,384 zeros
+  with pytest.raises(t5x.DamagedChunkError) as info:
+    checkpoints.load(fixture_copy, FIXTURE_CONFIG)
+  error = info.value
+  assert (error.tensor, error.chunk, error.file) == (
+      "decoder/logits_dense/kernel", "0.3", str(chunk))
+  message = str(error)
+  assert "decoder/logits_dense/kernel" in message and str(chunk) in message
+  assert "missing" in message
+  assert isinstance(error, checkpoints.CheckpointError)
+
+
+def test_corrupt_zarr_chunk_is_an_error_naming_tensor_chunk_and_file(fixture_copy):
+  chunk = fixture_copy / LOGITS / "0.5"
+  chunk.write_bytes(b"not gzip data at all" * 8)
+  with pytest.raises(t5x.DamagedChunkError) as info:
+    checkpoints.load(fixture_copy, FIXTURE_CONFIG)
+  error = info.value
+  assert (error.tensor, error.chunk, error.file) == (
+      "decoder/logits_dense/kernel", "0.5", str(chunk))
+  assert "corrupt" in str(error) and str(chunk) in str(error)
+  # An intact copy of the same chunk loads again (the check is about the data).
+  chunk.write_bytes((T5X_TINY_CHECKPOINT / LOGITS / "0.5").read_bytes())
+  _, params = checkpoints.load(fixture_copy, FIXTURE_CONFIG)
+  assert np.count_nonzero(params["decoder"]["logits_dense"]["kernel"] == 0) == 0
 
 
 def test_inconsistent_config_is_rejected_with_both_values():
@@ -182,7 +229,7 @@ def test_synthetic_roundtrip_skips_unreadable_optimizer_state(tmp_path):
   assert config == SMALL
   for name, value in _flat(params).items():
     np.testing.assert_array_equal(_flat(loaded)[name], value, err_msg=name)
-  inferred, _ = checkpoints.load(directory)
+  inferred, _ = checkpoints.load(directory, weights_only=True)
   assert inferred.num_decoder_layers == 3 and inferred.num_encoder_layers == 2
   assert (inferred.emb_dim, inferred.head_dim, inferred.mlp_dim) == (32, 8, 64)
 
@@ -195,7 +242,7 @@ def test_missing_and_misshaped_tensors_are_all_listed(tmp_path):
   flat["decoder/layers_2/mlp/wo/kernel"] = np.zeros((48, 32), np.float32)
   directory = _write_t5x(tmp_path / "checkpoint_1", tree_from(flat))
   with pytest.raises(checkpoints.ParameterMismatchError) as info:
-    checkpoints.load(directory)
+    checkpoints.load(directory, SMALL)
   message = str(info.value)
   assert ("decoder/layers_2/encoder_decoder_attention/value/kernel: expected shape "
           "(32, 32), not found") in message

@@ -14,35 +14,49 @@
 
 `params` is a nested dict of float32 numpy arrays with exactly the tree of
 `models.families.build(config).init(...)['params']` (T5X paths for T5, Hugging
-Face names for the decoder-only families; no prompt/prefix). With
-`config=None` the config comes from the checkpoint (for T5X, which stores none,
-sizes are inferred from shapes and the rest are `T5Config` defaults); a given config
+Face names for the decoder-only families; no prompt/prefix). With `config=None`
+the config comes from the checkpoint; a T5X checkpoint stores none (sizes can be
+inferred from shapes, the relative-attention max distance and norm epsilon
+cannot), so loading one needs the model gin's config, except with
+`weights_only=True` for callers that only read the arrays; a given config
 must agree with the checkpoint's sizes or `ConfigMismatchError` lists each field.
 Tensors are checked against the model before any large read and read one at a time
 (`tree.materialize`).
+
+On a mesh, each process reads only its devices' slices of each tensor:
+
+  opened = checkpoints.open_checkpoint(path, config)   # metadata only
+  arrays = checkpoints.load_sharded(opened, shardings)  # {path: global jax.Array}
+
+(`checkpoints/sharded.py`; zarr and safetensors read slices from storage.)
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from etils import epath
+from jax.sharding import Sharding
 
 from prompt_tuning.checkpoints import hf_decoder, huggingface, native, t5x
 from prompt_tuning.checkpoints.errors import (CheckpointError, CheckpointNotFoundError,
                                               ConfigMismatchError,
                                               MissingDependencyError,
                                               ParameterMismatchError,
+                                              T5XConfigRequiredError,
                                               UnknownCheckpointFormatError)
 from prompt_tuning.checkpoints.huggingface import save_huggingface
 from prompt_tuning.checkpoints.native import save
-from prompt_tuning.checkpoints.tree import (Params, expected_shapes, materialize,
+from prompt_tuning.checkpoints.sharded import read_sharded
+from prompt_tuning.checkpoints.tree import (Params, ReadCounter, Source,
+                                            expected_shapes, materialize,
                                             resolve_config)
 from prompt_tuning.models.config import T5Config
 
 __all__ = [
-    "load", "save", "save_huggingface", "detect_format", "expected_shapes",
+    "load", "open_checkpoint", "load_sharded", "Opened", "ReadCounter", "save",
+    "save_huggingface", "detect_format", "expected_shapes",
     "CheckpointError", "CheckpointNotFoundError", "ConfigMismatchError",
-    "MissingDependencyError", "ParameterMismatchError",
+    "MissingDependencyError", "ParameterMismatchError", "T5XConfigRequiredError",
     "UnknownCheckpointFormatError",
 ]
 
@@ -96,7 +110,48 @@ def detect_format(path) -> str:
       f"Tried formats {', '.join(FORMATS)}, which expect:\n{_EXPECTED_FILES}{hint}")
 
 
-def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
+class Opened(NamedTuple):
+  """A checkpoint described but not read (`open_checkpoint`)."""
+  config: T5Config
+  location: str
+  source: Source
+  describe_missing: Optional[Callable[[str], str]] = None
+
+
+def open_checkpoint(path, config: Optional[T5Config] = None, *,
+                    weights_only: bool = False) -> Opened:
+  """Detects the format, resolves the config and describes every tensor.
+
+  Reads only metadata (the T5X msgpack target, safetensors headers, orbax
+  metadata); arguments and errors as `load`.
+  """
+  fmt = detect_format(path)
+  path = epath.Path(path)
+  if fmt == "t5x":
+    checkpoint_dir, source = t5x.read_source(path)
+    found = t5x.infer_config_fields(source)
+    if config is None and not weights_only:
+      raise T5XConfigRequiredError(str(checkpoint_dir))
+    config = resolve_config(str(checkpoint_dir), found, config, runtime=None)
+    return Opened(config, str(checkpoint_dir), source)
+  if fmt == "huggingface":
+    hf = huggingface.read_hf_config(path)
+    if hf_decoder.is_decoder_config(hf):
+      config_class, found, runtime = hf_decoder.config_fields(hf, path)
+      config = resolve_config(str(path), found, config, runtime, config_class)
+      source, describe = hf_decoder.read_source(path, config, hf)
+      return Opened(config, str(path), source, describe)
+    found, runtime = huggingface.config_fields(hf, path)
+    config = resolve_config(str(path), found, config, runtime)
+    source, describe = huggingface.read_source(path, config, hf)
+    return Opened(config, str(path), source, describe)
+  found, runtime = native.config_fields(native.read_config_dict(path), path)
+  config = resolve_config(str(path), found, config, runtime)
+  return Opened(config, str(path), native.read_source(path))
+
+
+def load(path, config: Optional[T5Config] = None, *,
+         weights_only: bool = False) -> Tuple[T5Config, Params]:
   """Loads a frozen T5.1.1 from a T5X, Hugging Face or native checkpoint.
 
   Args:
@@ -104,7 +159,11 @@ def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
     config: the intended model config, or None to take it from the checkpoint.
       Its size fields must match the checkpoint; `dropout_rate`, `dtype` (and for
       T5X, which stores neither, `relative_attention_max_distance` and
-      `layer_norm_epsilon`) are taken from it.
+      `layer_norm_epsilon`) are taken from it. A T5X checkpoint needs it (see
+      `T5XConfigRequiredError`) unless `weights_only`.
+    weights_only: the caller uses the arrays only (e.g. compares embeddings) and
+      never builds a model from the returned config; for T5X without a config the
+      fields a T5X checkpoint does not record are then `T5Config` defaults.
 
   Returns:
     (config, params): params is a nested dict of float32 numpy arrays in the
@@ -112,27 +171,26 @@ def load(path, config: Optional[T5Config] = None) -> Tuple[T5Config, Params]:
 
   Raises:
     CheckpointNotFoundError, UnknownCheckpointFormatError, ConfigMismatchError,
+    T5XConfigRequiredError (T5X without `config`), t5x.DamagedChunkError (a zarr
+    chunk missing or undecodable: names the tensor, chunk and file),
     ParameterMismatchError (every missing tensor / wrong shape, expected vs found),
     MissingDependencyError (a `.bin`-only directory without torch).
   """
-  fmt = detect_format(path)
-  path = epath.Path(path)
-  if fmt == "t5x":
-    checkpoint_dir, source = t5x.read_source(path)
-    found = t5x.infer_config_fields(source)
-    config = resolve_config(str(checkpoint_dir), found, config, runtime=None)
-    return config, materialize(str(checkpoint_dir), source, config)
-  if fmt == "huggingface":
-    hf = huggingface.read_hf_config(path)
-    if hf_decoder.is_decoder_config(hf):
-      config_class, found, runtime = hf_decoder.config_fields(hf, path)
-      config = resolve_config(str(path), found, config, runtime, config_class)
-      source, describe = hf_decoder.read_source(path, config, hf)
-      return config, materialize(str(path), source, config, describe_missing=describe)
-    found, runtime = huggingface.config_fields(hf, path)
-    config = resolve_config(str(path), found, config, runtime)
-    source, describe = huggingface.read_source(path, config, hf)
-    return config, materialize(str(path), source, config, describe_missing=describe)
-  found, runtime = native.config_fields(native.read_config_dict(path), path)
-  config = resolve_config(str(path), found, config, runtime)
-  return config, materialize(str(path), native.read_source(path), config)
+  opened = open_checkpoint(path, config, weights_only=weights_only)
+  return opened.config, materialize(opened.location, opened.source, opened.config,
+                                    describe_missing=opened.describe_missing)
+
+
+def load_sharded(opened: Opened, shardings: Mapping[str, Sharding]
+                 ) -> Dict[str, Any]:
+  """The frozen model as global arrays, this process reading only its shards.
+
+  Args:
+    opened: from `open_checkpoint`.
+    shardings: `{'/'-joined parameter path: Sharding}` (extra paths are ignored).
+
+  Returns:
+    `{path: jax.Array}` (flat, float32); see `checkpoints/sharded.py`.
+  """
+  return read_sharded(opened.location, opened.source, opened.config, shardings,
+                      describe_missing=opened.describe_missing)

@@ -68,5 +68,18 @@ class ParameterMismatchError(CheckpointError):
     super().__init__("\n".join(parts))
 
 
+class T5XConfigRequiredError(CheckpointError):
+  """A T5X checkpoint was loaded to build a model without the model's config."""
+
+  def __init__(self, path: str):
+    super().__init__(
+        f"The T5X checkpoint {path} records no model config: its tensor shapes give "
+        "the sizes, but not relative_attention_max_distance or layer_norm_epsilon. "
+        "Fix: pass the model's T5Config (bind MODEL_CONFIG with the matching "
+        "configs/models/*.gin, e.g. models/t5_1_1_base.gin, and "
+        "--gin.t5_preset.relative_attention_max_distance=N if the model was not "
+        "trained with 128).")
+
+
 class MissingDependencyError(CheckpointError, ImportError):
   """An optional package needed for this checkpoint is not installed."""

@@ -35,7 +35,7 @@ from prompt_tuning.models.decoder_config import ROPE_TYPES, GPT2Config, LlamaCon
 GPT2_TYPES = ("gpt2",)
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "phi3")
 MODEL_TYPES = GPT2_TYPES + LLAMA_TYPES
-Entry = Tuple[tuple, Callable[[], np.ndarray], str]  # (shape, read, where)
+Entry = Tuple[Any, ...]  # (shape, read, where[, read_slice]) from huggingface.py
 
 
 def is_decoder_config(hf: Dict[str, Any]) -> bool:
@@ -158,7 +158,7 @@ def config_fields(hf: Dict[str, Any], path) -> Tuple[type, Dict[str, Any],
 def _derive(entry: Entry, shape: tuple, fn: Callable[[np.ndarray], np.ndarray],
             note: str) -> LazyTensor:
   """A LazyTensor of `shape` computed by `fn` from one stored tensor."""
-  _, read, where = entry
+  _, read, where = entry[:3]  # huggingface entries may add a slice reader
   return LazyTensor(tuple(shape), lambda: fn(read()), f"{where} ({note})")
 
 
@@ -175,7 +175,7 @@ def _shared(entry: Entry, uses: int) -> Entry:
   parameters; the torch reader hands each tensor out only once). The array is
   dropped after the last reader."""
   held, left = [], [uses]
-  shape, read, where = entry
+  shape, read, where = entry[:3]
 
   def read_shared():
     if not held:

@@ -47,7 +47,8 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning.checkpoints.errors import CheckpointError, MissingDependencyError
-from prompt_tuning.checkpoints.tree import LazyTensor, Params, Source
+from prompt_tuning.checkpoints.tree import (Index, LazyTensor, Params, ReadCounter,
+                                            Source)
 from prompt_tuning.models.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -198,22 +199,70 @@ def _safetensors_reader(file: epath.Path, name: str, dtype: str, shape: tuple,
         if not got:
           raise CheckpointError(f"{file}: tensor {name} is truncated.")
         done += got
-    np_dtype = _SAFETENSORS_DTYPES[dtype]
-    if np_dtype == "bfloat16":
-      import ml_dtypes  # pylint: disable=g-import-not-at-top
-      np_dtype = ml_dtypes.bfloat16
-    return np.frombuffer(buffer, dtype=np.dtype(np_dtype).newbyteorder("<")
-                         ).reshape(shape)
+    return np.frombuffer(buffer, dtype=_numpy_dtype(dtype)).reshape(shape)
   return read
 
 
-def _safetensors_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray],
-                                                  str]]:
+def _numpy_dtype(dtype: str) -> np.dtype:
+  np_dtype = _SAFETENSORS_DTYPES[dtype]
+  if np_dtype == "bfloat16":
+    import ml_dtypes  # pylint: disable=g-import-not-at-top
+    np_dtype = ml_dtypes.bfloat16
+  return np.dtype(np_dtype).newbyteorder("<")
+
+
+def _safetensors_slice_reader(file: epath.Path, name: str, dtype: str, shape: tuple,
+                              start: int) -> Callable[[Index], np.ndarray]:
+  """Reads `tensor[index]` with offset reads of just the bytes it covers.
+
+  A row-major box is a set of contiguous runs: the dimensions after the last one
+  that the box cuts are whole, so each run spans them; one `seek` + `readinto` per
+  combination of the outer indices (e.g. `[out, in]` cut on `in`: one run per row).
+  """
+  np_dtype = _numpy_dtype(dtype)
+  itemsize = np_dtype.itemsize
+  strides = [itemsize * math.prod(shape[i + 1:]) for i in range(len(shape))]
+
+  def read_slice(index: Index) -> np.ndarray:
+    out_shape = tuple(b.stop - b.start for b in index)
+    cut = max((i for i, (b, n) in enumerate(zip(index, shape))
+               if (b.start, b.stop) != (0, n)), default=-1)
+    out = np.empty(out_shape, np_dtype)
+    if 0 in out_shape:
+      return out
+    if cut < 0:  # the whole tensor: one run
+      run_bytes, outer = math.prod(shape) * itemsize, [()]
+    else:
+      run_bytes = out_shape[cut] * strides[cut]
+      outer = np.ndindex(*out_shape[:cut])
+    flat = out.reshape(-1).view(np.uint8)
+    with file.open("rb") as f:
+      for position, outer_index in enumerate(outer):
+        offset = start + sum((index[d].start + i) * strides[d]
+                             for d, i in enumerate(outer_index))
+        if cut >= 0:
+          offset += index[cut].start * strides[cut]
+        f.seek(offset)
+        view = memoryview(flat)[position * run_bytes:(position + 1) * run_bytes]
+        done = 0
+        while done < run_bytes:
+          got = f.readinto(view[done:])
+          if not got:
+            raise CheckpointError(f"{file}: tensor {name} is truncated.")
+          done += got
+    ReadCounter.add(out.nbytes)
+    return out
+  return read_slice
+
+
+def _safetensors_tensors(files) -> Dict[str, tuple]:
+  """`{name: (shape, read, where, read_slice)}` over the safetensors files."""
   tensors = {}
   for file in files:
     for name, (dtype, shape, start, end) in _safetensors_header(file).items():
       tensors[name] = (shape, _safetensors_reader(file, name, dtype, shape, start,
-                                                  end), f"{file.name}:{name}")
+                                                  end), f"{file.name}:{name}",
+                       _safetensors_slice_reader(file, name, dtype, shape, start))
   return tensors
 
 
@@ -257,7 +306,8 @@ def _torch_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray], st
       return read
 
     for name, tensor in state.items():
-      tensors[name] = (tuple(tensor.shape), reader(name), f"{file.name}:{name}")
+      tensors[name] = (tuple(tensor.shape), reader(name), f"{file.name}:{name}",
+                       None)
   return tensors
 
 
@@ -309,19 +359,24 @@ def name_map(config: T5Config) -> Dict[str, Tuple[str, bool]]:
 
 
 def _lazy(entry, transpose: bool, scale: float = 1.0) -> LazyTensor:
-  shape, read, where = entry
+  shape, read, where, read_stored_slice = entry
   if transpose:
     shape = tuple(reversed(shape))
 
-  def load():
-    array = read()
+  def finish(array):
     if transpose:
       array = array.T
     if scale != 1.0:
       array = array.astype(np.float32) * np.float32(scale)
     return array
-  return LazyTensor(shape, load, where + (" (transposed)" if transpose else "")
-                    + (f" (× {scale:.6g})" if scale != 1.0 else ""))
+
+  def read_slice(index: Index) -> np.ndarray:  # index is in T5X (transposed) order
+    return finish(read_stored_slice(tuple(reversed(index)) if transpose else index))
+
+  return LazyTensor(shape, lambda: finish(read()),
+                    where + (" (transposed)" if transpose else "")
+                    + (f" (× {scale:.6g})" if scale != 1.0 else ""),
+                    read_slice=read_slice if read_stored_slice else None)
 
 
 def read_source(path, config: T5Config, hf: Dict[str, Any]

@@ -19,8 +19,13 @@ are then read one at a time by tensorstore (its `file` driver locally, `gcs` for
 
 A T5X checkpoint stores no config. Sizes are inferred from tensor shapes (see
 `infer_config_fields`); `relative_attention_max_distance`, `layer_norm_epsilon`,
-`dropout_rate` and `dtype` come from the given config or the `T5Config` defaults
-(T5 1.1 uses max distance 128 and epsilon 1e-6).
+`dropout_rate` and `dtype` must come from the caller's config (the model gin's
+`MODEL_CONFIG`): `checkpoints.load` refuses a T5X checkpoint without one, since a
+model trained with another max distance would otherwise load silently wrong.
+
+Damaged data: zarr arrays are opened with `fill_missing_data_reads=False`, so a
+chunk file that is missing (tensorstore's default reads it as zeros) or cannot be
+decoded raises `DamagedChunkError` naming the tensor, the chunk key and its file.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning.checkpoints.errors import CheckpointError, CheckpointNotFoundError
-from prompt_tuning.checkpoints.tree import LazyTensor, Source
+from prompt_tuning.checkpoints.tree import Index, LazyTensor, ReadCounter, Source
 
 MSGPACK_FILE = "checkpoint"
 _STEP_DIR = re.compile(r"checkpoint_(\d+)")
@@ -208,16 +213,89 @@ def absolute_spec(checkpoint_dir: str, spec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _open_spec(spec: Dict[str, Any]):
+  """Opens a zarr array; a chunk missing from the store is an error on read.
+
+  tensorstore's default (`fill_missing_data_reads`) returns the fill value (zeros)
+  for a chunk file that does not exist, which makes a partial download look like a
+  valid checkpoint; here a missing chunk raises instead (`_read_spec` names it).
+  """
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
   try:
-    return ts.open(spec, open=True, read=True).result()
+    return ts.open({**spec, "fill_missing_data_reads": False}, open=True,
+                   read=True).result()
   except Exception as e:  # tensorstore raises ValueError / OSError variants
     raise CheckpointError(f"Could not open tensorstore array {spec['kvstore']}: "
                           f"{e}") from e
 
 
-def _read_spec(spec: Dict[str, Any], declared_dtype: Optional[str]) -> np.ndarray:
-  array = _open_spec(spec).read().result()
+class DamagedChunkError(CheckpointError):
+  """A zarr chunk of a T5X tensor is missing or cannot be decoded.
+
+  Attributes:
+    tensor: the parameter path (e.g. `decoder/logits_dense/kernel`).
+    chunk: the chunk's key in the zarr array (e.g. `0.3`), or None if unknown.
+    file: the chunk's file (or the array's location when tensorstore gave none).
+  """
+
+  def __init__(self, tensor: str, chunk: Optional[str], file: str, problem: str,
+               detail: str):
+    self.tensor, self.chunk, self.file = tensor, chunk, file
+    where = f"chunk {chunk} ({file})" if chunk else file
+    super().__init__(
+        f"T5X checkpoint tensor {tensor}: {where} is {problem} ({detail}). The "
+        "checkpoint is incomplete or damaged (e.g. an interrupted download): copy "
+        "this tensor's directory again.")
+
+
+_TS_CHUNK = re.compile(r"chunk \{([\d, ]+)\}")
+_TS_FILE = re.compile(r'file "([^"]+)"')
+
+
+def _damaged(tensor: str, spec: Dict[str, Any], error: Exception) -> DamagedChunkError:
+  """Turns tensorstore's read error into one naming the tensor, chunk and file."""
+  text = str(error)
+  file_match = _TS_FILE.search(text)
+  chunk_match = _TS_CHUNK.search(text)
+  kvstore = spec.get("kvstore", {})
+  array_dir = kvstore.get("path", "")
+  if kvstore.get("driver") == "gcs":
+    array_dir = f"gs://{kvstore.get('bucket')}/{array_dir}"
+  file = file_match.group(1) if file_match else array_dir
+  if chunk_match:  # zarr v2 chunk keys join grid indices with '.'
+    chunk = ".".join(i.strip() for i in chunk_match.group(1).split(","))
+  elif file_match:
+    chunk = file.rstrip("/").rsplit("/", 1)[-1]
+  else:
+    chunk = None
+  if chunk and not file_match:
+    file = f"{array_dir.rstrip('/')}/{chunk}"
+  missing = "NOT_FOUND" in text or "is missing" in text
+  problem = "missing" if missing else "corrupt (it cannot be decoded)"
+  return DamagedChunkError(tensor, chunk, file, problem, text.splitlines()[0])
+
+
+def _chunk_bytes(store, index: Index) -> int:
+  """Decompressed bytes of the zarr chunks a read of `index` touches."""
+  chunk = store.chunk_layout.read_chunk.shape or store.shape
+  elements = 1
+  for box, size, step in zip(index, store.shape, chunk):
+    first, last = box.start // step, -(-box.stop // step)
+    elements *= min((last - first) * step, size) if box.stop > box.start else 0
+  return elements * store.dtype.numpy_dtype.itemsize
+
+
+def _read_spec(spec: Dict[str, Any], declared_dtype: Optional[str],
+               tensor: str = "", index: Any = ()) -> np.ndarray:
+  """Reads `array[index]` (the whole tensor by default) of one zarr array."""
+  store = _open_spec(spec)
+  try:
+    if index == ():
+      array = store.read().result()
+    else:  # only the chunks overlapping `index` are fetched and decoded
+      array = store[index].read().result()
+      ReadCounter.add(_chunk_bytes(store, index))
+  except Exception as e:  # ValueError from tensorstore: missing / undecodable chunk
+    raise _damaged(tensor or str(spec["kvstore"].get("path")), spec, e) from e
   if declared_dtype in ("<u2", "uint16") or array.dtype == np.uint16:
     # Old T5X stored bfloat16 as uint16 bit patterns.
     import ml_dtypes  # pylint: disable=g-import-not-at-top
@@ -248,8 +326,11 @@ def read_source(path) -> Tuple[epath.Path, Source]:
       declared = leaf.get("metadata", {}).get("dtype") or leaf.get("dtype")
       source[name] = LazyTensor(
           _spec_shape(leaf, spec),
-          lambda spec=spec, declared=declared: _read_spec(spec, declared),
-          f"{checkpoint_dir}/{leaf['kvstore'].get('path', name)}")
+          lambda spec=spec, declared=declared, name=name: _read_spec(
+              spec, declared, name),
+          f"{checkpoint_dir}/{leaf['kvstore'].get('path', name)}",
+          read_slice=lambda index, spec=spec, declared=declared, name=name: (
+              _read_spec(spec, declared, name, index)))
     elif isinstance(leaf, np.ndarray):
       source[name] = LazyTensor(leaf.shape, lambda leaf=leaf: leaf,
                                 f"{checkpoint_dir}/{MSGPACK_FILE}:{name}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -36,6 +36,9 @@ ARCHITECTURE_FIELDS = (
     "relative_attention_max_distance", "layer_norm_epsilon")
 
 
+Index = Tuple[slice, ...]  # one box of a tensor, as jax hands to array callbacks
+
+
 @dataclasses.dataclass
 class LazyTensor:
   """One tensor of a checkpoint, not yet read.
@@ -44,10 +47,57 @@ class LazyTensor:
     shape: the shape `read()` returns (after any transposition).
     read: reads the tensor; returns an array of `shape` in any float dtype.
     source: human-readable origin for error messages (file and tensor name).
+    read_slice: reads only `tensor[index]` (`index`: one slice per dimension, step
+      1, bounds already resolved by `normalize_index`) from storage; None when the
+      format can only read whole tensors (`read_region` then slices a full read).
   """
   shape: Shape
   read: Callable[[], np.ndarray]
   source: str = ""
+  read_slice: Optional[Callable[[Index], np.ndarray]] = None
+
+
+class ReadCounter:
+  """Bytes of tensor data each reader took from storage in this process.
+
+  Readers add what they fetch: safetensors the bytes read from the file, zarr the
+  decompressed bytes of every chunk a read touches (tensorstore reads whole
+  chunks), whole-tensor readers the tensor's size. Tests use it to check that a
+  process reads only its share of a sharded model.
+  """
+  bytes = 0
+
+  @classmethod
+  def add(cls, count: int) -> None:
+    cls.bytes += int(count)
+
+  @classmethod
+  def reset(cls) -> int:
+    count, cls.bytes = cls.bytes, 0
+    return count
+
+
+def normalize_index(index: Sequence[Any], shape: Shape) -> Index:
+  """`index` (slices with None bounds, as from `make_array_from_callback`, possibly
+  shorter than `shape`) → one `slice(start, stop)` per dimension."""
+  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+  out = []
+  for item, size in zip(index, shape):
+    start, stop, step = item.indices(size)
+    if step != 1:
+      raise ValueError(f"Strided slice {item} is not a shard of a tensor.")
+    out.append(slice(start, stop))
+  return tuple(out)
+
+
+def read_region(tensor: LazyTensor, index: Index) -> np.ndarray:
+  """`tensor[index]`, reading only that region when the format allows it."""
+  index = normalize_index(index, tensor.shape)
+  if tensor.read_slice is not None:
+    return tensor.read_slice(index)
+  whole = tensor.read()
+  ReadCounter.add(whole.nbytes)
+  return whole[index]
 
 
 Source = Dict[str, LazyTensor]  # '/'-joined T5X parameter path → tensor
@@ -109,6 +159,32 @@ def _set(tree: Params, path: str, value: np.ndarray) -> None:
   tree[leaf] = value
 
 
+def check_source(path: str, source: Source, config: T5Config,
+                 describe_missing: Optional[Callable[[str], str]] = None
+                 ) -> Dict[str, Shape]:
+  """Every tensor of `config`'s model is in `source` with its shape (nothing read).
+
+  Returns:
+    `expected_shapes(config)`.
+
+  Raises:
+    ParameterMismatchError: listing every missing tensor and every wrong shape.
+  """
+  expected = expected_shapes(config)
+  missing = [(name, shape, describe_missing(name) if describe_missing else "")
+             for name, shape in expected.items() if name not in source]
+  wrong = [(name, shape, tuple(source[name].shape), source[name].source)
+           for name, shape in expected.items()
+           if name in source and tuple(source[name].shape) != shape]
+  if missing or wrong:
+    raise ParameterMismatchError(path, missing, wrong)
+  unexpected = [name for name in source if name not in expected]
+  if unexpected:
+    logging.warning("Checkpoint %s: ignoring %d tensor(s) that are not parameters of "
+                    "the T5.1.1 model: %s", path, len(unexpected), sorted(unexpected))
+  return expected
+
+
 def materialize(path: str, source: Source, config: T5Config,
                 describe_missing: Optional[Callable[[str], str]] = None) -> Params:
   """Checks `source` against `config`'s parameter tree, then reads it tensor by tensor.
@@ -133,24 +209,14 @@ def materialize(path: str, source: Source, config: T5Config,
   Raises:
     ParameterMismatchError: listing every missing tensor and every wrong shape.
   """
-  expected = expected_shapes(config)
-  missing = [(name, shape, describe_missing(name) if describe_missing else "")
-             for name, shape in expected.items() if name not in source]
-  wrong = [(name, shape, tuple(source[name].shape), source[name].source)
-           for name, shape in expected.items()
-           if name in source and tuple(source[name].shape) != shape]
-  if missing or wrong:
-    raise ParameterMismatchError(path, missing, wrong)
-  unexpected = [name for name in source if name not in expected]
-  if unexpected:
-    logging.warning("Checkpoint %s: ignoring %d tensor(s) that are not parameters of "
-                    "the T5.1.1 model: %s", path, len(unexpected), sorted(unexpected))
-
+  expected = check_source(path, source, config, describe_missing)
   params: Params = {}
   for name, shape in expected.items():
     tensor = source.pop(name)
-    array = np.ascontiguousarray(tensor.read(), dtype=np.float32)
-    del tensor
+    raw = tensor.read()
+    ReadCounter.add(raw.nbytes)
+    array = np.ascontiguousarray(raw, dtype=np.float32)
+    del tensor, raw
     if array.shape != shape:  # the reader's declared shape was wrong
       raise ParameterMismatchError(path, [], [(name, shape, array.shape, "data")])
     _set(params, name, array)

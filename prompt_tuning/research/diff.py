@@ -82,7 +82,7 @@ def load(spec: str) -> Source:
                   {_dotted_to_path(k): v for k, v in arrays.items()})
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
   from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
-  _, tree = checkpoints.load(model_dirs.local_absolute(path))
+  _, tree = checkpoints.load(model_dirs.local_absolute(path), weights_only=True)
   return Source(f"{path} ({checkpoints.detect_format(str(path))} checkpoint)",
                 flatten(tree))
 

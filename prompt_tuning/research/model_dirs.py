@@ -151,7 +151,8 @@ def frozen_params(initial_checkpoint_path: Optional[str], what: str = "the run"
     raise ValueError(f"{what} started from a randomly initialized model "
                      "(INITIAL_CHECKPOINT_PATH = None), which was never saved: the "
                      "frozen parameters cannot be reconstructed.")
-  config, tree = checkpoints.load(local_absolute(initial_checkpoint_path))
+  config, tree = checkpoints.load(local_absolute(initial_checkpoint_path),
+                                  weights_only=True)
   return config, flatten(tree)
 
 

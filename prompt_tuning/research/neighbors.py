@@ -66,7 +66,8 @@ def embedding_table(source: str) -> np.ndarray:
     else:
       from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
       from prompt_tuning.params import get_param  # pylint: disable=g-import-not-at-top
-      _, params = checkpoints.load(model_dirs.local_absolute(path))
+      _, params = checkpoints.load(model_dirs.local_absolute(path),
+                                   weights_only=True)
       table = get_param(params, EMBEDDING_PATH)
   table = np.asarray(table, np.float32)
   if table.ndim != 2:

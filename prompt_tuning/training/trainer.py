@@ -30,17 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from prompt_tuning.training import evaluation, losses, optim
+from prompt_tuning.training import evaluation, losses
 from prompt_tuning import host_memory, building, partitioning
+from prompt_tuning import shape_checks
+from prompt_tuning.training import global_stream, opt_state_sharding
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning import params as params_lib
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
-from prompt_tuning.params import flatten, unflatten
+from prompt_tuning.params import flatten
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -77,6 +79,11 @@ class TrainConfig:
       metric, else the eval loss); `best_mode` 'max' or 'min' ('min' for loss).
     use_cached: read seqio's offline cache.
     shuffle: shuffle the training examples.
+    num_microbatches: split each global batch into this many microbatches whose
+      gradients are accumulated in one compiled step (T5X's `num_microbatches`;
+      gin: `NUM_MICROBATCHES`); the update equals the whole batch's. None or 1:
+      no split. Must divide `batch_size`, and each microbatch must divide the
+      `data` axis.
   """
   model_dir: str
   mixture_or_task_name: str
@@ -100,6 +107,7 @@ class TrainConfig:
   best_mode: Optional[str] = None
   use_cached: bool = False
   shuffle: bool = True
+  num_microbatches: Optional[int] = None
 
 
 # ====================================================================================
@@ -130,9 +138,27 @@ def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
   return None
 
 
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
+                  "decoder_target_tokens", "decoder_loss_weights")
+
+
+def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  """`[B, ...]` → `[num_microbatches, B / num_microbatches, ...]` per feature.
+
+  Row `r` goes to microbatch `r % num_microbatches`, so every microbatch takes the
+  same number of rows from each `data` shard (a shard's contiguous rows split
+  locally; nothing moves between devices).
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return {k: split(v) for k, v in batch.items()}
+
+
 def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, *,
                model, optimizer: optax.GradientTransformation, z_loss: float,
-               loss_normalizing_factor: Any, enable_dropout: bool
+               loss_normalizing_factor: Any, enable_dropout: bool,
+               num_microbatches: Optional[int] = None
                ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on the trainable parameters.
 
@@ -146,23 +172,47 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
     optimizer: an optax transformation over the trainable tree (static).
     z_loss, loss_normalizing_factor: see `prompt_tuning.training.losses`.
     enable_dropout: dropout in the model.
+    num_microbatches: M > 1 accumulates the gradients of M microbatches
+      `[B / M, ...]` (`split_microbatches`) in a `lax.scan`; microbatch `i` draws
+      its dropout from `fold_in(fold_in(rng, step), i)`. Every microbatch's summed
+      loss is divided by the whole batch's normalizer, so loss, gradients and
+      update equal the whole batch's (up to float summation order).
 
   Returns:
     (new state, metrics): `loss` (z-loss included), `z_loss`, `weight_sum`,
     `grad_norm` and, when the optimizer exposes it, `learning_rate`.
   """
   step_rng = jax.random.fold_in(rng, state.step)
+  # The whole batch's normalizer (e.g. its real target tokens), for every microbatch.
+  norm = losses.normalizer_value(batch["decoder_loss_weights"].astype(jnp.float32),
+                                 loss_normalizing_factor)
 
-  def loss_fn(trainable):
+  def loss_fn(trainable, part: Batch, part_rng: jax.Array):
     logits = model.apply({"params": params_lib.merge(trainable, frozen)},
-                         batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         enable_dropout=enable_dropout, rngs={"dropout": step_rng})
-    loss, z, weight_sum = losses.weighted_cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-        z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
-    return loss, {"z_loss": z, "weight_sum": weight_sum}
+                         part["encoder_input_tokens"], part["decoder_input_tokens"],
+                         enable_dropout=enable_dropout, rngs={"dropout": part_rng})
+    total, z, weight_sum = losses.weighted_cross_entropy(
+        logits, part["decoder_target_tokens"], part["decoder_loss_weights"],
+        z_loss=z_loss, loss_normalizing_factor=None)  # sums
+    return total / norm, {"z_loss": z / norm, "weight_sum": weight_sum}
 
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if not num_microbatches or num_microbatches == 1:
+    (loss, aux), grads = grad_fn(state.trainable, batch, step_rng)
+  else:
+    parts = split_microbatches({k: batch[k] for k in MODEL_FEATURES},
+                               num_microbatches)
+
+    def accumulate(carry, inputs):
+      index, part = inputs
+      out = grad_fn(state.trainable, part, jax.random.fold_in(step_rng, index))
+      return jax.tree_util.tree_map(jnp.add, carry, out), None
+
+    zero = jnp.zeros((), jnp.float32)
+    start = ((zero, {"z_loss": zero, "weight_sum": zero}),
+             jax.tree_util.tree_map(jnp.zeros_like, state.trainable))
+    ((loss, aux), grads), _ = jax.lax.scan(
+        accumulate, start, (jnp.arange(num_microbatches), parts))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
@@ -201,17 +251,13 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
   The step is traced inside `partitioning.activation_partitioning(mesh, axis_rules)`,
   so the model's activations are sharded by the same rule table as the parameters.
 
-  Optimizer-state shardings are those XLA gives `optimizer.init` from the sharded
-  trainable parameters (slots shaped like a parameter follow the parameter).
+  Optimizer-state shardings are derived from the trainable parameters' shardings
+  (`opt_state_sharding.py`: slots follow their parameter, factored Adafactor slots
+  keep the matching axes, scalars are replicated), not left to XLA.
   """
   replicated = partitioning.replicated(mesh)
-  # Ask XLA how it would shard the optimizer state; anything it leaves off the mesh
-  # (scalar counters, tiny factored slots) is replicated.
-  probe = jax.jit(optimizer.init, in_shardings=(trainable_shardings,))
-  proposed = probe.lower(trainable).compile().output_shardings
-  opt_shardings = jax.tree_util.tree_map(
-      lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated,
-      proposed)
+  opt_shardings = opt_state_sharding.opt_state_shardings(
+      optimizer, trainable, trainable_shardings, mesh)
   init_opt = jax.jit(optimizer.init, in_shardings=(trainable_shardings,),
                      out_shardings=opt_shardings)
   state_shardings = TrainState(step=replicated, trainable=trainable_shardings,
@@ -224,13 +270,13 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
   batch_sharding = partitioning.batch_sharding(mesh)
   # The module-level function with static settings: runs with the same model,
   # optimizer and shardings reuse one compiled program.
-  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8, 9),
+  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8, 9, 10),
                    in_shardings=(state_shardings, frozen_shardings, batch_sharding,
                                  replicated),
                    out_shardings=(state_shardings, replicated),
                    donate_argnums=(0,))
   static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
-            config.enable_dropout,
+            config.enable_dropout, config.num_microbatches,
             tuple(axis_rules) if axis_rules is not None else None)
   compiled = []
 
@@ -243,6 +289,7 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
     return out
 
   def lower(state, frozen, batch, rng):
+    """The step lowered for these (abstract) arguments, e.g. to read its HLO."""
     with partitioning.activation_partitioning(mesh, axis_rules):
       return jitted.lower(state, frozen, batch, rng, *static)
 
@@ -251,13 +298,14 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
 
 
 def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
-                           loss_normalizing_factor, enable_dropout, axis_rules):
+                           loss_normalizing_factor, enable_dropout,
+                           num_microbatches, axis_rules):
   # `axis_rules` shapes the trace (activation constraints) through the context
   # `compile_steps` enters; as a static argument it keys jit's cache too.
   del axis_rules
   return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer,
                     z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
-                    enable_dropout=enable_dropout)
+                    enable_dropout=enable_dropout, num_microbatches=num_microbatches)
 
 
 # ====================================================================================
@@ -430,7 +478,10 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   # ---------------------------------------------------------------- setup: the mesh
   mesh = mesh if mesh is not None else partitioning.make_mesh()
   axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
-  host_batch_size = partitioning.check_batch_size(config.batch_size, mesh)
+  # Every batch shape against the mesh, before anything is loaded.
+  host_batch_size = shape_checks.check_train_shapes(
+      config.batch_size, config.eval_batch_size, config.num_microbatches, mesh,
+      jax.process_count(), evaluates=config.eval_period >= 0)
   logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
                dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
@@ -495,8 +546,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
 
   # ---------------------------------------------------------------- data
   if batches_fn is None:
-    batches_fn = functools.partial(
-        _default_batches, config=config, host_batch_size=host_batch_size)
+    batches_fn = functools.partial(_default_batches, config=config, mesh=mesh)
   batches = batches_fn(batches_consumed) if step < config.train_steps else iter(())
 
   # ---------------------------------------------------------------- evaluation
@@ -653,10 +703,13 @@ def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np
 
 
 def _default_batches(start_batch: int, *, config: TrainConfig,
-                     host_batch_size: int) -> Iterator[Batch]:
+                     mesh: Mesh) -> Iterator[Batch]:
+  """This process's rows of the global stream (a function of the global step only:
+  see `global_stream.py`)."""
   from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.train_batches(
-      config.mixture_or_task_name, config.task_feature_lengths, host_batch_size,
-      split=config.train_split, seed=config.seed, shard_index=jax.process_index(),
-      num_shards=jax.process_count(), start_batch=start_batch,
-      use_cached=config.use_cached, shuffle=config.shuffle)
+  global_batches = data_lib.train_batches(
+      config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
+      split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
+      start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle)
+  return global_stream.rows_of(global_batches,
+                               global_stream.process_rows(config.batch_size, mesh))
