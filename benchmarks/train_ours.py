@@ -26,10 +26,11 @@ import jax
 import numpy as np
 
 from benchmarks import common, weights
+from prompt_tuning import prompt_files
 from prompt_tuning import params as params_lib
 from prompt_tuning import building, partitioning
 from prompt_tuning.training import optim, trainer
-from prompt_tuning.methods import baselines, initializers, lopa, prefix
+from prompt_tuning.methods import baselines, lopa, prefix
 from prompt_tuning.methods import prompt as prompt_lib
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -50,7 +51,7 @@ def method_and_optimizer(name: str, shapes: common.Shapes, prompt_file: str):
   p = shapes.prompt
   if name == "prompt":
     return (prompt_lib.prompt_tuning(length=p,
-                                     initializer=initializers.from_file(prompt_file)),
+                                     initializer=prompt_files.from_file(prompt_file)),
             optim.adafactor_prompt_tuning())
   if name == "prefix":
     return prefix.prefix_tuning(length=p), optim.adamw_prefix_tuning()

@@ -25,6 +25,7 @@ import gin
 import jax
 from absl import logging
 
+from prompt_tuning.run_dir import layout
 from prompt_tuning import params as params_lib
 from prompt_tuning import cli, configurables, building
 from prompt_tuning.training import evaluation
@@ -34,26 +35,6 @@ from prompt_tuning.methods.base import Method
 from prompt_tuning.models.config import T5Config
 
 EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
-
-
-def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.Path:
-  """The numpy export of a training MODEL_DIR: 'best', 'latest' or a step."""
-  if checkpoint == "best":
-    path = pathlib.Path(model_dir) / ckpt.BEST_DIR
-    if path.is_dir():
-      return path
-    logging.warning("%s has no best/ export (no evaluation ran); using the latest.",
-                    model_dir)
-    checkpoint = "latest"
-  steps = ckpt.numpy_steps(model_dir)
-  if not steps:
-    raise FileNotFoundError(f"{model_dir} has no numpy exports under "
-                            f"{ckpt.NUMPY_DIR}/; was it written by prompt_tuning.train?")
-  step = steps[-1] if checkpoint == "latest" else int(checkpoint)
-  if step not in steps:
-    raise FileNotFoundError(f"No export for step {step} in {model_dir}/"
-                            f"{ckpt.NUMPY_DIR}; available steps: {steps}.")
-  return ckpt.numpy_checkpoint_dir(model_dir, step)
 
 
 def load_trained(method: Method, model_config: Optional[T5Config],
@@ -73,7 +54,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
   """
   export = None
   if model_dir:
-    record = ckpt.read_run_config(model_dir)
+    record = layout.read_record(model_dir)
     if record.get("method") != method.name:
       raise ValueError(f"{model_dir} was trained with method {record.get('method')!r} "
                        f"but METHOD is {method.name!r}; include the same method gin "
@@ -82,7 +63,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       initial_checkpoint_path = record.get("initial_checkpoint_path")
     if model_config is None:
       model_config = T5Config.from_dict(record["model_config"])
-    export = export_dir(model_dir, checkpoint)
+    export = layout.export_dir(model_dir, checkpoint)
   if model_config is None:
     raise ValueError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
                      "or pass a MODEL_DIR that has config.json.")
@@ -92,7 +73,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       run_method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
       mesh=mesh, run_initializer=export is None)
   if has_npy:
-    params = building.apply_exported(params, ckpt.read_arrays(str(export)),
+    params = building.apply_exported(params, layout.read_arrays(str(export)),
                                            str(export))
     source = str(export)
   elif export is not None:
@@ -125,7 +106,7 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
     restored = building.place(
         restored, jax.tree_util.tree_map(lambda x: x.sharding, trainable))
   return (params_lib.merge(restored, frozen),
-          f"{model_dir}/{ckpt.STEP_PREFIX}_{step}")
+          f"{model_dir}/{layout.STEP_PREFIX}_{step}")
 
 
 def format_table(results: Mapping[str, evaluation.TaskResult]) -> str:
@@ -195,11 +176,11 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
 def _step_of(source: str) -> int:
   """The training step an export belongs to (best.json or checkpoint_<step>)."""
   path = pathlib.Path(source)
-  record = path / ckpt.BEST_JSON
+  record = path / layout.BEST_JSON
   if record.exists():
     import json  # pylint: disable=g-import-not-at-top
     return int(json.loads(record.read_text())["step"])
-  if path.name.startswith(f"{ckpt.STEP_PREFIX}_"):
+  if path.name.startswith(f"{layout.STEP_PREFIX}_"):
     return int(path.name.split("_")[-1])
   return 0
 

@@ -41,9 +41,10 @@ import jax
 import numpy as np
 from absl import flags
 
+from prompt_tuning import prompt_files
+from prompt_tuning.run_dir import layout
 from prompt_tuning import cli, configurables, building
 from prompt_tuning.inference import io as infer_io, serving
-from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.models.config import T5Config
 
@@ -68,32 +69,13 @@ class InferError(Exception):
 # ------------------------------------------------------------------------------------
 
 
-def is_model_dir(path: Union[str, os.PathLike]) -> bool:
-  path = pathlib.Path(path)
-  return (path / ckpt.CONFIG_JSON).is_file() or (path / ckpt.NUMPY_DIR).is_dir()
-
-
-def prompt_path(source: Union[str, os.PathLike],
-                checkpoint: Union[str, int] = "best") -> pathlib.Path:
-  """The `.npy` file a prompt source names (MODEL_DIRs: their `checkpoint` export)."""
+def served_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+  """`config.json` of a training MODEL_DIR source (None for plain files); refuses
+  runs of other methods than prompt tuning."""
   path = pathlib.Path(source)
-  if not path.exists():
-    raise FileNotFoundError(f"Prompt source {path} does not exist (PROMPT_FILES / "
-                            "--prompt / PROMPT_FILE / MODEL_DIR).")
-  if path.is_file():
-    return path
-  if is_model_dir(path) and (path / ckpt.NUMPY_DIR).is_dir():
-    from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
-    path = eval_lib.export_dir(str(path), checkpoint)
-  return bank_lib.find_prompt_file(path)
-
-
-def run_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
-  """`config.json` of a training MODEL_DIR source (None for plain files)."""
-  path = pathlib.Path(source)
-  if not (path.is_dir() and (path / ckpt.CONFIG_JSON).is_file()):
+  if not (path.is_dir() and (path / layout.CONFIG_JSON).is_file()):
     return None
-  record = ckpt.read_run_config(str(path))
+  record = layout.read_record(path)
   if record.get("method") not in (None, "prompt"):
     raise InferError(f"{path} was trained with method {record.get('method')!r}; "
                      "prompt_tuning.infer serves prompt-tuning prompts (a prompt "
@@ -170,10 +152,10 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   records, sources = {}, {}
   for name, source in prompts.items():
     if isinstance(source, (str, os.PathLike)):
-      record = run_record(source)
+      record = served_record(source)
       if record is not None:
         records[str(source)] = record
-      sources[name] = prompt_path(source, checkpoint)
+      sources[name] = prompt_files.prompt_path(source, checkpoint)
     else:
       sources[name] = source
   initial_checkpoint_path, model_config = frozen_model_source(
@@ -184,7 +166,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   if not initial_checkpoint_path:
     logging.warning("No INITIAL_CHECKPOINT_PATH: the frozen model is RANDOMLY "
                     "initialized (only useful for tests).")
-  bank, bank_params = bank_lib.from_prompts(sources, prompt_combine(records, combine))
+  loaded = {name: prompt_files.load_prompt(source) for name, source in sources.items()}
+  bank, bank_params = bank_lib.from_prompts(loaded, prompt_combine(records, combine))
   method = bank_lib.bank_method(bank)
   config, params, _ = building.build_params(
       method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
@@ -200,7 +183,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   for name in bank.names:
     logging.info("Serving prompt %r [%d, %d] from %s.", name,
                  bank.lengths[bank.index(name)], width,
-                 sources[name] if not isinstance(sources[name], np.ndarray)
+                 sources[name] if isinstance(sources[name], (str, os.PathLike))
                  else "an array")
   return method.build(config), params, bank, str(initial_checkpoint_path or "random")
 

@@ -13,6 +13,7 @@ local data lines (tests/test_tasks_local.py), a MODEL_DIR of another run
 import concurrent.futures
 import json
 import pathlib
+from prompt_tuning.run_dir import layout
 import sys
 
 import gin
@@ -231,9 +232,9 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
   assert checkpointer.all_steps() == [2, 4]
   assert checkpointer.read_data(4)["batches_consumed"] == 4
   checkpointer.close()
-  assert train_state.numpy_steps(str(model_dir)) == [2, 4]
-  exported = train_state.read_arrays(str(
-      train_state.numpy_checkpoint_dir(str(model_dir), 4)))
+  assert layout.numpy_steps(str(model_dir)) == [2, 4]
+  exported = layout.read_arrays(str(
+      layout.numpy_checkpoint_dir(str(model_dir), 4)))
   assert exported and all(np.all(np.isfinite(v)) for v in exported.values())
 
 

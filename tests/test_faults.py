@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+from prompt_tuning.run_dir import layout
 import time
 
 import numpy as np
@@ -186,7 +187,7 @@ def test_kill_9_inside_a_checkpoint_commit_keeps_the_previous_one_latest(
   assert partial and "checkpoint_4" not in entries, entries
   assert {"state", "data"} <= set(os.listdir(model_dir / partial[0]))
   assert _committed(model_dir) == ([2], 2)
-  assert train_state.numpy_steps(str(model_dir)) == [2]
+  assert layout.numpy_steps(str(model_dir)) == [2]
 
   result = _train(model_dir)
   assert result.step == STEPS and min(result.losses) == 3

@@ -1,4 +1,4 @@
-"""What a training run writes to `MODEL_DIR`, and how it is read back.
+"""What a training run writes to `MODEL_DIR` (names and readers: `layout.py`).
 
   MODEL_DIR/
     config.json                      the run's identity: initial checkpoint, model
@@ -24,17 +24,17 @@ import pathlib
 import re
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-CONFIG_JSON = "config.json"
-NUMPY_DIR = "numpy_checkpoints"
-BEST_DIR = "best"
-BEST_JSON = "best.json"
-STEP_PREFIX = "checkpoint"
+from prompt_tuning.params import flatten
+from prompt_tuning.run_dir import layout
+from prompt_tuning.run_dir.layout import (BEST_DIR, BEST_JSON, CONFIG_JSON,
+                                          STEP_PREFIX, has_checkpoints,
+                                          numpy_checkpoint_dir, numpy_steps)
 
 
 # ------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
                                       dir=directory.parent))
   try:
     for name, value in arrays.items():
-      np.save(tmp / f"{name}.npy", np.asarray(value))
+      _save_npy(tmp / f"{name}.npy", value)
     if extra is not None:
       (tmp / extra_name).write_text(json.dumps(extra, indent=2, sort_keys=True))
   except OSError as e:  # e.g. disk full: keep nothing partial
@@ -178,19 +178,6 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
     tmp.rename(directory)
 
 
-def read_arrays(directory: str) -> Dict[str, np.ndarray]:
-  """`{name: array}` from a directory of `.npy` files."""
-  directory = pathlib.Path(directory)
-  files = sorted(directory.glob("*.npy"))
-  if not files:
-    raise FileNotFoundError(f"No .npy files in {directory}.")
-  return {f.name[:-len(".npy")]: np.load(f) for f in files}
-
-
-def numpy_checkpoint_dir(model_dir: str, step: int) -> pathlib.Path:
-  return pathlib.Path(model_dir) / NUMPY_DIR / f"{STEP_PREFIX}_{step}"
-
-
 def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
                 keep: Optional[int] = None) -> pathlib.Path:
   """Writes `numpy_checkpoints/checkpoint_<step>/` and keeps the newest `keep`."""
@@ -202,25 +189,11 @@ def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
   return path
 
 
-def numpy_steps(model_dir: str) -> List[int]:
-  root = pathlib.Path(model_dir) / NUMPY_DIR
-  if not root.is_dir():
-    return []
-  steps = [int(m.group(1)) for p in root.iterdir()
-           if (m := re.fullmatch(rf"{STEP_PREFIX}_(\d+)", p.name))]
-  return sorted(steps)
-
-
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
                 record: Mapping[str, Any]) -> pathlib.Path:
   path = pathlib.Path(model_dir) / BEST_DIR
   write_arrays(str(path), arrays, extra=record)
   return path
-
-
-def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
-  path = pathlib.Path(model_dir) / BEST_DIR / BEST_JSON
-  return json.loads(path.read_text()) if path.exists() else None
 
 
 # ------------------------------------------------------------------------------------
@@ -231,13 +204,6 @@ def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
 # e.g. train_steps or eval_period, may change between restarts).
 IDENTITY_FIELDS = ("initial_checkpoint_path", "model_config", "method", "trainable",
                    "task", "task_feature_lengths", "batch_size", "seed")
-
-
-def has_checkpoints(model_dir: str) -> bool:
-  """True when `MODEL_DIR` holds a finished orbax checkpoint to resume from."""
-  root = pathlib.Path(model_dir)
-  return root.is_dir() and any(re.fullmatch(rf"{STEP_PREFIX}_\d+", p.name)
-                               for p in root.iterdir())
 
 
 def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
@@ -273,13 +239,48 @@ def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
     os.replace(tmp, path)
 
 
-def read_run_config(model_dir: str) -> Dict[str, Any]:
-  path = pathlib.Path(model_dir) / CONFIG_JSON
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not a training "
-                            "MODEL_DIR written by prompt_tuning.train.")
-  return json.loads(path.read_text())
+# ------------------------------------------------------------------------------------
+# Single arrays and the trained parameters of a finished run.
+# ------------------------------------------------------------------------------------
 
 
-def is_host0() -> bool:
-  return jax.process_index() == 0
+def _save_npy(path: pathlib.Path, array: Any) -> None:
+  with open(path, "wb") as f:
+    np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def write_npy(path: Union[str, os.PathLike], array: Any) -> None:
+  """Writes one `.npy` atomically: a temporary file in the same directory, renamed."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  os.close(fd)
+  try:
+    _save_npy(pathlib.Path(tmp), array)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def read_trainable(model_dir: Union[str, os.PathLike],
+                   checkpoint: layout.Checkpoint = "latest") -> Dict[str, np.ndarray]:
+  """{path: array} of the trainable parameters in the orbax state at a step.
+
+  Only the `trainable` subtree is read (not the optimizer state).
+  """
+  step = layout.resolve_step(model_dir, checkpoint)
+  path = layout.state_dir(model_dir, step)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if "trainable" not in tree:
+    raise ValueError(f"{path} holds {sorted(tree)}, not a training state with a "
+                     "'trainable' subtree.")
+  wanted = {"trainable": tree["trainable"]}
+  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                wanted)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=args, partial_restore=True))
+  return {k: np.asarray(v) for k, v in flatten(restored["trainable"]).items()}

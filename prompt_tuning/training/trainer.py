@@ -32,6 +32,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
+from prompt_tuning.run_dir import layout
 from prompt_tuning.training import evaluation, losses, optim
 from prompt_tuning import host_memory, building, partitioning
 from prompt_tuning.run_dir import lock as run_lock
@@ -39,7 +40,7 @@ from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning import params as params_lib
 from prompt_tuning.methods.base import Method
-from prompt_tuning.params import flatten, unflatten
+from prompt_tuning.params import flatten
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -295,7 +296,7 @@ class NonFiniteLossError(FloatingPointError):
       kept = ("No checkpoint was written yet. Fix the cause, then rerun (or start "
               "over with a new --gin.MODEL_DIR).")
     else:
-      kept = (f"The last good checkpoint, {model_dir}/{ckpt.STEP_PREFIX}_"
+      kept = (f"The last good checkpoint, {model_dir}/{layout.STEP_PREFIX}_"
               f"{last_checkpoint} (step {last_checkpoint}), is intact: nothing was "
               "saved after the values went bad. Fix the cause, then rerun the same "
               f"command to resume from step {last_checkpoint} (or start over with a "
@@ -466,7 +467,7 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   # ---------------------------------------------------------------- evaluation
   summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
   evaluator = None
-  best = ckpt.read_best_record(config.model_dir)
+  best = layout.read_best_record(config.model_dir)
 
   def evaluate(step: int, state: TrainState):
     nonlocal evaluator, best
@@ -503,9 +504,9 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
       if host0:
         ckpt.export_best(config.model_dir, arrays, best)
         summaries.record(step, "best", {"metric": metric, "value": value},
-                         export=ckpt.BEST_DIR)
+                         export=layout.BEST_DIR)
       logging.info("New best %s = %.4f at step %d, exported to %s/%s.", metric, value,
-                   step, config.model_dir, ckpt.BEST_DIR)
+                   step, config.model_dir, layout.BEST_DIR)
 
   def save(step: int, state: TrainState):
     if not bool(_all_finite(state.trainable)):  # never save NaN over a good state
