@@ -133,6 +133,8 @@ T5Config = gin.external_configurable(config_lib.T5Config, "T5Config")
 make_mesh = gin.external_configurable(partitioning.make_mesh, "partitioning.make_mesh")
 axis_rules = gin.external_configurable(partitioning.rules, "partitioning.rules")
 TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
+# `method` → its trainable regexes, or `optim.trainable_regexes.regexes` when bound.
+trainable_regexes = CONFIGURABLES["optim.trainable_regexes"]
 
 
 @gin.configurable(module="tiny_t5")

@@ -13,14 +13,21 @@ everything they need comes in as arguments.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import dataclasses
+import functools
+import pathlib
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import gin
+import jax
 import optax
 from absl import logging
+from jax.sharding import Mesh
 
-from prompt_tuning import cli, configurables
-from prompt_tuning.training import trainer
+from prompt_tuning import building, cli, configurables, partitioning
+from prompt_tuning.run_dir import layout, train_state
+from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning.training import evaluation, losses, trainer
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models.config import T5Config
 
@@ -35,14 +42,101 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
           decode_fn: Optional[Callable[..., Any]] = None,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
-  """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
-  mesh = configurables.make_mesh()
-  learning_rate_fn = learning_rate_fn or _bound_learning_rate()
-  return trainer.train(config, method=method, model_config=model_config,
-                       optimizer=optimizer,
-                       initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
-                       axis_rules=configurables.axis_rules(), learning_rate_fn=learning_rate_fn,
-                       decode_fn=decode_fn, gin_config=gin_config)
+  """Builds the mesh and runs `build_and_train` (gin: `train.<arg>`).
+
+  `optim.trainable_regexes.regexes`, when bound, replaces the method's trainable
+  regexes (e.g. to also train the decoder's final layer norm).
+  """
+  method = dataclasses.replace(method,
+                               trainable=configurables.trainable_regexes(method))
+  return build_and_train(
+      config, method=method, model_config=model_config, optimizer=optimizer,
+      initial_checkpoint_path=initial_checkpoint_path,
+      mesh=configurables.make_mesh(), axis_rules=configurables.axis_rules(),
+      learning_rate_fn=learning_rate_fn or _bound_learning_rate(),
+      decode_fn=decode_fn, gin_config=gin_config)
+
+
+def build_and_train(config: trainer.TrainConfig, *, method: Method,
+                    model_config: T5Config, optimizer: optax.GradientTransformation,
+                    initial_checkpoint_path: Optional[str] = None,
+                    mesh: Optional[Mesh] = None,
+                    axis_rules: Optional[partitioning.Rules] = None,
+                    batches_fn: Optional[Callable[[int], Iterator[Any]]] = None,
+                    learning_rate_fn: Optional[Callable[[int], float]] = None,
+                    decode_fn: Optional[Callable[..., Any]] = None,
+                    gin_config: Optional[str] = None) -> trainer.TrainResult:
+  """Builds what the loop needs and runs `trainer.train`, holding MODEL_DIR's lock.
+
+  Args:
+    config: the run's settings.
+    method: what is trained and how it enters the network.
+    model_config: the frozen model's `T5Config` (`MODEL_CONFIG`).
+    optimizer: optax transformation for the trainable parameters (`OPTIMIZER`).
+    initial_checkpoint_path: the frozen model (None: random init, for tests).
+    mesh: defaults to `partitioning.make_mesh()` over all devices.
+    axis_rules: defaults to `partitioning.rules()`.
+    batches_fn: `start_batch -> iterator of this host's batches`; defaults to
+      `data.train_batches` for the configured task (tests inject their own).
+    learning_rate_fn: step → learning rate, for summaries (optional).
+    decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
+    gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
+
+  Raises:
+    lock.ModelDirLockedError: another run is using MODEL_DIR (a run that died is
+      taken over with a warning).
+    data.UnknownTaskError, data.VocabularyTooLargeError: checked before anything
+      is loaded (only when the configured task feeds the run).
+    ValueError: MODEL_DIR holds a different run.
+    And what `trainer.train` raises.
+  """
+  host0 = jax.process_index() == 0
+  with run_lock.held(config.model_dir, enabled=host0):
+    if batches_fn is None:  # fail on a task typo in seconds, not after loading
+      from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+      data.check_task(config.mixture_or_task_name, model_config.vocab_size)
+    mesh = mesh if mesh is not None else partitioning.make_mesh()
+    axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
+    host_batch_size = partitioning.check_batch_size(config.batch_size, mesh)
+    logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
+                 dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
+
+    record = trainer.run_record(config, method, model_config, initial_checkpoint_path)
+    train_state.check_or_write_run_config(config.model_dir, record, write=host0)
+    if host0 and gin_config:
+      (pathlib.Path(config.model_dir) / layout.CONFIG_GIN).write_text(gin_config)
+
+    init_rng, _ = trainer.seed_keys(config.seed)
+    model_config, params, shardings = building.build_params(
+        method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
+        axis_rules=axis_rules)
+    model = method.build(model_config)
+    loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
+                            config.enable_dropout)
+    evaluator = evaluation.Evaluator(  # reads its examples at the first evaluation
+        model, mesh, shardings, config.mixture_or_task_name,
+        config.task_feature_lengths,
+        batch_size=config.eval_batch_size or config.batch_size,
+        split=config.eval_split, max_examples=config.max_eval_examples,
+        max_decode_length=config.max_decode_length, z_loss=config.z_loss,
+        use_cached=config.use_cached, decode_fn=decode_fn)
+    if batches_fn is None:
+      batches_fn = functools.partial(_task_batches, config=config,
+                                     host_batch_size=host_batch_size)
+    return trainer.train(config, method, optimizer,
+                         trainer.Built(loss_fn, params, shardings, mesh), batches_fn,
+                         evaluator, learning_rate_fn)
+
+
+def _task_batches(start_batch: int, *, config: trainer.TrainConfig,
+                  host_batch_size: int) -> Iterator[Any]:
+  """This host's batches of the configured task from `start_batch` on."""
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+  return data.train_batches(
+      config.mixture_or_task_name, config.task_feature_lengths, host_batch_size,
+      split=config.train_split, seed=config.seed, shard_index=jax.process_index(),
+      num_shards=jax.process_count(), start_batch=start_batch,
+      use_cached=config.use_cached, shuffle=config.shuffle)
 
 
 def _bound_learning_rate() -> Optional[Callable[[int], float]]:

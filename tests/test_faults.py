@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+from prompt_tuning import train as train_lib
 from prompt_tuning.run_dir import layout
 import time
 
@@ -42,8 +43,7 @@ def _config(model_dir):
 
 
 def _train(model_dir, batches_fn=None):
-  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
-  return trainer.train(_config(model_dir), method=tl.partial_tuning(),
+  return train_lib.build_and_train(_config(model_dir), method=tl.partial_tuning(),
                        model_config=tl.tiny_config(), optimizer=tl.adam(),
                        batches_fn=batches_fn or tl.fixed_batches(8))
 

@@ -5,7 +5,9 @@ Read top to bottom:
   2. TrainState       step + trainable parameters + optimizer state (what is saved)
   3. train_step       pure: (state, frozen, batch, rng) -> (state, metrics)
   4. compile_steps    the one place where steps are jitted with shardings
-  5. train            setup → resume → loop (log, checkpoint, evaluate, export)
+  5. train            resume → loop (log, checkpoint, evaluate, export), handed
+                      the model, its placed parameters, batches and evaluator
+                      by the entry point (`prompt_tuning.train.build_and_train`)
 
 Gradients are taken with respect to the trainable subtree only; the frozen model is
 a separate argument that is never differentiated and has no optimizer state.
@@ -16,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
-import pathlib
 import signal
 import threading
 import time
@@ -34,8 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from prompt_tuning.run_dir import layout
 from prompt_tuning.training import evaluation, losses, optim
-from prompt_tuning import host_memory, building, partitioning
-from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning import host_memory, partitioning
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning import params as params_lib
@@ -131,8 +130,7 @@ def _learning_rate(opt_state: Any) -> Optional[jax.Array]:
 
 
 def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, *,
-               model, optimizer: optax.GradientTransformation, z_loss: float,
-               loss_normalizing_factor: Any, enable_dropout: bool
+               loss_fn: losses.LossFn, optimizer: optax.GradientTransformation
                ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on the trainable parameters.
 
@@ -142,10 +140,8 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
     batch: `encoder_input_tokens [B, T_in]`, `decoder_input_tokens`,
       `decoder_target_tokens`, `decoder_loss_weights [B, T_out]`.
     rng: the run's base key; this step uses `fold_in(rng, step)`.
-    model: the `Transformer` (static).
+    loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` (static).
     optimizer: an optax transformation over the trainable tree (static).
-    z_loss, loss_normalizing_factor: see `prompt_tuning.training.losses`.
-    enable_dropout: dropout in the model.
 
   Returns:
     (new state, metrics): `loss` (z-loss included), `z_loss`, `weight_sum`,
@@ -153,19 +149,14 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   """
   step_rng = jax.random.fold_in(rng, state.step)
 
-  def loss_fn(trainable):
-    logits = model.apply({"params": params_lib.merge(trainable, frozen)},
-                         batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         enable_dropout=enable_dropout, rngs={"dropout": step_rng})
-    loss, z, weight_sum = losses.weighted_cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-        z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor)
-    return loss, {"z_loss": z, "weight_sum": weight_sum}
+  def objective(trainable):
+    return loss_fn(params_lib.merge(trainable, frozen), batch, step_rng)
 
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable)
+  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.trainable)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             "z_loss": aux["z_loss"], "weight_sum": aux["weight_sum"]}
   if "truncated" in batch:  # examples cut to TASK_FEATURE_LENGTHS (data.py)
     metrics["truncated_examples"] = jnp.sum(batch["truncated"])
   lr = _learning_rate(opt_state)
@@ -189,9 +180,9 @@ class CompiledSteps:
   batch_sharding: Any
 
 
-def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
-                  trainable: Params, trainable_shardings: Params,
-                  frozen_shardings: Params, config: TrainConfig) -> CompiledSteps:
+def compile_steps(loss_fn: losses.LossFn, optimizer: optax.GradientTransformation,
+                  mesh: Mesh, trainable: Params, trainable_shardings: Params,
+                  frozen_shardings: Params) -> CompiledSteps:
   """Jits `train_step` with explicit in/out shardings (state donated).
 
   Optimizer-state shardings are those XLA gives `optimizer.init` from the sharded
@@ -215,15 +206,14 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                       init_opt(params))
 
   batch_sharding = partitioning.batch_sharding(mesh)
-  # The module-level function with static settings: runs with the same model,
+  # The module-level function with static settings: runs with the same loss_fn,
   # optimizer and shardings reuse one compiled program.
-  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8),
+  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5),
                    in_shardings=(state_shardings, frozen_shardings, batch_sharding,
                                  replicated),
                    out_shardings=(state_shardings, replicated),
                    donate_argnums=(0,))
-  static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
-            config.enable_dropout)
+  static = (loss_fn, optimizer)
   compiled = []
 
   def train(state, frozen, batch, rng):
@@ -237,11 +227,8 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                        batch_sharding)
 
 
-def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
-                           loss_normalizing_factor, enable_dropout):
-  return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer,
-                    z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
-                    enable_dropout=enable_dropout)
+def _positional_train_step(state, frozen, batch, rng, loss_fn, optimizer):
+  return train_step(state, frozen, batch, rng, loss_fn=loss_fn, optimizer=optimizer)
 
 
 # ====================================================================================
@@ -324,6 +311,28 @@ class TrainResult:
   best: Optional[Dict[str, Any]] = None
 
 
+@dataclasses.dataclass
+class Built:
+  """What the entry point hands the loop: the loss and the placed parameters.
+
+  Attributes:
+    loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` of the method's model.
+    params: the full parameter tree (frozen + method), placed on `mesh`.
+    shardings: the shardings of `params` (same tree).
+    mesh: the device mesh.
+  """
+  loss_fn: losses.LossFn
+  params: Params
+  shardings: Params
+  mesh: Mesh
+
+
+def seed_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
+  """(parameter-init key, training key) of a run's seed."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
+
+
 def run_record(config: TrainConfig, method: Method, model_config: T5Config,
                initial_checkpoint_path: Optional[str]) -> Dict[str, Any]:
   """The identity of a run, written to `MODEL_DIR/config.json`."""
@@ -348,84 +357,107 @@ def _due(step: int, period: int) -> bool:
   return period > 0 and step % period == 0
 
 
-def _holding_the_run_lock(train_fn):
-  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_dir/lock.py).
+def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransformation,
+          built: Built, batches_fn: Callable[[int], Iterator[Batch]],
+          evaluator: Optional[evaluation.Evaluator] = None,
+          learning_rate_fn: Optional[Callable[[int], float]] = None) -> TrainResult:
+  """Trains `method`'s parameters in `built`, resuming from `MODEL_DIR` when possible.
 
-  A second run on the same MODEL_DIR fails at once with `ModelDirLockedError`; the
-  lock of a run that died (kill -9, preemption) is taken over with a warning.
-  """
-
-  @functools.wraps(train_fn)
-  def locked(config: TrainConfig, **kwargs) -> TrainResult:
-    with run_lock.held(config.model_dir, enabled=jax.process_index() == 0):
-      return train_fn(config, **kwargs)
-
-  return locked
-
-
-@_holding_the_run_lock
-def train(config: TrainConfig, *, method: Method, model_config: T5Config,
-          optimizer: optax.GradientTransformation,
-          initial_checkpoint_path: Optional[str] = None,
-          mesh: Optional[Mesh] = None,
-          axis_rules: Optional[partitioning.Rules] = None,
-          batches_fn: Optional[Callable[[int], Iterator[Batch]]] = None,
-          learning_rate_fn: Optional[Callable[[int], float]] = None,
-          decode_fn: Optional[Callable[..., Any]] = None,
-          gin_config: Optional[str] = None) -> TrainResult:
-  """Trains `method` on a frozen T5, resuming from `MODEL_DIR` when possible.
+  The entry point (`prompt_tuning.train.build_and_train`) builds everything handed
+  in here, holds MODEL_DIR's run lock and has written its `config.json`.
 
   Args:
     config: the run's settings.
-    method: what is trained and how it enters the network.
-    model_config: the frozen model's `T5Config` (`MODEL_CONFIG`).
+    method: which parameters train (`trainable`) and what is exported.
     optimizer: optax transformation for the trainable parameters (`OPTIMIZER`).
-    initial_checkpoint_path: the frozen model (None: random init, for tests).
-    mesh: defaults to `partitioning.make_mesh()` over all devices.
-    axis_rules: defaults to `partitioning.rules()`.
-    batches_fn: `start_batch -> iterator of this host's batches`; defaults to
-      `data.train_batches` for the configured task (tests inject their own).
+    built: the model, its placed parameters, their shardings and the mesh.
+    batches_fn: `start_batch -> iterator of this host's batches` (repeats forever).
+    evaluator: runs at every `eval_period` (None: no evaluation).
     learning_rate_fn: step → learning rate, for summaries (optional).
-    decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
-    gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
 
   Returns:
     A `TrainResult` with the final step, trainable parameters (host numpy) and the
     training loss per step run by this call.
 
   Raises:
-    run_lock.ModelDirLockedError: another run is using MODEL_DIR.
-    data.UnknownTaskError, data.VocabularyTooLargeError: checked before anything
-      is loaded (only when the configured task feeds the run).
     NonFiniteLossError: the loss or the parameters became NaN/inf; nothing after
       the last good checkpoint was saved.
-    state_checkpoints.CheckpointWriteError: a checkpoint could not be written.
+    train_state.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
-  if batches_fn is None:  # fail on a task typo in seconds, not after loading
-    from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
-    data_lib.check_task(config.mixture_or_task_name, model_config.vocab_size)
-  # ---------------------------------------------------------------- setup: the mesh
-  mesh = mesh if mesh is not None else partitioning.make_mesh()
-  axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
-  host_batch_size = partitioning.check_batch_size(config.batch_size, mesh)
-  logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
-               dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
+  trainable, frozen = _split_trainable(method, built.params)
+  trainable_shardings, frozen_shardings = params_lib.split(built.shardings,
+                                                           method.trainable)
+  steps = compile_steps(built.loss_fn, optimizer, built.mesh, trainable,
+                        trainable_shardings, frozen_shardings)
+  rng = jax.device_put(seed_keys(config.seed)[1], partitioning.replicated(built.mesh))
+  checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
+  state, consumed, truncated = _resume(checkpointer, steps.init_state(trainable),
+                                       config.model_dir)
+  step = int(jax.device_get(state.step))
+  batches = batches_fn(consumed) if step < config.train_steps else iter(())
+  summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
+  best = layout.read_best_record(config.model_dir)
+  metrics = MetricsBuffer(config, checkpointer.latest_step, truncated)
+  progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
+                                    enabled=host0)
+  preemption = _Preemption()
+  preempted = False
+  with preemption.installed():
+    while step < config.train_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise RuntimeError(f"The training data ran out after {consumed} batches; "
+                           "train_batches repeats forever, so a custom batches_fn "
+                           "must too.") from None
+      global_batch = partitioning.host_batch_to_global(batch, built.mesh)
+      state, step_metrics = steps.train(state, frozen, global_batch, rng)
+      step += 1
+      consumed += 1
+      metrics.add(step, step_metrics)
+      if progress.due(step) or step == config.train_steps:
+        _log_train(step, metrics, progress, summaries, learning_rate_fn,
+                   truncation="truncated" in batch)
 
-  # ---------------------------------------------------------------- setup: MODEL_DIR
-  record = run_record(config, method, model_config, initial_checkpoint_path)
-  ckpt.check_or_write_run_config(config.model_dir, record, write=host0)
-  if host0 and gin_config:
-    (pathlib.Path(config.model_dir) / "config.gin").write_text(gin_config)
+      preempted = preemption.reached(step)
+      last = step == config.train_steps
+      paused = time.time()  # checkpoints and evaluations do not count in steps/s
+      save_due = _due(step, config.checkpoint_period) or last or preempted
+      eval_due = evaluator is not None and (
+          _due(step, config.eval_period) or (last and config.eval_period >= 0))
+      if save_due or eval_due:
+        metrics.drain()  # the losses up to here are finite before anything is saved
+      if save_due:
+        _save(step, state, frozen, method, checkpointer, consumed,
+              metrics.truncated_examples, config)
+      if preempted:
+        logging.warning("Stopped at step %d after a preemption signal; rerun the same "
+                        "command to resume.", step)
+        break
+      if eval_due:
+        results = evaluator.evaluate(params_lib.merge(state.trainable, frozen))
+        _record_evaluation(step, results, summaries)
+        best = _update_best(step, results, best, config,
+                            lambda: _exported(method, state.trainable, frozen),
+                            summaries)
+      progress.exclude(time.time() - paused)
 
-  # ---------------------------------------------------------------- setup: parameters
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  model_config, params, shardings = building.build_params(
-      method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
-      axis_rules=axis_rules)
-  model = method.build(model_config)
+  metrics.drain()
+  checkpointer.close()
+  summaries.close()
+  return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
+                     losses=metrics.losses, preempted=preempted, best=best)
+
+
+# ------------------------------------------------------------------------------------
+# The loop's helpers.
+# ------------------------------------------------------------------------------------
+
+
+def _split_trainable(method: Method, params: Params) -> Tuple[Params, Params]:
+  """(trainable, frozen) by `method.trainable`; refuses a method that trains nothing."""
   trainable, frozen = params_lib.split(params, method.trainable)
-  trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
   if not flatten(trainable):
     raise ValueError(f"Method {method.name!r}: no parameter matches its trainable "
                      f"regexes {list(method.trainable)}; parameters are e.g. "
@@ -434,189 +466,153 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   logging.info("Training %d parameters in %d arrays (%s); %d frozen arrays.",
                num_trainable, len(flatten(trainable)), ", ".join(flatten(trainable)),
                len(flatten(frozen)))
+  return trainable, frozen
 
-  # ---------------------------------------------------------------- compile
-  steps = compile_steps(model, optimizer, mesh, trainable, trainable_shardings,
-                        frozen_shardings, config)
-  state = steps.init_state(trainable)
-  rng = jax.device_put(train_rng, partitioning.replicated(mesh))
 
-  # ---------------------------------------------------------------- resume
-  checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
-  batches_consumed = 0
-  truncated_examples = 0  # examples cut to TASK_FEATURE_LENGTHS, over the whole run
+def _resume(checkpointer: ckpt.StateCheckpointer, state: TrainState, model_dir: str
+            ) -> Tuple[TrainState, int, int]:
+  """(state, batches consumed, truncated examples) of the latest checkpoint, or of
+  a fresh start."""
   latest = checkpointer.latest_step()
-  if latest is not None:
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        state.as_dict())
-    restored, batches_consumed = checkpointer.restore(latest, abstract)
-    state = TrainState.from_dict(restored)
-    truncated_examples = int(checkpointer.read_data(latest).get(
-        "truncated_examples", 0))
-    logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
-                 config.model_dir, latest, batches_consumed)
-  step = int(jax.device_get(state.step))
+  if latest is None:
+    return state, 0, 0
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state.as_dict())
+  restored, consumed = checkpointer.restore(latest, abstract)
+  truncated = int(checkpointer.read_data(latest).get("truncated_examples", 0))
+  logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).", model_dir,
+               latest, consumed)
+  return TrainState.from_dict(restored), consumed, truncated
 
-  # ---------------------------------------------------------------- data
-  if batches_fn is None:
-    batches_fn = functools.partial(
-        _default_batches, config=config, host_batch_size=host_batch_size)
-  batches = batches_fn(batches_consumed) if step < config.train_steps else iter(())
 
-  # ---------------------------------------------------------------- evaluation
-  summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
-  evaluator = None
-  best = layout.read_best_record(config.model_dir)
+class MetricsBuffer:
+  """Step metrics left on the device until a log line or a save needs them.
 
-  def evaluate(step: int, state: TrainState):
-    nonlocal evaluator, best
-    if evaluator is None:
-      evaluator = evaluation.Evaluator(
-          model, mesh, shardings, config.mixture_or_task_name,
-          config.task_feature_lengths,
-          batch_size=config.eval_batch_size or config.batch_size,
-          split=config.eval_split, max_examples=config.max_eval_examples,
-          max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-          use_cached=config.use_cached, decode_fn=decode_fn)
-    full = params_lib.merge(state.trainable, frozen)
-    results = evaluator.evaluate(full)
-    for name, result in results.items():
-      summaries.record(step, name, result.metrics)
-      summaries.scalars(step, {f"{name}/{k}": v for k, v in result.metrics.items()
-                               if isinstance(v, (int, float))}, split="eval")
-      if result.predictions:
-        summaries.texts(step, {f"{name}/examples": summaries_lib.examples_markdown(
-            result.inputs, result.targets, result.predictions)})
-      logging.info("Eval at step %d, %s: %s", step, name,
-                   {k: v for k, v in result.metrics.items()
-                    if isinstance(v, (int, float))})
-    chosen = evaluation.select_metric(results, config.best_metric)
-    if chosen is None:
-      return
-    metric, value = chosen
-    mode = config.best_mode or ("min" if metric in ("loss", "z_loss") else "max")
-    better = (best is None or best.get("metric") != metric or
-              (value > best["value"] if mode == "max" else value < best["value"]))
-    if better:
-      best = {"step": step, "metric": metric, "value": value, "mode": mode}
-      arrays = _exported(method, state.trainable, frozen)
-      if host0:
-        ckpt.export_best(config.model_dir, arrays, best)
-        summaries.record(step, "best", {"metric": metric, "value": value},
-                         export=layout.BEST_DIR)
-      logging.info("New best %s = %.4f at step %d, exported to %s/%s.", metric, value,
-                   step, config.model_dir, layout.BEST_DIR)
+  `drain()` fetches them all at once and stops at the first non-finite loss or
+  gradient norm (`NonFiniteLossError`), so nothing bad is ever saved.
+  """
 
-  def save(step: int, state: TrainState):
-    if not bool(_all_finite(state.trainable)):  # never save NaN over a good state
-      raise NonFiniteLossError(step, "the trainable parameters are not finite after "
-                               "this step's update", config.model_dir,
-                               checkpointer.latest_step())
-    checkpointer.save(step, state.as_dict(), batches_consumed,
-                      data={"truncated_examples": truncated_examples})
-    arrays = _exported(method, state.trainable, frozen)
-    if host0:
-      ckpt.export_step(config.model_dir, step, arrays, keep=config.keep_checkpoints)
+  def __init__(self, config: TrainConfig, latest_checkpoint: Callable[[], Optional[int]],
+               truncated_examples: int = 0):
+    self.config = config
+    self.latest_checkpoint = latest_checkpoint
+    self.truncated_examples = truncated_examples  # over the whole run
+    self.truncated_logged = truncated_examples
+    self.pending: list = []  # (step, device metrics) not fetched yet
+    self.window: list = []  # host metrics since the last log line
+    self.losses: Dict[int, float] = {}
 
-  # ---------------------------------------------------------------- the loop
-  progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
-                                    enabled=host0)
-  pending: list = []  # (step, device metrics) not fetched yet
-  window: list = []  # host metrics since the last log line
-  step_losses: Dict[int, float] = {}
+  def add(self, step: int, metrics: Dict[str, jax.Array]) -> None:
+    self.pending.append((step, metrics))
 
-  def drain():
-    """Fetches pending metrics; stops at the first non-finite loss or gradient."""
-    nonlocal truncated_examples
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
+  def drain(self) -> None:
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (step, _), m in zip(self.pending, fetched):
       if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
         raise NonFiniteLossError(
-            s, f"the loss is {float(m['loss'])} and the gradient norm "
-            f"{float(m['grad_norm'])}", config.model_dir, checkpointer.latest_step())
-      step_losses[s] = float(m["loss"])
-      truncated_examples += int(m.pop("truncated_examples", 0))
-      window.append(m)
-    pending.clear()
+            step, f"the loss is {float(m['loss'])} and the gradient norm "
+            f"{float(m['grad_norm'])}", self.config.model_dir, self.latest_checkpoint())
+      self.losses[step] = float(m["loss"])
+      self.truncated_examples += int(m.pop("truncated_examples", 0))
+      self.window.append(m)
+    self.pending.clear()
 
-  truncated_logged = truncated_examples
+  def mean(self) -> Dict[str, float]:
+    """The mean of each metric since the last call (after `drain`)."""
+    mean = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[-1]}
+    self.window.clear()
+    return mean
 
-  def report_truncation(step: int):
+  def report_truncation(self, step: int) -> None:
     """A log line when more examples were truncated (a warning the first time)."""
-    nonlocal truncated_logged
-    if truncated_examples > truncated_logged:
-      (logging.warning if truncated_logged == 0 else logging.info)(
+    if self.truncated_examples > self.truncated_logged:
+      (logging.warning if self.truncated_logged == 0 else logging.info)(
           "%d of %d training examples so far were longer than TASK_FEATURE_LENGTHS "
           "%s and were truncated (as seqio does); TensorBoard: truncated_examples.",
-          truncated_examples, step * config.batch_size,
-          dict(config.task_feature_lengths))
-      truncated_logged = truncated_examples
+          self.truncated_examples, step * self.config.batch_size,
+          dict(self.config.task_feature_lengths))
+      self.truncated_logged = self.truncated_examples
 
-  preemption = _Preemption()
-  preempted = False
-  with preemption.installed():
-    while step < config.train_steps:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        raise RuntimeError(f"The training data ran out after {batches_consumed} "
-                           "batches; train_batches repeats forever, so a custom "
-                           "batches_fn must too.") from None
-      global_batch = partitioning.host_batch_to_global(batch, mesh)
-      state, metrics = steps.train(state, frozen, global_batch, rng)
-      step += 1
-      batches_consumed += 1
-      pending.append((step, metrics))
 
-      if progress.due(step) or step == config.train_steps:
-        drain()
-        mean = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
-        window.clear()
-        progress.update(step, mean["loss"])
-        scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
-        if learning_rate_fn is not None and "learning_rate" not in scalars:
-          scalars["learning_rate"] = float(learning_rate_fn(step - 1))
-        if "truncated" in batch:
-          scalars["truncated_examples"] = truncated_examples
-          report_truncation(step)
-        summaries.scalars(step, scalars, split="train")
+def _log_train(step: int, metrics: MetricsBuffer, progress, summaries,
+               learning_rate_fn: Optional[Callable[[int], float]],
+               truncation: bool) -> None:
+  """The console line and the train summaries of the steps since the last one."""
+  metrics.drain()
+  mean = metrics.mean()
+  progress.update(step, mean["loss"])
+  scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
+  if learning_rate_fn is not None and "learning_rate" not in scalars:
+    scalars["learning_rate"] = float(learning_rate_fn(step - 1))
+  if truncation:
+    scalars["truncated_examples"] = metrics.truncated_examples
+    metrics.report_truncation(step)
+  summaries.scalars(step, scalars, split="train")
 
-      preempted = preemption.reached(step)
-      last = step == config.train_steps
-      paused = time.time()  # checkpoints and evaluations do not count in steps/s
-      save_due = _due(step, config.checkpoint_period) or last or preempted
-      eval_due = _due(step, config.eval_period) or (last and config.eval_period >= 0)
-      if save_due or eval_due:
-        drain()  # the losses up to here are finite before anything is saved
-      if save_due:
-        save(step, state)
-      if preempted:
-        logging.warning("Stopped at step %d after a preemption signal; rerun the same "
-                        "command to resume.", step)
-        break
-      if eval_due:
-        evaluate(step, state)
-      progress.exclude(time.time() - paused)
 
-  drain()
-  checkpointer.close()
-  summaries.close()
-  return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                     losses=step_losses, preempted=preempted, best=best)
+def _save(step: int, state: TrainState, frozen: Params, method: Method,
+          checkpointer: ckpt.StateCheckpointer, consumed: int, truncated: int,
+          config: TrainConfig) -> None:
+  """The orbax state and the numpy export of `step` (never a non-finite state)."""
+  if not bool(_all_finite(state.trainable)):
+    raise NonFiniteLossError(step, "the trainable parameters are not finite after "
+                             "this step's update", config.model_dir,
+                             checkpointer.latest_step())
+  checkpointer.save(step, state.as_dict(), consumed,
+                    data={"truncated_examples": truncated})
+  arrays = _exported(method, state.trainable, frozen)
+  if jax.process_index() == 0:
+    ckpt.export_step(config.model_dir, step, arrays, keep=config.keep_checkpoints)
+
+
+def _record_evaluation(step: int, results: Mapping[str, evaluation.TaskResult],
+                       summaries) -> None:
+  """metrics.jsonl, TensorBoard and a log line per evaluated task."""
+  for name, result in results.items():
+    summaries.record(step, name, result.metrics)
+    summaries.scalars(step, {f"{name}/{k}": v for k, v in result.metrics.items()
+                             if isinstance(v, (int, float))}, split="eval")
+    if result.predictions:
+      summaries.texts(step, {f"{name}/examples": summaries_lib.examples_markdown(
+          result.inputs, result.targets, result.predictions)})
+    logging.info("Eval at step %d, %s: %s", step, name,
+                 {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+
+
+def is_better(best: Optional[Mapping[str, Any]], metric: str, value: float,
+              mode: str) -> bool:
+  """True when `value` of `metric` beats the recorded best (a new metric always does)."""
+  if best is None or best.get("metric") != metric:
+    return True
+  return value > best["value"] if mode == "max" else value < best["value"]
+
+
+def _update_best(step: int, results: Mapping[str, evaluation.TaskResult],
+                 best: Optional[Dict[str, Any]], config: TrainConfig,
+                 exported: Callable[[], Dict[str, np.ndarray]],
+                 summaries) -> Optional[Dict[str, Any]]:
+  """The best record after this evaluation; a new best is exported to `best/`."""
+  chosen = evaluation.select_metric(results, config.best_metric)
+  if chosen is None:
+    return best
+  metric, value = chosen
+  mode = config.best_mode or ("min" if metric in ("loss", "z_loss") else "max")
+  if not is_better(best, metric, value, mode):
+    return best
+  best = {"step": step, "metric": metric, "value": value, "mode": mode}
+  arrays = exported()
+  if jax.process_index() == 0:
+    ckpt.export_best(config.model_dir, arrays, best)
+    summaries.record(step, "best", {"metric": metric, "value": value},
+                     export=layout.BEST_DIR)
+  logging.info("New best %s = %.4f at step %d, exported to %s/%s.", metric, value,
+               step, config.model_dir, layout.BEST_DIR)
+  return best
 
 
 def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np.ndarray]:
   """`Method.exported` of the trained parameters (gathered to host numpy)."""
   host = evaluation.to_host(trainable)
-  return {k: np.asarray(v) for k, v in method.exported(params_lib.merge(host, frozen)).items()}
-
-
-def _default_batches(start_batch: int, *, config: TrainConfig,
-                     host_batch_size: int) -> Iterator[Batch]:
-  from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.train_batches(
-      config.mixture_or_task_name, config.task_feature_lengths, host_batch_size,
-      split=config.train_split, seed=config.seed, shard_index=jax.process_index(),
-      num_shards=jax.process_count(), start_batch=start_batch,
-      use_cached=config.use_cached, shuffle=config.shuffle)
+  return {k: np.asarray(v)
+          for k, v in method.exported(params_lib.merge(host, frozen)).items()}
