@@ -130,9 +130,7 @@ def main(argv=None) -> int:
 
   def make_step(dropout):
     return jax.jit(functools.partial(
-        trainer.train_step, model=model, optimizer=optimizer, z_loss=1e-4,
-        loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS,
-        enable_dropout=dropout), donate_argnums=(0,))
+        trainer.train_step, loss_fn=losses.LossFn(model, 1e-4, losses.NUM_REAL_TARGET_TOKENS, dropout), optimizer=optimizer), donate_argnums=(0,))
 
   copy = lambda tree: jax.tree_util.tree_map(jnp.copy, tree)  # donation deletes inputs
   states = {d: trainer.TrainState(jnp.zeros((), jnp.int32), copy(trainable),
@@ -141,11 +139,7 @@ def main(argv=None) -> int:
 
   @jax.jit
   def forward(trainable, frozen, batch, rng):
-    logits = model.apply({"params": params_lib.merge(trainable, frozen)},
-                         batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-                         enable_dropout=True, rngs={"dropout": rng})
-    return losses.weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                         batch["decoder_loss_weights"])[0]
+    return losses.LossFn(model)(params_lib.merge(trainable, frozen), batch, rng)[0]
 
   for dropout in (True, False):
     lowered = steps[dropout].lower(states[dropout], frozen, batch, rng)
@@ -172,8 +166,7 @@ def main(argv=None) -> int:
     op_breakdown(args.trace)
 
   traced = jax.make_jaxpr(functools.partial(
-      trainer.train_step, model=model, optimizer=optimizer, z_loss=1e-4,
-      loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS, enable_dropout=True))(
+      trainer.train_step, loss_fn=losses.LossFn(model, 1e-4, losses.NUM_REAL_TARGET_TOKENS, True), optimizer=optimizer))(
           states[True], frozen, batch, rng)
   counter = dot_shapes(traced.jaxpr)
   n = shapes.matmul

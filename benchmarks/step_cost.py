@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import params as params_lib
-from prompt_tuning.training import optim
+from prompt_tuning.training import losses, optim
 from prompt_tuning.methods import deep_prompt, ia3, lora, prefix
 from prompt_tuning.methods.baselines import model_tuning, partial_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
@@ -84,11 +84,14 @@ def build(method, optimizer, config, batch):
       model.init(jax.random.PRNGKey(0), enc[:1], dec[:1])["params"]))
   trainable, frozen = params_lib.split(random_params(abstract), method.trainable)
 
+  # The mean token cross-entropy (every target token weighted, no z-loss).
+  loss = losses.LossFn(model, z_loss=0.0, enable_dropout=False)
+  features = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
+              "decoder_target_tokens": tgt,
+              "decoder_loss_weights": jnp.ones(tgt.shape, jnp.float32)}
+
   def loss_fn(trainable, frozen):
-    logits = model.apply({"params": params_lib.merge(trainable, frozen)}, enc, dec)
-    logp = jax.nn.log_softmax(logits)
-    token = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
-    return jnp.mean(token)
+    return loss(params_lib.merge(trainable, frozen), features)[0]
 
   def step(trainable, frozen, opt_state):
     value, grads = jax.value_and_grad(loss_fn)(trainable, frozen)

@@ -26,10 +26,11 @@ import jax
 import numpy as np
 
 from benchmarks import common, weights
+from prompt_tuning import prompt_files
 from prompt_tuning import params as params_lib
 from prompt_tuning import building, partitioning
-from prompt_tuning.training import optim, trainer
-from prompt_tuning.methods import baselines, initializers, lopa, prefix
+from prompt_tuning.training import losses, optim, trainer
+from prompt_tuning.methods import baselines, lopa, prefix
 from prompt_tuning.methods import prompt as prompt_lib
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -50,7 +51,7 @@ def method_and_optimizer(name: str, shapes: common.Shapes, prompt_file: str):
   p = shapes.prompt
   if name == "prompt":
     return (prompt_lib.prompt_tuning(length=p,
-                                     initializer=initializers.from_file(prompt_file)),
+                                     initializer=prompt_files.from_file(prompt_file)),
             optim.adafactor_prompt_tuning())
   if name == "prefix":
     return prefix.prefix_tuning(length=p), optim.adamw_prefix_tuning()
@@ -112,8 +113,11 @@ class OursTrain:
         model_dir="", mixture_or_task_name="benchmark",
         task_feature_lengths={"inputs": shapes.inputs, "targets": shapes.targets},
         train_steps=0, batch_size=shapes.batch, enable_dropout=self.dropout)
-    steps = trainer.compile_steps(model, optimizer, mesh, trainable,
-                                  trainable_shardings, frozen_shardings, train_config)
+    loss_fn = losses.LossFn(model, train_config.z_loss,
+                            train_config.loss_normalizing_factor,
+                            train_config.enable_dropout)
+    steps = trainer.compile_steps(loss_fn, optimizer, mesh, trainable,
+                                  trainable_shardings, frozen_shardings)
     self.model, self.optimizer, self.train_config = model, optimizer, train_config
     self.state = steps.init_state(trainable)
     self.frozen = frozen
@@ -166,9 +170,7 @@ class OursTrain:
     HLO dumps (`.compile().as_text()`)."""
     config = self.train_config
     step = functools.partial(
-        trainer.train_step, model=self.model, optimizer=self.optimizer,
-        z_loss=config.z_loss, loss_normalizing_factor=config.loss_normalizing_factor,
-        enable_dropout=config.enable_dropout)
+        trainer.train_step, loss_fn=losses.LossFn(self.model, config.z_loss, config.loss_normalizing_factor, config.enable_dropout), optimizer=self.optimizer)
     return jax.jit(step, donate_argnums=(0,)).lower(self.state, self.frozen,
                                                     self.batch, self.rng)
 

@@ -27,10 +27,12 @@ A decoder keeps the library signature once configured, e.g.
   decoding.predict(model, params, batch, DECODE_FN)
 (`sample_decode` also needs `rng=` at call time; `predict(..., rng=...)` passes it).
 """
+from typing import Any, Optional, Sequence
+
 import gin
 import jax.numpy as jnp
 
-from prompt_tuning import partitioning
+from prompt_tuning import partitioning, prompt_files
 from prompt_tuning.methods import (baselines, deep_prompt, ia3, initializers, lopa, lora,
                                    prefix, prompt)
 from prompt_tuning.models import config as config_lib
@@ -39,14 +41,80 @@ from prompt_tuning.models import decoding
 from prompt_tuning.tiny import assets
 from prompt_tuning.training import optim, trainer
 
+
+def class_labels(labels: Optional[Sequence[str]] = None, vocabulary: Any = None,
+                 task: Optional[str] = None,
+                 fallback: Optional[initializers.Initializer] = None
+                 ) -> initializers.Initializer:
+  """`initializers.class_labels` with its labels and vocabulary resolved.
+
+  Args:
+    labels: the verbalizers (gin: CLASS_LABELS); None reads them from `task`.
+    vocabulary: a vocabulary or SentencePiece path; None means the `targets`
+      vocabulary of `task` (labels are targets), else the tasks' default
+      (`tasks.vocabulary_path()`).
+    task: the seqio task or mixture to read labels and vocabulary from.
+    fallback: initializer for the rows after the labels.
+  """
+
+  def init(rng, shape, embedding):  # resolved at initialization, after the task checks
+    names = labels if labels is not None else _task_labels(task)
+    return initializers.class_labels(
+        names, _task_vocabulary(vocabulary, task, "targets"), fallback)(
+            rng, shape, embedding)
+
+  return init
+
+
+def from_text(text: str, vocabulary: Any = None,
+              fallback: Optional[initializers.Initializer] = None,
+              task: Optional[str] = None) -> initializers.Initializer:
+  """`initializers.from_text` with the `inputs` vocabulary of `task` (else the
+  tasks' default) when `vocabulary` is None."""
+  if not isinstance(text, str):
+    raise ValueError(f"prompt_init.from_text needs a string (gin: PROMPT_TEXT = "
+                     f"'...'); got {text!r}.")
+
+  def init(rng, shape, embedding):  # resolved at initialization, after the task checks
+    return initializers.from_text(
+        text, _task_vocabulary(vocabulary, task, "inputs"), fallback)(
+            rng, shape, embedding)
+
+  return init
+
+
+def _task_labels(task: Optional[str]) -> Sequence[str]:
+  if task is None:
+    raise ValueError("class_labels needs `labels` (gin: CLASS_LABELS) or a `task` to "
+                     "read them from.")
+  import tasks  # pylint: disable=g-import-not-at-top  # seqio + TF: only when asked
+  found = tasks.get_label_strings(task)
+  if not found:
+    raise ValueError(f"class_labels: task {task!r} has no class labels (not a "
+                     f"classification task); bind CLASS_LABELS or use another "
+                     f"initializer (configs/prompts/*.gin).")
+  return list(found)
+
+
+def _task_vocabulary(vocabulary: Any, task: Optional[str], feature: str) -> Any:
+  """`vocabulary` as given; else the `feature` vocabulary of the seqio `task` (so
+  tasks with their own vocabulary tokenize correctly), else the tasks' default."""
+  if vocabulary is not None:
+    return vocabulary
+  import tasks  # pylint: disable=g-import-not-at-top  # seqio + TF: only when asked
+  if task is not None:
+    import seqio  # pylint: disable=g-import-not-at-top
+    return seqio.get_mixture_or_task(task).output_features[feature].vocabulary
+  return tasks.vocabulary_path()  # gin / $PROMPT_TUNING_VOCAB aware
+
+
 _REGISTRATIONS = {
     "methods": [prompt.prompt_tuning, prefix.prefix_tuning, lopa.lopa,
                 baselines.model_tuning, baselines.prompt_design, lora.lora, ia3.ia3,
                 prefix.p_tuning_v2, deep_prompt.per_layer_prompt,
                 baselines.partial_tuning],
     "prompt_init": [initializers.random_uniform, initializers.sampled_vocab,
-                    initializers.class_labels, initializers.from_text,
-                    initializers.from_file],
+                    class_labels, from_text, prompt_files.from_file],
     "optim": [optim.adafactor, optim.adafactor_prompt_tuning,
               optim.adafactor_model_tuning, optim.adamw, optim.adamw_prefix_tuning,
               optim.adamw_lopa, optim.adamw_lora, optim.adafactor_ia3,
@@ -96,6 +164,8 @@ LlamaConfig = gin.external_configurable(decoder_config.LlamaConfig, "LlamaConfig
 make_mesh = gin.external_configurable(partitioning.make_mesh, "partitioning.make_mesh")
 axis_rules = gin.external_configurable(partitioning.rules, "partitioning.rules")
 TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
+# `method` → its trainable regexes, or `optim.trainable_regexes.regexes` when bound.
+trainable_regexes = CONFIGURABLES["optim.trainable_regexes"]
 
 
 @gin.configurable(module="tiny_t5")

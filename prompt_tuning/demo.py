@@ -134,14 +134,12 @@ def _not_a_label(metrics: Dict[str, float]) -> float:
 
 def _curve(model_dir: pathlib.Path, task: str) -> List[Dict[str, float]]:
   """(step, accuracy) of every evaluation a training run logged."""
-  path = model_dir / "metrics.jsonl"
+  from prompt_tuning.run_dir import layout  # pylint: disable=g-import-not-at-top
   points = []
-  if path.exists():
-    for line in path.read_text().splitlines():
-      row = json.loads(line)
-      if row.get("task") == task and "accuracy" in row:
-        points.append({"step": row["step"], "accuracy": row["accuracy"],
-                       "not_a_label": _not_a_label(row)})
+  for row in layout.evaluations(model_dir, task):
+    if "accuracy" in row:
+      points.append({"step": row["step"], "accuracy": row["accuracy"],
+                     "not_a_label": _not_a_label(row)})
   return points
 
 
@@ -334,13 +332,9 @@ def _log_to_console() -> None:
 
 def _prompt_of(result) -> np.ndarray:
   """The trained `[P, H]` prompt in a TrainResult's trainable parameters."""
-  from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top
-  arrays = [np.asarray(v) for k, v in flatten(result.trainable).items()
-            if k.endswith("prompt/prompt")]
-  if len(arrays) != 1:
-    raise ValueError(f"Expected one encoder/prompt/prompt array in the trained "
-                     f"parameters, found {sorted(flatten(result.trainable))}.")
-  return arrays[0]
+  from prompt_tuning import params, prompt_files  # pylint: disable=g-import-not-at-top
+  return prompt_files.load_prompt(
+      params.get_param(result.trainable, prompt_files.PROMPT_PATH))
 
 
 if __name__ == "__main__":

@@ -26,14 +26,15 @@ import gin
 import jax
 from absl import logging
 
+from prompt_tuning.run_dir import layout
 from prompt_tuning import params as params_lib
-from prompt_tuning import cli, configurables, building, fingerprint, prompt_files
+from prompt_tuning import cli, configurables, building, fingerprint, gin_specs, prompt_files
 from prompt_tuning.training import evaluation
 from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning.errors import UserError
-from prompt_tuning.methods.initializers import check_prompt_file
+from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
@@ -43,30 +44,6 @@ EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 
 class EvalError(UserError, ValueError):
   """What to evaluate cannot be found or does not match (one line, exit 1)."""
-
-
-class ExportNotFoundError(UserError, FileNotFoundError):
-  """A MODEL_DIR has no export to evaluate."""
-
-
-def export_dir(model_dir: str, checkpoint: Union[str, int] = "best") -> pathlib.Path:
-  """The numpy export of a training MODEL_DIR: 'best', 'latest' or a step."""
-  if checkpoint == "best":
-    path = pathlib.Path(model_dir) / ckpt.BEST_DIR
-    if path.is_dir():
-      return path
-    logging.warning("%s has no best/ export (no evaluation ran); using the latest.",
-                    model_dir)
-    checkpoint = "latest"
-  steps = ckpt.numpy_steps(model_dir)
-  if not steps:
-    raise ExportNotFoundError(f"{model_dir} has no numpy exports under "
-                            f"{ckpt.NUMPY_DIR}/; was it written by prompt_tuning.train?")
-  step = steps[-1] if checkpoint == "latest" else int(checkpoint)
-  if step not in steps:
-    raise ExportNotFoundError(f"No export for step {step} in {model_dir}/"
-                            f"{ckpt.NUMPY_DIR}; available steps: {steps}.")
-  return ckpt.numpy_checkpoint_dir(model_dir, step)
 
 
 def load_trained(method: Method, model_config: Optional[T5Config],
@@ -93,7 +70,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
   """
   export = None
   if model_dir:
-    record = ckpt.read_run_config(model_dir)
+    record = layout.read_record(model_dir)
     if record.get("method") != method.name:
       raise EvalError(f"{model_dir} was trained with method {record.get('method')!r} "
                        f"but METHOD is {method.name!r}; include the same method gin "
@@ -102,7 +79,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       initial_checkpoint_path = record.get("initial_checkpoint_path")
     if model_config is None:
       model_config = families.config_from_dict(record["model_config"])
-    export = export_dir(model_dir, checkpoint)
+    export = layout.export_dir(model_dir, checkpoint)
   if model_config is None:
     raise EvalError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
                      "or pass a MODEL_DIR that has config.json.")
@@ -112,7 +89,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
       run_method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
       mesh=mesh, run_initializer=export is None)
   if has_npy:
-    params = building.apply_exported(params, ckpt.read_arrays(str(export)),
+    params = building.apply_exported(params, layout.read_arrays(str(export)),
                                            str(export))
     source = str(export)
   elif export is not None:
@@ -135,12 +112,11 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
 
   Uses checkpoint `step` when it is still kept, else the latest one (logged).
   """
-  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
   checkpointer = ckpt.StateCheckpointer(model_dir, keep=None)
   steps = checkpointer.all_steps()
   if not steps:
-    raise ExportNotFoundError(f"{model_dir} has neither .npy exports nor orbax "
-                            "checkpoints to evaluate.")
+    raise layout.ExportNotFoundError(f"{model_dir} has neither .npy exports nor "
+                                     "orbax checkpoints to evaluate.")
   if step not in steps:
     logging.warning("The orbax checkpoint of step %d is not kept in %s; evaluating "
                     "the latest one (%d).", step, model_dir, steps[-1])
@@ -152,17 +128,17 @@ def _orbax_trained(method: Method, params: Dict[str, Any], model_dir: str,
     restored = building.place(
         restored, jax.tree_util.tree_map(lambda x: x.sharding, trainable))
   return (params_lib.merge(restored, frozen),
-          f"{model_dir}/{ckpt.STEP_PREFIX}_{step}")
+          f"{model_dir}/{layout.STEP_PREFIX}_{step}")
 
 
 def resolve_method(method: Optional[Method], model_dir: Optional[str]) -> Method:
   """The method to evaluate: a MODEL_DIR's recorded one, else METHOD."""
-  given_spec = run_identity.macro_spec("METHOD") if method is None else None
+  given_spec = gin_specs.macro_spec("METHOD") if method is None else None
   if model_dir:
-    recorded = ckpt.read_run_config(model_dir).get("method_spec")
+    recorded = layout.read_record(model_dir).get("method_spec")
     if recorded:
       run_identity.check_method_matches(model_dir, recorded, given_spec)
-      return run_identity.rebuild_method(recorded)
+      return gin_specs.rebuild_method(recorded)
   if method is None and given_spec is not None:
     method = cli.macro("METHOD")
   if method is None:
@@ -258,11 +234,11 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
 def _step_of(source: str) -> int:
   """The training step an export belongs to (best.json or checkpoint_<step>)."""
   path = pathlib.Path(source)
-  record = path / ckpt.BEST_JSON
+  record = path / layout.BEST_JSON
   if record.exists():
     import json  # pylint: disable=g-import-not-at-top
     return int(json.loads(record.read_text())["step"])
-  if path.name.startswith(f"{ckpt.STEP_PREFIX}_"):
+  if path.name.startswith(f"{layout.STEP_PREFIX}_"):
     return int(path.name.split("_")[-1])
   return 0
 

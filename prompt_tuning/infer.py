@@ -43,17 +43,17 @@ import numpy as np
 from absl import flags
 
 from prompt_tuning import cli, configurables, building, fingerprint
-from prompt_tuning import prompt_files as prompt_files_lib
+from prompt_tuning import prompt_files
 from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.errors import UserError
+from prompt_tuning.run_dir import layout
 from prompt_tuning.inference import io as infer_io, serving
-from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.methods import ia3 as ia3_lib
 from prompt_tuning.methods import lora as lora_lib
 from prompt_tuning.methods import prefix_bank as prefix_bank_lib
 from prompt_tuning.methods.base import Method
-from prompt_tuning.methods.initializers import check_prompt_file
+from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models import families
 from prompt_tuning.params import flatten, with_params
 from prompt_tuning.models.config import T5Config
@@ -80,32 +80,13 @@ class InferError(UserError):
 # ------------------------------------------------------------------------------------
 
 
-def is_model_dir(path: Union[str, os.PathLike]) -> bool:
-  path = pathlib.Path(path)
-  return (path / ckpt.CONFIG_JSON).is_file() or (path / ckpt.NUMPY_DIR).is_dir()
-
-
-def prompt_path(source: Union[str, os.PathLike],
-                checkpoint: Union[str, int] = "best") -> pathlib.Path:
-  """The `.npy` file a prompt source names (MODEL_DIRs: their `checkpoint` export)."""
+def served_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+  """`config.json` of a training MODEL_DIR source (None for plain files); refuses
+  runs of other methods than prompt tuning."""
   path = pathlib.Path(source)
-  if not path.exists():
-    raise FileNotFoundError(f"Prompt source {path} does not exist (PROMPT_FILES / "
-                            "--prompt / PROMPT_FILE / MODEL_DIR).")
-  if path.is_file():
-    return path
-  if is_model_dir(path) and (path / ckpt.NUMPY_DIR).is_dir():
-    from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
-    path = eval_lib.export_dir(str(path), checkpoint)
-  return bank_lib.find_prompt_file(path)
-
-
-def run_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
-  """`config.json` of a training MODEL_DIR source (None for plain files)."""
-  path = pathlib.Path(source)
-  if not (path.is_dir() and (path / ckpt.CONFIG_JSON).is_file()):
+  if not (path.is_dir() and (path / layout.CONFIG_JSON).is_file()):
     return None
-  record = ckpt.read_run_config(str(path))
+  record = layout.read_record(path)
   if record.get("method") not in SERVED_METHODS:
     raise InferError(f"{path} was trained with method {record.get('method')!r}; "
                      "prompt_tuning.infer serves prompt-tuning prompts and prefix-"
@@ -230,14 +211,13 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   records, sources, prefix_sources = {}, {}, {}
   for name, source in prompts.items():
     if isinstance(source, (str, os.PathLike)):
-      record = run_record(source)
+      record = served_record(source)
       if record is not None:
         records[str(source)] = record
       if record is not None and record.get("method") == "prefix":
-        from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
-        prefix_sources[name] = eval_lib.export_dir(str(source), checkpoint)
+        prefix_sources[name] = layout.export_dir(str(source), checkpoint)
       else:
-        sources[name] = prompt_path(source, checkpoint)
+        sources[name] = prompt_files.prompt_path(source, checkpoint)
     else:
       sources[name] = source
   if prefix_sources:
@@ -258,7 +238,8 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     logging.warning("No INITIAL_CHECKPOINT_PATH: the frozen model is RANDOMLY "
                     "initialized (only useful for tests).")
   _check_prompt_files(sources, model_config)  # before any frozen weight is read
-  bank, bank_params = bank_lib.from_prompts(sources, prompt_combine(records, combine))
+  loaded = {name: prompt_files.load_prompt(source) for name, source in sources.items()}
+  bank, bank_params = bank_lib.from_prompts(loaded, prompt_combine(records, combine))
   method = bank_lib.bank_method(bank)
   config, params, _ = building.build_params(
       method, model_config, initial_checkpoint_path, jax.random.PRNGKey(seed),
@@ -281,7 +262,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   for name, source in sources.items():
     if not isinstance(source, np.ndarray):
       try:
-        prompt_files_lib.check_model(source, current, allow=allow_model_mismatch)
+        prompt_files.check_model(source, current, allow=allow_model_mismatch)
       except fingerprint.PromptModelMismatch as e:
         raise InferError(f"Prompt {name!r}: {e}") from e
   params = building.apply_exported(
@@ -290,7 +271,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
   for name in bank.names:
     logging.info("Serving prompt %r [%d, %d] from %s.", name,
                  bank.lengths[bank.index(name)], width,
-                 sources[name] if not isinstance(sources[name], np.ndarray)
+                 sources[name] if isinstance(sources[name], (str, os.PathLike))
                  else "an array")
   return method.build(config), params, bank, str(initial_checkpoint_path or "random")
 
@@ -320,7 +301,7 @@ def _load_mixed_model(sources, prefix_sources, records, model_config,
   name = initial_checkpoint_path or "a randomly initialized model"
   prompts = {}
   for entry, source in sources.items():
-    prompts[entry] = np.asarray(bank_lib.load_prompt(source), np.float32)
+    prompts[entry] = np.asarray(prompt_files.load_prompt(source), np.float32)
     if prompts[entry].shape[-1] != config.emb_dim:
       raise InferError(f"Prompt {entry!r} has width H={prompts[entry].shape[-1]} but "
                        f"the frozen model has emb_dim {config.emb_dim}.")
@@ -333,13 +314,13 @@ def _load_mixed_model(sources, prefix_sources, records, model_config,
     current = fingerprint.of_params(params, vocabulary, placement, name=name,
                                     embedding_path=families.embedding_path(config))
     try:
-      prompt_files_lib.check_model(source, current, allow=allow_model_mismatch)
+      prompt_files.check_model(source, current, allow=allow_model_mismatch)
     except fingerprint.PromptModelMismatch as e:
       raise InferError(f"Prompt {entry!r}: {e}") from e
   try:
     prompt_bank, prefix_bank, params = prefix_bank_lib.mixed_banks(
         params, config, prompts,
-        {e: ckpt.read_arrays(str(d)) for e, d in prefix_sources.items()}, combine)
+        {e: layout.read_arrays(d) for e, d in prefix_sources.items()}, combine)
   except ValueError as e:
     raise InferError(str(e)) from e
   for entry in prompt_bank.names:

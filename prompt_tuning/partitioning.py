@@ -221,10 +221,6 @@ def mesh_axes(logical: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh
   return PartitionSpec(*spec)
 
 
-def logical_specs(boxed_tree: Any) -> Any:
-  """Logical `PartitionSpec`s (of names) from a tree of `nn.Partitioned` leaves."""
-  return nn.get_partition_spec(boxed_tree)
-
 
 def param_shardings(abstract_boxed: Any, mesh: Mesh, axis_rules: Rules) -> Any:
   """`NamedSharding` per parameter from `jax.eval_shape(model.init, …)['params']`.

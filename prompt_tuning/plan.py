@@ -191,8 +191,12 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   params = unflatten(flat)
   trainable, frozen = params_lib.split(params, method.trainable)
   trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
-  steps = trainer.compile_steps(model, optimizer, mesh, trainable, trainable_shardings,
-                                frozen_shardings, train_config, axis_rules)
+  loss_fn = losses.LossFn(model, train_config.z_loss,
+                          train_config.loss_normalizing_factor,
+                          train_config.enable_dropout)
+  steps = trainer.compile_steps(loss_fn, optimizer, mesh, trainable,
+                                trainable_shardings, frozen_shardings,
+                                train_config.num_microbatches, axis_rules)
   opt_state = jax.eval_shape(optimizer.init, trainable)
   state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable, opt_state)
   batch_size = train_config.batch_size

@@ -1,9 +1,17 @@
-"""Trained method parameters out, and prompts back in: numpy and Hugging Face PEFT.
+"""Every way a `[P, H]` prompt arrives or leaves: arrays, `.npy`, exports, PEFT, MODEL_DIRs.
 
-  save_numpy(directory, method, params)   every `Method.exported` array as
-                                          `<name>.npy` (e.g. encoder.prompt.prompt.npy
-                                          `[P, H]`, the released prompts' format)
+  load_prompt(source, shape=None, checkpoint='best')
+      a `[P, H]` float32 prompt from: an array; a `.npy` file (its header is checked
+      before numpy allocates anything; pickles are refused); a directory of exports
+      (`encoder.prompt.prompt.npy` in it, or in its newest `checkpoint_<step>/`); a
+      Hugging Face PEFT prompt-tuning adapter directory; or a training MODEL_DIR (its
+      `checkpoint` export: 'best', 'latest' or a step, else its orbax state)
+  prompt_path(source, checkpoint)         the `.npy` file a file-based source names
+  from_file(path)                         a prompt initializer reading `path` (gin:
+                                          `prompt_init.from_file`)
   save_prompt(path, prompt)               one `[P, H]` prompt as `.npy`
+  save_numpy(directory, method, params)   every `Method.exported` array as
+                                          `<name>.npy` (e.g. encoder.prompt.prompt.npy)
   save_peft(directory, prompt, config)    a PEFT prompt-tuning adapter directory:
                                           adapter_config.json + adapter_model.safetensors
                                           holding `prompt_embeddings` `[P, H]`
@@ -26,29 +34,278 @@ continues from a PEFT prompt with `PROMPT_FILE = '/path/adapter_dir'`.
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Dict, Mapping, Optional, Union
+import pathlib
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import fingerprint
+from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
-from prompt_tuning.params import Params
+from prompt_tuning.methods.initializers import Initializer
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models import families
+from prompt_tuning.params import Params
+from prompt_tuning.run_dir import layout, train_state
 
 PathLike = Union[str, os.PathLike]
+Shape = Optional[Tuple[Optional[int], Optional[int]]]  # (P, H); None: any
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_WEIGHTS_BIN = "adapter_model.bin"
 PEFT_KEY = "prompt_embeddings"
+PROMPT_EXPORT = "encoder.prompt.prompt"  # what prompt tuning (and LoPA) export
+PROMPT_FILE = f"{PROMPT_EXPORT}.npy"
+PROMPT_PATH = "encoder/prompt/prompt"  # its parameter path
+PROMPT_METHODS = ("prompt", "lopa")  # methods whose runs hold an encoder prompt
 
 
-class PeftFormatError(ValueError):
+class PromptFileError(UserError, ValueError):
+  """A prompt source cannot be used: not a `.npy` array, or the wrong shape.
+
+  The message names the file, the expected shape and what was found.
+  """
+
+
+class PromptNotFoundError(PromptFileError, FileNotFoundError):
+  """A prompt source does not exist or holds no prompt."""
+
+
+class PeftFormatError(PromptFileError):
   """A directory is not a usable PEFT prompt-tuning adapter; says what is wrong."""
 
 
-# ---------------------------------------------------------------- numpy
+# ---------------------------------------------------------------- reading
+
+
+def load_prompt(source: Any, shape: Shape = None,
+                checkpoint: layout.Checkpoint = "best") -> np.ndarray:
+  """A `[P, H]` float32 prompt from any source (see the module docstring).
+
+  Args:
+    source: an array, or the path of a `.npy` file, an export directory, a PEFT
+      adapter directory or a training MODEL_DIR.
+    shape: the expected `(P, H)`, checked with an error that names the fix.
+    checkpoint: which export of a MODEL_DIR: 'best', 'latest' or a step.
+
+  Raises:
+    PromptFileError: unreadable or of the wrong shape (PromptNotFoundError when
+      missing); the message names the source.
+  """
+  if not isinstance(source, (str, os.PathLike)):
+    array = np.asarray(source, np.float32)
+    if array.ndim != 2:
+      raise PromptFileError(f"A prompt must be [P, H]; got an array of shape "
+                            f"{list(array.shape)}.")
+    return _checked(array, shape, "The given prompt")
+  path = pathlib.Path(source)
+  if path.is_dir() and is_peft_dir(path):
+    return _checked(load_peft(path), shape, f"PEFT adapter {path}")
+  if path.is_dir() and layout.is_model_dir(path) and not _has_export(path, checkpoint):
+    return _checked(_trained_prompt(path, checkpoint), shape, f"MODEL_DIR {path}")
+  return read_npy(prompt_path(path, checkpoint), shape)
+
+
+def prompt_path(source: PathLike, checkpoint: layout.Checkpoint = "best"
+                ) -> pathlib.Path:
+  """The `.npy` file a prompt source names (MODEL_DIRs: their `checkpoint` export)."""
+  path = pathlib.Path(source)
+  if not path.exists():
+    raise PromptNotFoundError(f"Prompt source {path} does not exist (PROMPT_FILES / "
+                              "--prompt / PROMPT_FILE / MODEL_DIR).")
+  if path.is_file():
+    return path
+  if layout.is_model_dir(path):
+    _check_method(path)
+    if (path / layout.NUMPY_DIR).is_dir():
+      path = layout.export_dir(path, checkpoint)
+  return find_prompt_file(path)
+
+
+def find_prompt_file(directory: PathLike, file_name: str = PROMPT_FILE
+                     ) -> pathlib.Path:
+  """The prompt file in a directory; in a MODEL_DIR, the newest numpy export.
+
+  Looks for `<dir>/<file_name>`, then the highest step of
+  `<dir>/checkpoint_<step>/<file_name>`, then of
+  `<dir>/numpy_checkpoints/checkpoint_<step>/<file_name>`.
+  """
+  root = pathlib.Path(directory)
+  if not root.is_dir():
+    raise PromptNotFoundError(f"Prompt directory {root} does not exist.")
+  if (root / file_name).is_file():
+    return root / file_name
+  for base in (root, root / layout.NUMPY_DIR):
+    steps = []
+    if base.is_dir():
+      for child in base.iterdir():
+        match = re.fullmatch(rf"{layout.STEP_PREFIX}_(\d+)", child.name)
+        if match and (child / file_name).is_file():
+          steps.append((int(match.group(1)), child / file_name))
+    if steps:
+      return max(steps)[1]
+  raise PromptNotFoundError(
+      f"No {file_name} in {root}: expected {root}/{layout.NUMPY_DIR}/checkpoint_<step>/"
+      f"{file_name} (a prompt-tuning MODEL_DIR), {root}/checkpoint_<step>/{file_name}, "
+      f"{root}/{file_name} or a PEFT {ADAPTER_CONFIG}.")
+
+
+def read_npy(path: PathLike, shape: Shape = None) -> np.ndarray:
+  """Reads a `[P, H]` prompt from a `.npy` file as float32.
+
+  Raises:
+    PromptFileError: the file is missing, not a `.npy` array (pickles are refused),
+      not a 2-D float array, or not of `shape` when given.
+  """
+  path = os.fspath(path)
+  expected = _expected(shape)
+  try:
+    with open(path, "rb") as f:
+      _check_npy_header(f, path, expected)
+      array = np.load(f, allow_pickle=False)
+  except PromptFileError:
+    raise
+  except FileNotFoundError as e:
+    raise PromptNotFoundError(f"Prompt file {path} does not exist (expected a .npy "
+                              f"array of shape {expected}).") from e
+  except Exception as e:  # numpy raises many types for malformed bytes.
+    raise PromptFileError(f"Prompt file {path} is not a readable .npy array of shape "
+                          f"{expected} ({type(e).__name__}: {e}).") from e
+  if not isinstance(array, np.ndarray):  # e.g. an .npz archive
+    raise PromptFileError(f"Prompt file {path} holds {type(array).__name__}, not a "
+                          f"single .npy array of shape {expected}.")
+  if array.ndim != 2:
+    raise PromptFileError(f"Prompt file {path} has shape {list(array.shape)} (rank "
+                          f"{array.ndim}); expected {expected}.")
+  if not np.issubdtype(array.dtype, np.floating):
+    raise PromptFileError(f"Prompt file {path} has dtype {array.dtype}; expected a "
+                          f"float array of shape {expected}.")
+  array = _checked(array, shape, f"Prompt file {path}")
+  bad = ~np.isfinite(array)
+  if bad.any():
+    rows = sorted(set(np.nonzero(bad)[0].tolist()))
+    raise PromptFileError(f"Prompt file {path} holds {int(bad.sum())} non-finite "
+                          f"values (NaN/inf) in rows {rows[:8]}"
+                          f"{' …' if len(rows) > 8 else ''}; expected a finite float "
+                          f"array of shape {expected}: export it again from a good "
+                          "checkpoint.")
+  with np.errstate(all="ignore"):
+    return array.astype(np.float32)
+
+
+def check_prompt_file(path: PathLike, length: Optional[int] = None,
+                      width: Optional[int] = None) -> None:
+  """Checks a `.npy` prompt (shape `[length, width]`, float, finite) without any
+  model: the entry points call it before reading the frozen checkpoint. A PEFT
+  adapter directory is checked when it is loaded."""
+  if os.path.isdir(path):
+    return
+  read_npy(path, (length, width))
+
+
+def from_file(path: PathLike) -> Initializer:
+  """A prompt initializer: the prompt stored at `path` (any `load_prompt` source:
+  a `.npy` of shape `[P, H]`, a PEFT adapter directory, an export or a MODEL_DIR)."""
+  if not isinstance(path, (str, os.PathLike)):
+    raise ValueError(f"prompt_init.from_file needs the path of a .npy file (gin: "
+                     f"PROMPT_FILE = '/path/prompt.npy'); got {path!r}.")
+
+  def init(rng, shape, embedding=None):
+    del rng, embedding
+    return jnp.asarray(load_prompt(path, tuple(shape)))
+
+  return init
+
+
+def _expected(shape: Shape) -> str:
+  shape = shape or (None, None)
+  return (f"[{'P' if shape[0] is None else shape[0]}, "
+          f"{'H' if shape[1] is None else shape[1]}]")
+
+
+def _checked(array: np.ndarray, shape: Shape, what: str) -> np.ndarray:
+  """`array` when its shape is `shape` (None entries match anything)."""
+  if shape is None or all(e is None or e == a for e, a in zip(shape, array.shape)):
+    return array
+  fix = []
+  if shape[0] is not None and shape[0] != array.shape[0]:
+    fix.append(f"set PROMPT_LENGTH to {array.shape[0]}")
+  if shape[1] is not None and shape[1] != array.shape[1]:
+    fix.append(f"use a model with H = {array.shape[1]}")
+  raise PromptFileError(f"{what} has shape {list(array.shape)}; expected "
+                        f"{_expected(shape)} (prompt length P, model width H): "
+                        f"{' or '.join(fix)}.")
+
+
+def _check_method(model_dir: pathlib.Path) -> None:
+  if not (model_dir / layout.CONFIG_JSON).is_file():
+    return
+  method = layout.read_record(model_dir).get("method")
+  if method not in (None,) + PROMPT_METHODS:
+    raise PromptFileError(f"{model_dir} was trained with method {method!r}, which has "
+                          f"no encoder prompt (prompt sources come from prompt tuning "
+                          f"or LoPA runs).")
+
+
+def _has_export(model_dir: pathlib.Path, checkpoint: layout.Checkpoint) -> bool:
+  try:
+    return (layout.export_dir(model_dir, checkpoint) / PROMPT_FILE).is_file()
+  except FileNotFoundError:
+    return False
+
+
+def _trained_prompt(model_dir: pathlib.Path, checkpoint: layout.Checkpoint
+                    ) -> np.ndarray:
+  """The prompt in a MODEL_DIR's orbax state (runs without a numpy export)."""
+  _check_method(model_dir)
+  try:
+    trained = train_state.read_trainable(model_dir, checkpoint)
+  except FileNotFoundError as e:
+    raise PromptNotFoundError(f"{model_dir} holds no prompt export and no orbax "
+                              f"state: {e}") from e
+  if PROMPT_PATH not in trained:
+    raise PromptFileError(f"{model_dir}: the trained parameters hold "
+                          f"{sorted(trained)[:5]}, not {PROMPT_PATH}.")
+  return np.asarray(trained[PROMPT_PATH], np.float32)
+
+
+def _check_npy_header(f, path, expected):
+  """Validates a `.npy` header before numpy allocates anything; rewinds `f`.
+
+  Rejects non-float dtypes, ranks other than 2 and sizes that disagree with the
+  file length, so that arbitrary bytes never make `np.load` allocate a huge array.
+  """
+  try:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+      shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+      raise ValueError(f"unsupported .npy format version {version}")
+  except Exception as e:  # pylint: disable=broad-except
+    raise PromptFileError(f"Prompt file {path} is not a .npy array of shape {expected} "
+                          f"({type(e).__name__}: {e}).") from e
+  if dtype.hasobject or not np.issubdtype(dtype, np.floating):
+    raise PromptFileError(f"Prompt file {path} has dtype {dtype}; expected a float "
+                          f"array of shape {expected}.")
+  if len(shape) != 2:
+    raise PromptFileError(f"Prompt file {path} has shape {list(shape)} (rank "
+                          f"{len(shape)}); expected {expected}.")
+  data_bytes = math.prod(int(d) for d in shape) * dtype.itemsize
+  available = os.fstat(f.fileno()).st_size - f.tell()
+  if data_bytes != available:
+    raise PromptFileError(f"Prompt file {path} is truncated or has trailing bytes: its "
+                          f"header promises {list(shape)} {dtype} ({data_bytes} bytes) "
+                          f"but {available} bytes follow; expected {expected}.")
+  f.seek(0)
+
+
+# ---------------------------------------------------------------- writing
 
 
 def save_prompt(path: PathLike, prompt,
@@ -59,9 +316,7 @@ def save_prompt(path: PathLike, prompt,
   if prompt.ndim != 2:
     raise ValueError(f"A prompt is [P, H]; got shape {list(prompt.shape)} for {path}.")
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "wb") as f:
-    np.save(f, prompt, allow_pickle=False)
+  train_state.write_npy(path, prompt)
   if model is not None:
     fingerprint.write_sidecar(path, model)
   return path
@@ -80,8 +335,7 @@ def save_numpy(directory: PathLike, method: Method, params: Params,
   written = {}
   for name, array in method.exported(params).items():
     path = os.path.join(directory, f"{name}.npy")
-    with open(path, "wb") as f:
-      np.save(f, np.asarray(array), allow_pickle=False)
+    train_state.write_npy(path, array)
     if model is not None:
       fingerprint.write_sidecar(path, model)
     written[name] = path

@@ -15,19 +15,26 @@ everything they need comes in as arguments.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging as std_logging
-from typing import Any, Callable, Dict, Optional, Sequence
+import pathlib
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import gin
 import jax
 import optax
+from absl import logging
+from jax.sharding import Mesh
 
-from prompt_tuning import cli, configurables, errors
+from prompt_tuning import building, cli, configurables, errors, partitioning
+from prompt_tuning import gin_specs, shape_checks
 from prompt_tuning.run_dir import identity as run_identity
-from prompt_tuning.run_dir import train_state as ckpt
-from prompt_tuning.training import trainer
+from prompt_tuning.run_dir import layout, train_state
+from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning.training import evaluation, global_stream, losses, trainer
 from prompt_tuning.methods.base import Method
-from prompt_tuning.methods.initializers import check_prompt_file
+from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
 
 
@@ -41,21 +48,115 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
           decode_fn: Optional[Callable[..., Any]] = None,
           gin_config: Optional[str] = None) -> trainer.TrainResult:
-  """Builds the mesh and runs `trainer.train` (gin: `train.<arg>`)."""
+  """Builds the mesh and runs `build_and_train` (gin: `train.<arg>`).
+
+  `optim.trainable_regexes.regexes`, when bound, replaces the method's trainable
+  regexes (e.g. to also train the decoder's final layer norm).
+  """
   check_method_prompt_file(method, model_config)  # before any frozen weight is read
+  method = dataclasses.replace(method,
+                               trainable=configurables.trainable_regexes(method))
   identity = identity_from_gin(config)
   # A restart that changes the run is refused before anything is written.
   record = dict(trainer.run_record(config, method, model_config,
                                    initial_checkpoint_path), **identity)
-  ckpt.check_or_write_run_config(config.model_dir, record, write=False)
-  mesh = configurables.make_mesh()
-  learning_rate_fn = learning_rate_fn or _bound_learning_rate()
-  return trainer.train(config, method=method, model_config=model_config,
-                       optimizer=optimizer,
-                       initial_checkpoint_path=initial_checkpoint_path, mesh=mesh,
-                       axis_rules=configurables.axis_rules(),
-                       learning_rate_fn=learning_rate_fn,
-                       decode_fn=decode_fn, gin_config=gin_config, identity=identity)
+  train_state.check_or_write_run_config(config.model_dir, record, write=False)
+  return build_and_train(
+      config, method=method, model_config=model_config, optimizer=optimizer,
+      initial_checkpoint_path=initial_checkpoint_path,
+      mesh=configurables.make_mesh(), axis_rules=configurables.axis_rules(),
+      learning_rate_fn=learning_rate_fn or _bound_learning_rate(),
+      decode_fn=decode_fn, gin_config=gin_config, identity=identity)
+
+
+def build_and_train(config: trainer.TrainConfig, *, method: Method,
+                    model_config: T5Config, optimizer: optax.GradientTransformation,
+                    initial_checkpoint_path: Optional[str] = None,
+                    mesh: Optional[Mesh] = None,
+                    axis_rules: Optional[partitioning.Rules] = None,
+                    batches_fn: Optional[Callable[[int], Iterator[Any]]] = None,
+                    learning_rate_fn: Optional[Callable[[int], float]] = None,
+                    decode_fn: Optional[Callable[..., Any]] = None,
+                    gin_config: Optional[str] = None,
+                    identity: Optional[Dict[str, Any]] = None) -> trainer.TrainResult:
+  """Builds what the loop needs and runs `trainer.train`, holding MODEL_DIR's lock.
+
+  Args:
+    config: the run's settings.
+    method: what is trained and how it enters the network.
+    model_config: the frozen model's `T5Config` (`MODEL_CONFIG`).
+    optimizer: optax transformation for the trainable parameters (`OPTIMIZER`).
+    initial_checkpoint_path: the frozen model (None: random init, for tests).
+    mesh: defaults to `partitioning.make_mesh()` over all devices.
+    axis_rules: defaults to `partitioning.rules()`.
+    batches_fn: `start_batch -> iterator of this host's batches`; defaults to
+      `data.train_batches` for the configured task (tests inject their own).
+    learning_rate_fn: step → learning rate, for summaries (optional).
+    decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
+    gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
+    identity: more of the run's identity for config.json (`identity_from_gin`).
+
+  Raises:
+    lock.ModelDirLockedError: another run is using MODEL_DIR (a run that died is
+      taken over with a warning).
+    data.UnknownTaskError, data.VocabularyTooLargeError: checked before anything
+      is loaded (only when the configured task feeds the run).
+    ValueError: MODEL_DIR holds a different run.
+    And what `trainer.train` raises.
+  """
+  host0 = jax.process_index() == 0
+  with run_lock.held(config.model_dir, enabled=host0):
+    if batches_fn is None:  # fail on a task typo in seconds, not after loading
+      from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+      data.check_task(config.mixture_or_task_name, model_config.vocab_size)
+    mesh = mesh if mesh is not None else partitioning.make_mesh()
+    axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
+    # Every batch shape against the mesh, before anything is loaded.
+    host_batch_size = shape_checks.check_train_shapes(
+        config.batch_size, config.eval_batch_size, config.num_microbatches, mesh,
+        jax.process_count(), evaluates=config.eval_period >= 0)
+    logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
+                 dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
+
+    record = dict(trainer.run_record(config, method, model_config,
+                                     initial_checkpoint_path), **(identity or {}))
+    train_state.check_or_write_run_config(config.model_dir, record, write=host0)
+    if host0 and gin_config:
+      train_state.write_text(pathlib.Path(config.model_dir) / layout.CONFIG_GIN,
+                             gin_config)
+
+    init_rng, _ = trainer.seed_keys(config.seed)
+    model_config, params, shardings = building.build_params(
+        method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
+        axis_rules=axis_rules)
+    model = method.build(model_config)
+    loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
+                            config.enable_dropout)
+    evaluator = evaluation.Evaluator(  # reads its examples at the first evaluation
+        model, mesh, shardings, config.mixture_or_task_name,
+        config.task_feature_lengths,
+        batch_size=config.eval_batch_size or config.batch_size,
+        split=config.eval_split, max_examples=config.max_eval_examples,
+        max_decode_length=config.max_decode_length, z_loss=config.z_loss,
+        use_cached=config.use_cached, decode_fn=decode_fn)
+    if batches_fn is None:
+      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh)
+    built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)
+    return trainer.train(config, method, optimizer, built, batches_fn, evaluator,
+                         learning_rate_fn)
+
+
+def _task_batches(start_batch: int, *, config: trainer.TrainConfig,
+                  mesh: Mesh) -> Iterator[Any]:
+  """This process's rows of the configured task's global stream from `start_batch`
+  on (a function of the global step only: see `training/global_stream.py`)."""
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+  global_batches = data.train_batches(
+      config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
+      split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
+      start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle)
+  return global_stream.rows_of(global_batches,
+                               global_stream.process_rows(config.batch_size, mesh))
 
 
 def identity_from_gin(config: trainer.TrainConfig) -> Dict[str, Any]:
@@ -63,8 +164,8 @@ def identity_from_gin(config: trainer.TrainConfig) -> Dict[str, Any]:
   optimizer as gin built them, local data fingerprints, the process count."""
   from tasks import local  # pylint: disable=g-import-not-at-top  (tasks is optional)
   return {
-      "method_spec": run_identity.macro_spec("METHOD"),
-      "optimizer_spec": run_identity.macro_spec("OPTIMIZER"),
+      "method_spec": gin_specs.macro_spec("METHOD"),
+      "optimizer_spec": gin_specs.macro_spec("OPTIMIZER"),
       "data_fingerprints": run_identity.fingerprints(
           local.data_files(config.mixture_or_task_name)),
       "process_count": jax.process_count(),

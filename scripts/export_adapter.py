@@ -24,8 +24,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning import checkpoints, cli  # pylint: disable=g-import-not-at-top
-from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.run_dir import train_state as ckpt  # pylint: disable=g-import-not-at-top
+from prompt_tuning.run_dir import layout  # pylint: disable=g-import-not-at-top
 from prompt_tuning.checkpoints import huggingface, peft_adapters  # pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import ia3, lora  # pylint: disable=g-import-not-at-top
 from prompt_tuning.params import with_params  # pylint: disable=g-import-not-at-top
@@ -43,14 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def export(model_dir: str, output: str, checkpoint="best", merged: bool = False) -> str:
-  record = ckpt.read_run_config(model_dir)
+  record = layout.read_record(model_dir)
   method, settings = record.get("method"), record.get("adapter")
   if method not in ("lora", "ia3") or not settings:
     raise ValueError(f"{model_dir} was trained with method {method!r} (adapter "
                      f"settings {settings!r}); this script exports LoRA and IA3 runs "
                      "(written by a version that records the adapter settings).")
   config = T5Config.from_dict(record["model_config"])
-  arrays = ckpt.read_arrays(str(eval_lib.export_dir(model_dir, checkpoint)))
+  arrays = ckpt.read_arrays(str(layout.export_dir(model_dir, checkpoint)))
   flat = {name.replace(".", "/"): value for name, value in arrays.items()}
   if method == "lora":
     scale = float(settings["alpha"]) / int(settings["rank"])

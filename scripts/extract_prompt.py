@@ -23,7 +23,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning import prompt_files  # pylint: disable=g-import-not-at-top
-from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +38,7 @@ def main(argv=None):
   args = parse_args(argv)
   checkpoint = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
   try:
-    prompt = model_dirs.prompt_of(args.source, checkpoint)
+    prompt = prompt_files.load_prompt(args.source, checkpoint=checkpoint)
   except (FileNotFoundError, ValueError, KeyError) as e:
     print(f"extract_prompt: error: {e}", file=sys.stderr)
     return 1

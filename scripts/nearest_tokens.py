@@ -29,9 +29,11 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from prompt_tuning import prompt_files
+from prompt_tuning.run_dir import layout
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
-from prompt_tuning.research import model_dirs, neighbors  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import neighbors  # pylint: disable=g-import-not-at-top
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +59,7 @@ def _table_source(args, prompt_source: str) -> str:
   if args.tiny:
     from prompt_tuning.tiny import assets  # pylint: disable=g-import-not-at-top
     return str(assets.CHECKPOINT_PATH)
-  if model_dirs.is_model_dir(prompt_source):
+  if layout.is_model_dir(prompt_source):
     return prompt_source
   raise SystemExit("No embedding table: pass --embeddings (a .npy [V, H] table or a "
                    "checkpoint), --tiny, or a MODEL_DIR as the prompt source.")
@@ -74,7 +76,7 @@ def main(argv=None):
   tables = {}
   report = []
   for source in args.prompts:
-    prompt = model_dirs.prompt_of(source, checkpoint)
+    prompt = prompt_files.load_prompt(source, checkpoint=checkpoint)
     table_source = _table_source(args, source)
     if table_source not in tables:
       tables[table_source] = neighbors.embedding_table(table_source)

@@ -56,11 +56,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import yaml  # pylint: disable=g-import-not-at-top
 
 import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+from prompt_tuning import prompt_files
+from prompt_tuning.run_dir import train_state
+from prompt_tuning.run_dir import layout
 from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
 from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
 from prompt_tuning.tiny import corpus  # pylint: disable=g-import-not-at-top
 
-from prompt_tuning.research import collect, ensemble_runs, model_dirs  # pylint: disable=g-import-not-at-top
+from prompt_tuning.research import collect, ensemble_runs  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import eval_runs as evaluate_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import plots, runs as runs_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
@@ -254,7 +257,7 @@ def budget(args, sweep) -> Dict[str, Any]:
   for run in sweep.runs:
     if dict(run.extra).get("TRAIN_STEPS") == args.budget_steps:
       points = [(int(e["step"]), float(e["accuracy"])) for e in
-                model_dirs.evaluations(run.model_dir, sweep.task) if "accuracy" in e]
+                layout.evaluations(run.model_dir, sweep.task) if "accuracy" in e]
       curves[run.method] = sorted(points)
   return {"curves": curves}
 
@@ -270,7 +273,7 @@ def interpret(args, sweep) -> List[Dict[str, Any]]:
                     key=lambda r: (r.init or "", r.seed)):
     if run.seed >= args.seeds or sweep.status(run) != "done":
       continue
-    rows = neighbors.neighbor_rows(model_dirs.prompt_of(run.model_dir, "latest"),
+    rows = neighbors.neighbor_rows(prompt_files.load_prompt(run.model_dir, checkpoint="latest"),
                                    table, pieces, k=1)
     out.append({"init": run.init, "seed": run.seed,
                 "top1": [(r["tokens"][0], r["cosine"][0]) for r in rows]})
@@ -305,7 +308,7 @@ def ensemble(args, sweep) -> Dict[str, Any]:
 def _trained_parameters(row) -> int:
   if row["method"] == "prompt_design":
     return 0
-  arrays = model_dirs.trained_params(row["model_dir"])
+  arrays = train_state.read_trainable(row["model_dir"])
   return int(sum(a.size for a in arrays.values()))
 
 

@@ -27,10 +27,10 @@ def main(argv):
         num_processes=processes, process_id=pid))
   import jax
   import trainer_testlib as tl
-  from prompt_tuning.training import trainer
+  from prompt_tuning import train as train_lib
   assert jax.process_count() == processes
   tl.register_task()
-  result = trainer.train(
+  result = train_lib.build_and_train(
       tl.train_config(model_dir, train_steps=steps, batch_size=BATCH,
                       checkpoint_period=5, enable_dropout=False),
       method=tl.partial_tuning(), model_config=tl.tiny_config(),

@@ -1,5 +1,5 @@
 """Shared pieces of the method / optimizer / export tests (tests/test_methods_*.py,
-tests/test_optim*.py, tests/test_export*.py): a tiny config, random parameters
+tests/test_optim*.py, tests/test_prompt_files.py): a tiny config, random parameters
 without compiling `init`, a batch and the teacher-forced loss.
 """
 from __future__ import annotations

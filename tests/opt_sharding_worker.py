@@ -64,7 +64,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from prompt_tuning import building, partitioning
   from prompt_tuning import params as params_lib
-  from prompt_tuning.training import opt_state_sharding, trainer
+  from prompt_tuning.training import losses, opt_state_sharding, trainer
   assert jax.device_count() == 8
   mesh = partitioning.make_mesh(4)
   config = tl.train_config("/unused", batch_size=8)
@@ -86,8 +86,11 @@ def main(argv):
         nn.unbox(boxed), shardings)
     trainable, frozen = params_lib.split(params, method.trainable)
     trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
-    steps = trainer.compile_steps(model, optimizer, mesh, trainable,
-                                  trainable_shardings, frozen_shardings, config)
+    loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
+                            config.enable_dropout)
+    steps = trainer.compile_steps(loss_fn, optimizer, mesh, trainable,
+                                  trainable_shardings, frozen_shardings,
+                                  config.num_microbatches)
     state = jax.tree_util.tree_map(
         lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
         trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable,

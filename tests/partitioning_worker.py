@@ -19,8 +19,8 @@ BATCH = 8
 
 def _train(model_dir, mesh, shard=0, num_shards=1, axis_rules=None, **config):
   import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
-  return trainer.train(
+  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
+  return train_lib.build_and_train(
       tl.train_config(model_dir, train_steps=STEPS, batch_size=BATCH,
                       checkpoint_period=STEPS),
       method=tl.model_tuning(), model_config=tl.tiny_config(**config),

@@ -13,6 +13,8 @@ local data lines (tests/test_tasks_local.py), a MODEL_DIR of another run
 import concurrent.futures
 import json
 import pathlib
+from prompt_tuning import train as train_lib
+from prompt_tuning.run_dir import layout
 import sys
 
 import gin
@@ -207,7 +209,7 @@ def test_unwritable_model_dir_fails_before_anything_else(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   with pytest.raises(run_lock.ModelDirError) as error:
-    trainer.train(tl.train_config(blocker / "run"), method=tl.partial_tuning(),
+    train_lib.build_and_train(tl.train_config(blocker / "run"), method=tl.partial_tuning(),
                   model_config=tl.tiny_config(), optimizer=tl.adam(),
                   batches_fn=tl.fixed_batches(8))
   assert str(blocker / "run") in str(error.value) and "--gin.MODEL_DIR" in str(error.value)
@@ -236,7 +238,7 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
   # Checkpoints every 2 steps; the loss of step 5 is NaN: 2 and 4 are good, and
   # nothing may be saved at 6 (the parameters are NaN after update 5).
   with pytest.raises(trainer.NonFiniteLossError) as error:
-    trainer.train(tl.train_config(model_dir, train_steps=8, checkpoint_period=2,
+    train_lib.build_and_train(tl.train_config(model_dir, train_steps=8, checkpoint_period=2,
                                   log_period=1000, keep_checkpoints=5),
                   method=tl.partial_tuning(), model_config=tl.tiny_config(),
                   optimizer=tl.adam(), batches_fn=_poisoned_batches(5))
@@ -251,9 +253,9 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_pa
   assert checkpointer.all_steps() == [2, 4]
   assert checkpointer.read_data(4)["batches_consumed"] == 4
   checkpointer.close()
-  assert train_state.numpy_steps(str(model_dir)) == [2, 4]
-  exported = train_state.read_arrays(str(
-      train_state.numpy_checkpoint_dir(str(model_dir), 4)))
+  assert layout.numpy_steps(str(model_dir)) == [2, 4]
+  exported = layout.read_arrays(str(
+      layout.numpy_checkpoint_dir(str(model_dir), 4)))
   assert exported and all(np.all(np.isfinite(v)) for v in exported.values())
 
 
@@ -311,7 +313,7 @@ def test_long_inputs_are_truncated_as_seqio_does_and_counted(tmp_path, caplog):
   # Training counts them: unshuffled, steps 1 and 2 see each example once.
   model_dir = tmp_path / "run"
   with caplog.at_level("INFO"):
-    trainer.train(tl.train_config(model_dir, mixture_or_task_name=task,
+    train_lib.build_and_train(tl.train_config(model_dir, mixture_or_task_name=task,
                                   train_steps=2, log_period=1, shuffle=False),
                   method=tl.partial_tuning(), model_config=tl.tiny_config(),
                   optimizer=tl.adam())
@@ -349,12 +351,13 @@ def test_evaluation_cuts_long_inputs_like_seqio_and_reports_them(caplog):
   model = Transformer(tl.tiny_config())
   tokens = np.ones((2, 4), np.int32)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), tokens, tokens)["params"])
+  evaluator = evaluation.Evaluator(model, None, None, name, tl.FEATURE_LENGTHS,
+                                   batch_size=8, split="train", decode=False)
+  assert evaluator.examples is None  # nothing is read before the first evaluation
   with caplog.at_level("WARNING"):
-    evaluator = evaluation.Evaluator(model, None, None, name, tl.FEATURE_LENGTHS,
-                                     batch_size=8, split="train", decode=False)
+    metrics = evaluator.evaluate(params)[name].metrics
   assert ("8 of 16 bad_input_long_inputs/train examples are longer than "
           "TASK_FEATURE_LENGTHS") in caplog.text
-  metrics = evaluator.evaluate(params)[name].metrics
   assert metrics["num_truncated"] == 8 and metrics["num_examples"] == 16
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from methods_testlib import random_params
 
+from prompt_tuning import prompt_files
 from prompt_tuning.models import decoding
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.params import flatten, with_params
@@ -191,22 +192,25 @@ def test_loading_files_and_model_dirs(frozen, tmp_path):
   for step, name in ((20, "b"), (100, "c"), (3, "a")):  # 100 is the newest
     folder = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
     folder.mkdir(parents=True)
-    np.save(folder / bank_lib.PROMPT_FILE, prompts[name])
-  bank, bank_params = bank_lib.from_prompts([tmp_path / "sst2.npy", model_dir,
-                                             prompts["b"]])
-  assert bank.names == ("sst2", "rte_run", "prompt_2")
+    np.save(folder / prompt_files.PROMPT_FILE, prompts[name])
+  loaded = [prompt_files.load_prompt(s)
+            for s in (tmp_path / "sst2.npy", model_dir, prompts["b"])]
+  bank, bank_params = bank_lib.from_prompts(loaded)
+  assert bank.names == ("prompt_0", "prompt_1", "prompt_2")
   stacked = np.asarray(bank_params["prompts"])
   np.testing.assert_array_equal(stacked[0], prompts["a"])
   np.testing.assert_array_equal(stacked[1], prompts["c"])
   np.testing.assert_array_equal(stacked[2, 2:], prompts["b"])
   # A single checkpoint folder works too.
   one = model_dir / "numpy_checkpoints" / "checkpoint_20"
-  np.testing.assert_array_equal(bank_lib.load_prompt(one), prompts["b"])
+  np.testing.assert_array_equal(prompt_files.load_prompt(one), prompts["b"])
   with pytest.raises(ValueError, match="does not exist"):
-    bank_lib.from_prompts({"x": tmp_path / "missing.npy"})
+    prompt_files.load_prompt(tmp_path / "missing.npy")
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError,
                      match="numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt"):
-    bank_lib.from_prompts({"x": tmp_path / "empty"})
+    prompt_files.load_prompt(tmp_path / "empty")
+  with pytest.raises(TypeError, match="load_prompt"):
+    bank_lib.from_prompts({"x": tmp_path / "sst2.npy"})
   with pytest.raises(ValueError, match="same width H"):
     bank_lib.from_prompts({"x": prompts["a"], "y": np.zeros((2, H + 1))})

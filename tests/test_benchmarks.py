@@ -20,7 +20,7 @@ import pytest
 from benchmarks import common, flops, weights
 from benchmarks.worker import Worker, WorkerError
 from prompt_tuning import params as params_lib
-from prompt_tuning.training import optim, trainer
+from prompt_tuning.training import losses, optim, trainer
 from prompt_tuning.methods import prompt as prompt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,9 +58,7 @@ def test_flop_formula_counts_exactly_the_traced_matmuls_of_a_prompt_tuning_step(
   state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), trainable,
                              jax.eval_shape(optimizer.init, trainable))
   batch = {k: jnp.asarray(v) for k, v in weights.batch(shapes, 64).items()}
-  step = functools.partial(trainer.train_step, model=model, optimizer=optimizer,
-                           z_loss=1e-4, loss_normalizing_factor=None,
-                           enable_dropout=False)
+  step = functools.partial(trainer.train_step, loss_fn=losses.LossFn(model, 1e-4, None, False), optimizer=optimizer)
   traced = _dot_flops(jax.make_jaxpr(step)(state, frozen, batch,
                                            jax.random.PRNGKey(1)).jaxpr)
   counted = flops.train_step_flops(shapes)

@@ -96,3 +96,23 @@ def test_script_parser_takes_its_help_from_the_docstring():
   assert "Does one thing." in text
   assert "  python scripts/x.py --n 3   # an example" in text  # kept as written
   assert cli.script_parser("scripts/y.py", "Only a summary.").epilog is None
+
+
+@pytest.mark.parametrize("binding, expected", [
+    (None, (r".*/prompt/.*",)),
+    ("optim.trainable_regexes.regexes = ['.*/prompt/.*', 'decoder/decoder_norm/.*']",
+     (r".*/prompt/.*", "decoder/decoder_norm/.*")),
+])
+def test_trainable_regexes_binding_reaches_the_trained_method(monkeypatch, binding,
+                                                              expected):
+  bindings = _bindings() + ([binding] if binding else [])
+  cli.parse_gin(["models/t5_1_1_tiny.gin", "runs/prompt_finetune.gin"], bindings)
+  seen = {}
+
+  def fake_build_and_train(config, *, method, **kwargs):
+    del config, kwargs
+    seen["trainable"] = method.trainable
+
+  monkeypatch.setattr(train_lib, "build_and_train", fake_build_and_train)
+  train_lib.train()
+  assert seen["trainable"] == expected

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, T5_VOCAB, run_entry_point
 
 from prompt_tuning import cli, errors, infer
-from prompt_tuning.methods.initializers import PromptFileError
+from prompt_tuning.prompt_files import PromptFileError
 from prompt_tuning.models.config import T5Config
 
 TINY = ["--gin_file=models/tiny_bundled.gin", "--gin_file=methods/prompt_tuning.gin",

@@ -19,6 +19,8 @@ import signal
 import socket
 import subprocess
 import sys
+from prompt_tuning import train as train_lib
+from prompt_tuning.run_dir import layout
 import time
 
 import numpy as np
@@ -41,8 +43,7 @@ def _config(model_dir):
 
 
 def _train(model_dir, batches_fn=None):
-  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
-  return trainer.train(_config(model_dir), method=tl.partial_tuning(),
+  return train_lib.build_and_train(_config(model_dir), method=tl.partial_tuning(),
                        model_config=tl.tiny_config(), optimizer=tl.adam(),
                        batches_fn=batches_fn or tl.fixed_batches(8))
 
@@ -190,7 +191,7 @@ def test_kill_9_inside_a_checkpoint_commit_keeps_the_previous_one_latest(
   assert partial and "checkpoint_4" not in entries, entries
   assert {"state", "data"} <= set(os.listdir(model_dir / partial[0]))
   assert _committed(model_dir) == ([2], 2)
-  assert train_state.numpy_steps(str(model_dir)) == [2]
+  assert layout.numpy_steps(str(model_dir)) == [2]
 
   result = _train(model_dir)
   assert result.step == STEPS and min(result.losses) == 3

@@ -21,8 +21,10 @@ sys.path.insert(0, str(TESTS))
 
 import trainer_testlib as tl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from prompt_tuning.run_dir import layout  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.run_dir import train_state as ckpt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STEPS = 4
 
@@ -33,7 +35,7 @@ def _train(model_dir, steps=STEPS, eval_period=0):
                            keep_checkpoints=5, eval_period=eval_period,
                            max_eval_examples=4, eval_batch_size=4,
                            max_decode_length=3, log_period=1000)
-  return trainer.train(config, method=tl.partial_tuning(),
+  return train_lib.build_and_train(config, method=tl.partial_tuning(),
                        model_config=tl.tiny_config(), optimizer=tl.adam(),
                        batches_fn=tl.fixed_batches(8))
 
@@ -60,7 +62,7 @@ def _copy(finished, tmp_path):
 
 def test_a_complete_run_records_it_and_a_rerun_says_so(finished, tmp_path, caplog):
   model_dir = _copy(finished, tmp_path)
-  assert json.loads((model_dir / ckpt.COMPLETE_JSON).read_text()) == {"step": STEPS}
+  assert json.loads((model_dir / layout.COMPLETE_JSON).read_text()) == {"step": STEPS}
   lines_before = (model_dir / "metrics.jsonl").read_text()
   with caplog.at_level(logging.INFO):
     result = _train(model_dir)
@@ -74,7 +76,7 @@ def test_killed_during_the_final_evaluation_is_finished_by_a_rerun(finished, tmp
   model_dir = _copy(finished, tmp_path)
   # What a kill -9 in the final evaluation leaves: the final checkpoint and export,
   # no final metrics, no best/, no completion record.
-  (model_dir / ckpt.COMPLETE_JSON).unlink()
+  (model_dir / layout.COMPLETE_JSON).unlink()
   shutil.rmtree(model_dir / ckpt.BEST_DIR)
   (model_dir / "metrics.jsonl").unlink()
   result = _train(model_dir)
@@ -82,7 +84,7 @@ def test_killed_during_the_final_evaluation_is_finished_by_a_rerun(finished, tmp
   assert _eval_steps(model_dir) == [STEPS]
   best = json.loads((model_dir / ckpt.BEST_DIR / ckpt.BEST_JSON).read_text())
   assert best["step"] == STEPS and list((model_dir / ckpt.BEST_DIR).glob("*.npy"))
-  assert ckpt.is_complete(str(model_dir), STEPS)
+  assert layout.is_complete(str(model_dir), STEPS)
 
 
 def test_killed_before_the_final_export_is_finished_by_a_rerun(finished, tmp_path):
@@ -91,14 +93,14 @@ def test_killed_before_the_final_export_is_finished_by_a_rerun(finished, tmp_pat
   expected = {p.name: p.read_bytes() for p in final_export.glob("*.npy")}
   # Killed right after the orbax checkpoint: no export, no evaluation.
   shutil.rmtree(final_export)
-  (model_dir / ckpt.COMPLETE_JSON).unlink()
+  (model_dir / layout.COMPLETE_JSON).unlink()
   shutil.rmtree(model_dir / ckpt.BEST_DIR)
   (model_dir / "metrics.jsonl").unlink()
   _train(model_dir)
   assert {p.name: p.read_bytes() for p in final_export.glob("*.npy")} == expected
   assert _eval_steps(model_dir) == [STEPS]
   assert (model_dir / ckpt.BEST_DIR / ckpt.BEST_JSON).is_file()
-  assert ckpt.is_complete(str(model_dir), STEPS)
+  assert layout.is_complete(str(model_dir), STEPS)
 
 
 def test_a_missing_step_export_is_rewritten_on_resume(tmp_path):
@@ -110,4 +112,4 @@ def test_a_missing_step_export_is_rewritten_on_resume(tmp_path):
   result = _train(model_dir, steps=4, eval_period=-1)  # a longer run resumes at 2
   assert sorted(result.losses) == [3, 4]
   assert {p.name: p.read_bytes() for p in export.glob("*.npy")} == expected
-  assert ckpt.has_export(str(model_dir), 4)
+  assert layout.has_export(str(model_dir), 4)

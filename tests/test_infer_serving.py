@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning import prompt_files
 from prompt_tuning.models import decoding
 from prompt_tuning.inference import io as infer_io, ranking, serving
 from prompt_tuning import infer as infer_lib
@@ -224,13 +225,13 @@ def _model_dir(root, method="prompt", initial=None):
 def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
   run = tmp_path / "sst2_run"
   prompts = _model_dir(run, initial=None)
-  assert infer_lib.prompt_path(run).parent.name == "best"
-  assert infer_lib.prompt_path(run, "latest").parent.name == "checkpoint_4"
-  assert infer_lib.prompt_path(run, 2).parent.name == "checkpoint_2"
+  assert prompt_files.prompt_path(run).parent.name == "best"
+  assert prompt_files.prompt_path(run, "latest").parent.name == "checkpoint_4"
+  assert prompt_files.prompt_path(run, 2).parent.name == "checkpoint_2"
   other = tmp_path / "lopa_run"
   _model_dir(other, method="lopa")
   with pytest.raises(infer_lib.InferError, match="method 'lopa'"):
-    infer_lib.run_record(other)
+    infer_lib.served_record(other)
   config = CONFIG.to_dict()
   records = {"x": {"initial_checkpoint_path": "/ck/a", "model_config": config},
              "y": {"initial_checkpoint_path": "/ck/b", "model_config": config}}

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning import configurables
+from prompt_tuning import prompt_files
 from prompt_tuning import params as params_lib
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.prompt import prompt_tuning
@@ -129,20 +131,20 @@ def fake_tasks(monkeypatch):
 
 
 def test_class_labels_from_a_task_use_its_labels_and_targets_vocabulary(fake_tasks):
-  prompt = inits.class_labels(task="toy")(RNG, (3, 4), _row_id_table())
+  prompt = configurables.class_labels(task="toy")(RNG, (3, 4), _row_id_table())
   assert _ids(prompt)[:2].tolist() == [5201, 5202]
   with pytest.raises(ValueError, match="no class labels"):
-    inits.class_labels(task="qa")(RNG, (3, 4), _row_id_table())
+    configurables.class_labels(task="qa")(RNG, (3, 4), _row_id_table())
 
 
 def test_from_text_uses_the_tasks_inputs_vocabulary(fake_tasks):
-  prompt = inits.from_text("hello", task="toy")(RNG, (2, 4), _row_id_table())
+  prompt = configurables.from_text("hello", task="toy")(RNG, (2, 4), _row_id_table())
   assert _ids(prompt)[0] == 5300
 
 
 def test_without_task_or_vocabulary_the_default_vocabulary_is_used(fake_tasks):
   table = jax.random.normal(RNG, (32128, 4))
-  prompt = inits.class_labels(["positive"])(RNG, (1, 4), table)
+  prompt = configurables.class_labels(["positive"])(RNG, (1, 4), table)
   np.testing.assert_array_equal(prompt[0], table[1465])
 
 
@@ -174,7 +176,7 @@ def test_released_prompts_are_present():
 def test_released_prompt_initializes_base_model_abstractly(path):
   """Shape and dtype against T5.1.1 base, without allocating the base model."""
   config = preset("base")
-  method = prompt_tuning(length=100, initializer=inits.from_file(path))
+  method = prompt_tuning(length=100, initializer=prompt_files.from_file(path))
   model = method.build(config)
   tokens = jnp.ones((1, 4), jnp.int32)
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(RNG, tokens, tokens)["params"]))
@@ -182,13 +184,13 @@ def test_released_prompt_initializes_base_model_abstractly(path):
   prompt = out["encoder"]["prompt"]["prompt"]
   assert prompt.shape == (100, 768) and prompt.dtype == jnp.float32
   # The values are the file's.
-  values = inits.from_file(path)(RNG, (100, 768), None)
+  values = prompt_files.from_file(path)(RNG, (100, 768), None)
   np.testing.assert_array_equal(np.asarray(values), np.load(path))
 
 
 def test_released_prompt_runs_in_a_tiny_model_of_the_same_width():
   config = one_layer_config(emb_dim=768)
-  method = prompt_tuning(length=100, initializer=inits.from_file(RELEASED[-1]))
+  method = prompt_tuning(length=100, initializer=prompt_files.from_file(RELEASED[-1]))
   model = method.build(config)
   enc = jnp.array([[5, 6, 7, 1, 0]])
   dec = jnp.array([[0, 3, 4]])
@@ -205,15 +207,15 @@ def test_released_prompt_runs_in_a_tiny_model_of_the_same_width():
 
 def test_float64_prompt_is_cast_to_float32():
   path = SHARED_FIXTURES / "prompt_5x256_float64.npy"
-  prompt = inits.from_file(path)(RNG, (5, 256), None)
+  prompt = prompt_files.from_file(path)(RNG, (5, 256), None)
   assert prompt.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(prompt), np.load(path).astype(np.float32))
 
 
 def test_wrong_shape_names_file_expected_and_found():
   path = SHARED_FIXTURES / "prompt_5x256_float64.npy"
-  with pytest.raises(inits.PromptFileError) as error:
-    inits.from_file(path)(RNG, (100, 768), None)
+  with pytest.raises(prompt_files.PromptFileError) as error:
+    prompt_files.from_file(path)(RNG, (100, 768), None)
   message = str(error.value)
   assert str(path) in message and "[100, 768]" in message and "[5, 256]" in message
   assert isinstance(error.value, ValueError)
@@ -232,8 +234,8 @@ def test_bad_files_raise_the_documented_error(tmp_path, writer, found):
   path = tmp_path / "prompt.npy"
   with open(path, "wb") as f:
     writer(f)
-  with pytest.raises(inits.PromptFileError, match=found) as error:
-    inits.load_prompt_file(path, (5, 4))
+  with pytest.raises(prompt_files.PromptFileError, match=found) as error:
+    prompt_files.read_npy(path, (5, 4))
   assert str(path) in str(error.value)
 
 
@@ -242,13 +244,13 @@ def test_truncated_file_is_refused(tmp_path):
   np.save(buffer, np.ones((5, 4), np.float32))
   path = tmp_path / "cut.npy"
   path.write_bytes(buffer.getvalue()[:-3])
-  with pytest.raises(inits.PromptFileError, match="truncated"):
-    inits.load_prompt_file(path)
+  with pytest.raises(prompt_files.PromptFileError, match="truncated"):
+    prompt_files.read_npy(path)
 
 
 def test_missing_file(tmp_path):
-  with pytest.raises(inits.PromptFileError, match="does not exist"):
-    inits.load_prompt_file(tmp_path / "nope.npy", (5, 4))
+  with pytest.raises(prompt_files.PromptFileError, match="does not exist"):
+    prompt_files.read_npy(tmp_path / "nope.npy", (5, 4))
 
 
 def _npy_header(shape, descr):
@@ -273,7 +275,7 @@ def test_any_bytes_load_or_raise_prompt_file_error(tmp_path, data):
   path = tmp_path / "fuzz.npy"
   path.write_bytes(data)
   try:
-    prompt = inits.load_prompt_file(path)
-  except inits.PromptFileError:
+    prompt = prompt_files.read_npy(path)
+  except prompt_files.PromptFileError:
     return
   assert prompt.dtype == np.float32 and prompt.ndim == 2

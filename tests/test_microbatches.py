@@ -41,9 +41,10 @@ def _steps(model, optimizer, trainable, frozen, batch, num_microbatches, steps=2
            normalizer=losses.NUM_REAL_TARGET_TOKENS, dropout=False):
   key = (model, optimizer, num_microbatches, normalizer, dropout)
   if key not in _STEPS:  # compile each variant once
+    loss_fn = losses.LossFn(model, z_loss=1e-4, loss_normalizing_factor=normalizer,
+                            enable_dropout=dropout)
     _STEPS[key] = jax.jit(lambda s, f, b, r: trainer.train_step(
-        s, f, b, r, model=model, optimizer=optimizer, z_loss=1e-4,
-        loss_normalizing_factor=normalizer, enable_dropout=dropout,
+        s, f, b, r, loss_fn=loss_fn, optimizer=optimizer,
         num_microbatches=num_microbatches))
   step = _STEPS[key]
   state = trainer.TrainState(jnp.zeros((), jnp.int32), trainable,

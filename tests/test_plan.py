@@ -42,7 +42,7 @@ def test_plan_command_on_four_simulated_devices():
   env.pop("XLA_FLAGS", None)
   out = subprocess.run(
       [sys.executable, "-m", "prompt_tuning.plan", "--gin_file=models/t5_1_1_tiny.gin",
-       "--gin_file=runs/prompt_finetune.gin",
+       "--gin_file=methods/prompt_tuning.gin", "--gin_file=runs/prompt_finetune.gin",
        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
        "--gin.BATCH_SIZE=4", "--gin.PROMPT_LENGTH=5", "--devices=4", "--mesh=2,2",
        "--memory_gb=0.001", "--json"],

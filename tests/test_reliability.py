@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from prompt_tuning.run_dir import layout
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.params import unflatten
@@ -96,9 +97,9 @@ def test_model_dir_under_a_file_is_a_clear_error(tmp_path):
 def test_failed_export_keeps_nothing_partial_and_the_old_export(tmp_path, monkeypatch):
   ckpt.write_arrays(str(tmp_path / "best"), {"p": np.ones(3)})
 
-  def full(path, value):
-    with open(path, "wb") as f:
-      f.write(b"\x93NUMPY")
+  def full(file, *args, **kwargs):  # half a file, then the disk is full
+    del args, kwargs
+    file.write(b"\x93NUMPY")
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(ckpt.np, "save", full)
@@ -106,7 +107,7 @@ def test_failed_export_keeps_nothing_partial_and_the_old_export(tmp_path, monkey
     ckpt.write_arrays(str(tmp_path / "best"), {"p": np.zeros(3)})
   assert sorted(os.listdir(tmp_path)) == ["best"]
   monkeypatch.undo()
-  np.testing.assert_array_equal(ckpt.read_arrays(str(tmp_path / "best"))["p"],
+  np.testing.assert_array_equal(layout.read_arrays(str(tmp_path / "best"))["p"],
                                 np.ones(3))
 
 

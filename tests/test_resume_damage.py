@@ -22,6 +22,7 @@ import trainer_testlib as tl  # pylint: disable=g-import-not-at-top,wrong-import
 
 from prompt_tuning.run_dir import train_state as ckpt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -29,7 +30,7 @@ from prompt_tuning.params import flatten  # pylint: disable=g-import-not-at-top,
 def _train(model_dir, steps=4, optimizer=None):
   config = tl.train_config(model_dir, train_steps=steps, checkpoint_period=2,
                            keep_checkpoints=5, log_period=1000)
-  return trainer.train(config, method=tl.partial_tuning(),
+  return train_lib.build_and_train(config, method=tl.partial_tuning(),
                        model_config=tl.tiny_config(), optimizer=optimizer or tl.adam(),
                        batches_fn=tl.fixed_batches(8))
 

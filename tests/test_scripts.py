@@ -16,8 +16,10 @@ import yaml
 
 from conftest import load_script
 
+from prompt_tuning.run_dir import train_state
+from prompt_tuning.run_dir import layout
 from prompt_tuning import cli
-from prompt_tuning.research import collect, model_dirs
+from prompt_tuning.research import collect
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -102,7 +104,7 @@ def test_shift_table_has_every_domain_for_both_methods(replication):
   source = {r["train_method"]: r["accuracy"] for r in results["shift"]["rows"]
             if r["task"] == TASK}
   out, _ = replication
-  logged = model_dirs.evaluations(_run_dir(out, "prompt_tuning-p10-class_labels"),
+  logged = layout.evaluations(_run_dir(out, "prompt_tuning-p10-class_labels"),
                                   TASK)[-1]["accuracy"]
   assert source["prompt_tuning"] == logged
 
@@ -154,7 +156,7 @@ def test_sweep_lists_collects_and_reruns_only_missing_runs(replication, capsys):
   assert (prompt_dir / "metrics.jsonl").stat().st_mtime_ns == before  # not rerun
   log = (out / "logs" / "tiny_bundled__prompt_design__seed0.log").read_text()
   assert log.startswith("$ python -m prompt_tuning.eval ")
-  new = model_dirs.evaluations(design)
+  new = layout.evaluations(design)
   old = [json.loads(l) for l in (design / "old.jsonl").read_text().splitlines()]
   assert new[0]["accuracy"] == old[0]["accuracy"]  # same frozen model, same data
   rows = collect.read_csv(str(csv_path))
@@ -176,7 +178,7 @@ def test_extract_prompt_from_exports_and_state(replication, tmp_path, capsys):
   np.testing.assert_array_equal(best, np.load(run / "best" /
                                               "encoder.prompt.prompt.npy"))
   assert script.main([str(run), str(tmp_path / "s2.npy"), "--checkpoint", "2"]) == 0
-  state = model_dirs.trained_params(run, 2)["encoder/prompt/prompt"]
+  state = train_state.read_trainable(run, 2)["encoder/prompt/prompt"]
   np.testing.assert_array_equal(np.load(tmp_path / "s2.npy"), state)
   assert script.main([str(_run_dir(out, "model_tuning")),
                       str(tmp_path / "m.npy")]) == 1

@@ -3,7 +3,7 @@ import pytest
 
 import trainer_testlib as tl
 from prompt_tuning import partitioning, shape_checks
-from prompt_tuning.training import trainer
+from prompt_tuning import train as train_lib
 
 
 class _Mesh:
@@ -49,7 +49,7 @@ def test_train_refuses_before_loading_the_checkpoint(tmp_path):
                           (dict(num_microbatches=3), "NUM_MICROBATCHES")):
     config = tl.train_config(tmp_path / flag, batch_size=8, **overrides)
     with pytest.raises(shape_checks.ShapeError, match=flag):
-      trainer.train(config, method=tl.model_tuning(), model_config=tl.tiny_config(),
+      train_lib.build_and_train(config, method=tl.model_tuning(), model_config=tl.tiny_config(),
                     optimizer=tl.adam(), initial_checkpoint_path=str(missing),
                     mesh=_Mesh(2), batches_fn=tl.fixed_batches(8))
 

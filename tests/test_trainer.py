@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import trainer_testlib as tl
+from prompt_tuning import partitioning
+from prompt_tuning import train as train_lib
 from prompt_tuning import params as params_lib
 from prompt_tuning.training import losses, trainer
 from prompt_tuning.run_dir import train_state
@@ -56,8 +58,7 @@ def test_train_step_updates_only_trainable_and_keeps_no_frozen_optimizer_state()
   assert slot_shapes <= {x.shape for x in flatten(trainable).values()}
   batch = next(tl.fixed_batches(4)(0))
   step = jax.jit(lambda s, f, b, r: trainer.train_step(
-      s, f, b, r, model=model, optimizer=optimizer, z_loss=1e-4,
-      loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS, enable_dropout=False))
+      s, f, b, r, loss_fn=losses.LossFn(model, 1e-4, losses.NUM_REAL_TARGET_TOKENS, False), optimizer=optimizer))
   rng = jax.random.PRNGKey(1)
   first_losses = []
   for _ in range(3):
@@ -94,7 +95,7 @@ def test_data_order_is_seeded_resumable_and_sharded_per_host():
 
 
 def _run(model_dir, batches_fn=None, **overrides):
-  return trainer.train(tl.train_config(model_dir, **overrides),
+  return train_lib.build_and_train(tl.train_config(model_dir, **overrides),
                        method=tl.partial_tuning(), model_config=tl.tiny_config(),
                        optimizer=tl.adam(), batches_fn=batches_fn)
 
@@ -108,9 +109,9 @@ def test_resume_after_sigterm_is_bit_identical_and_config_change_is_refused(tmp_
   # Interrupted run: SIGTERM arrives while step 2's batch is read; the step finishes,
   # a checkpoint is written and the loop stops.
   def interrupting(start):
-    batches = trainer._default_batches(  # pylint: disable=protected-access
+    batches = train_lib._task_batches(  # pylint: disable=protected-access
         start, config=tl.train_config(tmp_path / "resumed", train_steps=steps),
-        host_batch_size=8)
+        mesh=partitioning.make_mesh())
     for i, batch in enumerate(batches):
       if start + i == 1:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -155,7 +156,7 @@ def test_eval_loads_a_model_tuning_run_from_its_orbax_checkpoint(tmp_path):
   from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning.methods.base import Method  # pylint: disable=g-import-not-at-top
   method = Method(name="model", trainable=(".*",), export=lambda params: {})
-  result = trainer.train(tl.train_config(tmp_path, train_steps=1),
+  result = train_lib.build_and_train(tl.train_config(tmp_path, train_steps=1),
                          method=method, model_config=tl.tiny_config(),
                          optimizer=tl.adam(), batches_fn=tl.fixed_batches(8))
   # Nothing was exported as .npy, so eval reads the trained tree from orbax.

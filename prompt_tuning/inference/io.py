@@ -23,6 +23,8 @@ from typing import IO, Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
+from prompt_tuning.run_dir.summaries import format_duration
+
 
 RESERVED = ("prompt", "inputs", "prediction", "scores", "votes", "truncated")
 
@@ -212,15 +214,6 @@ class JsonlWriter:
     self.close()
 
 
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 class Progress:
   """A tqdm bar on a terminal, else a log line every `every` batches.
 
@@ -252,7 +245,7 @@ class Progress:
     of = f"/{self.total}" if self.total is not None else ""
     eta = ""
     if self.total is not None and rate > 0:
-      eta = f", ETA {_duration((self.total - self.records) / rate)}"
+      eta = f", ETA {format_duration((self.total - self.records) / rate)}"
     logging.info("batch %d: %d%s lines written, %.1f lines/s%s", self.batches,
                  self.records, of, rate, eta)
 
@@ -274,4 +267,4 @@ def summary_line(*, lines: int, predictions: int, errors: int, truncated: int,
   return (f"infer: {n(lines, 'line')} -> {where}: {n(predictions, 'prediction')}, "
           f"{n(errors, 'error record')}, {n(truncated, 'input')} truncated to "
           f"{input_length} tokens; {n(batches, 'batch', 'es')} of {batch_size} in "
-          f"{_duration(seconds)}")
+          f"{format_duration(seconds)}")

@@ -25,16 +25,12 @@ still follow the input directly) or 'after_bos' (only for prompts of one length:
 padding inside the sequence would move the input's relative positions). Serve
 prompts with the combination they were trained with.
 
-Sources a bank loads (`from_prompts`): `[P, H]` arrays, `.npy` files, or a
-directory — a trainer `MODEL_DIR` (newest
-`numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.npy`), its
-`numpy_checkpoints/` folder, one `checkpoint_<step>/` folder or a `best/` folder.
+A bank is built from `[P, H]` arrays (`from_prompts`); `prompt_files.load_prompt`
+reads them from `.npy` files, exports, PEFT adapters and MODEL_DIRs.
 """
 from __future__ import annotations
 
 import os
-import pathlib
-import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -45,14 +41,11 @@ import numpy as np
 from prompt_tuning.methods import prompt as prompt_lib
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params, with_params
-from prompt_tuning.methods.initializers import load_prompt_file
 from prompt_tuning.models.layers import param
 
 Array = jax.Array
-PromptSource = Union[str, os.PathLike, np.ndarray, Array]
+PromptArray = Union[np.ndarray, Array]
 PROMPTS_PATH = "encoder/prompt/prompts"
-PROMPT_FILE = "encoder.prompt.prompt.npy"  # what prompt tuning exports
-NUMPY_DIR = "numpy_checkpoints"
 
 
 class PromptBank(nn.Module):
@@ -173,48 +166,6 @@ def _check_index(prompt_index, batch: int, num_prompts: int):
 # ----------------------------------------------------------------------------
 # Loading prompts and building a bank.
 # ----------------------------------------------------------------------------
-def find_prompt_file(directory: Union[str, os.PathLike],
-                     file_name: str = PROMPT_FILE) -> pathlib.Path:
-  """The prompt file in a directory; in a MODEL_DIR, the newest numpy export.
-
-  Looks for `<dir>/<file_name>`, then the highest step of
-  `<dir>/checkpoint_<step>/<file_name>`, then of
-  `<dir>/numpy_checkpoints/checkpoint_<step>/<file_name>`.
-  """
-  root = pathlib.Path(directory)
-  if not root.is_dir():
-    raise FileNotFoundError(f"Prompt directory {root} does not exist.")
-  if (root / file_name).is_file():
-    return root / file_name
-  for base in (root, root / NUMPY_DIR):
-    steps = []
-    if base.is_dir():
-      for child in base.iterdir():
-        match = re.fullmatch(r"checkpoint_(\d+)", child.name)
-        if match and (child / file_name).is_file():
-          steps.append((int(match.group(1)), child / file_name))
-    if steps:
-      return max(steps)[1]
-  raise FileNotFoundError(
-      f"No {file_name} in {root}: expected {root}/{NUMPY_DIR}/checkpoint_<step>/"
-      f"{file_name} (a prompt-tuning MODEL_DIR), {root}/checkpoint_<step>/{file_name} "
-      f"or {root}/{file_name}.")
-
-
-def load_prompt(source: PromptSource) -> np.ndarray:
-  """A `[P, H]` float32 prompt from an array, a `.npy` file or a directory."""
-  if isinstance(source, (str, os.PathLike)):
-    path = pathlib.Path(source)
-    if path.is_dir():
-      path = find_prompt_file(path)
-    return load_prompt_file(path)
-  array = np.asarray(source, np.float32)
-  if array.ndim != 2:
-    raise ValueError(f"A prompt must be [P, H]; got an array of shape "
-                     f"{list(array.shape)}.")
-  return array
-
-
 def stack_prompts(prompts: Sequence[np.ndarray], pad_side: str = "left"
                   ) -> Tuple[np.ndarray, Tuple[int, ...]]:
   """[P_k, H] arrays → (padded [K, max P, H] float32, lengths); `pad_side` is
@@ -233,21 +184,23 @@ def stack_prompts(prompts: Sequence[np.ndarray], pad_side: str = "left"
   return stacked, lengths
 
 
-def _default_name(source: Any, k: int) -> str:
+def _as_prompt(source: Any) -> np.ndarray:
   if isinstance(source, (str, os.PathLike)):
-    path = pathlib.Path(source)
-    return path.name if path.is_dir() else path.stem
-  return f"prompt_{k}"
+    raise TypeError(f"from_prompts takes [P, H] arrays; read {source} with "
+                    f"prompt_tuning.prompt_files.load_prompt first.")
+  array = np.asarray(source, np.float32)
+  if array.ndim != 2:
+    raise ValueError(f"A prompt must be [P, H]; got an array of shape "
+                     f"{list(array.shape)}.")
+  return array
 
 
-def from_prompts(prompts: Union[Mapping[str, PromptSource], Sequence[PromptSource]],
+def from_prompts(prompts: Union[Mapping[str, PromptArray], Sequence[PromptArray]],
                  combine: str = "prefix") -> Tuple[PromptBank, Dict[str, Array]]:
   """Builds a bank and its parameters from K prompts.
 
   Args:
-    prompts: name → source, or a sequence of sources (named after the file or
-      directory, else `prompt_<k>`); a source is a `[P, H]` array, a `.npy` file
-      or a directory (see `find_prompt_file`).
+    prompts: name → `[P, H]` array, or a sequence of arrays (named `prompt_<k>`).
     combine: where the prompts go ('prefix', 'suffix', 'after_bos'): the mode
       they were trained with.
 
@@ -260,10 +213,10 @@ def from_prompts(prompts: Union[Mapping[str, PromptSource], Sequence[PromptSourc
     names, sources = list(prompts), list(prompts.values())
   else:
     sources = list(prompts)
-    names = [_default_name(s, k) for k, s in enumerate(sources)]
+    names = [f"prompt_{k}" for k in range(len(sources))]
   if not sources:
     raise ValueError("from_prompts needs at least one prompt.")
-  loaded = [load_prompt(s) for s in sources]
+  loaded = [_as_prompt(s) for s in sources]
   bank = PromptBank(lengths=tuple(p.shape[0] for p in loaded), names=tuple(names),
                     combine=combine)
   stacked, _ = stack_prompts(loaded, bank.pad_side)

@@ -12,35 +12,24 @@ Python), so they run under `jax.eval_shape` and `jax.jit`.
   sampled_vocab    rows of the 5,000 most frequent vocabulary embeddings
   class_labels     mean embedding of each label's sub-tokens, then `fallback`
   from_text        one token embedding per row, then `fallback`
-  from_file        a `.npy` of shape `[P, H]`, e.g. a released prompt
+
+Labels and vocabularies arrive as values: the entry points resolve them from the
+seqio task (`configurables.py`), and `prompt_files.from_file` reads prompt files.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from prompt_tuning.errors import UserError
 
 Array = jax.Array
 Initializer = Callable[[Array, Tuple[int, int], Optional[Array]], Array]
 
 # SentencePiece ids are ordered by frequency, so the first rows are common pieces.
 DEFAULT_POPULATION = 5000
-
-
-class PromptFileError(UserError, ValueError):
-  """A prompt file cannot be used: not a `.npy` array, the wrong shape, not float, or
-  holding NaN/inf.
-
-  The message names the file, the expected shape and what was found; every entry
-  point checks prompt files before it reads any frozen weight (`check_prompt_file`).
-  """
 
 
 # ---------------------------------------------------------------- random
@@ -83,36 +72,32 @@ def sampled_vocab(population: int = DEFAULT_POPULATION) -> Initializer:
   return init
 
 
-def class_labels(labels: Optional[Sequence[str]] = None,
-                 vocabulary: Any = None,
-                 task: Optional[str] = None,
+def class_labels(labels: Optional[Sequence[str]] = None, vocabulary: Any = None,
                  fallback: Optional[Initializer] = None) -> Initializer:
   """Row i is the mean embedding of the sub-tokens of label i; the rest `fallback`.
 
   Args:
-    labels: the verbalizers, e.g. `['negative', 'positive']`. If None, they are read
-      from `tasks.get_label_strings(task)`.
+    labels: the verbalizers, e.g. `['negative', 'positive']` (gin: CLASS_LABELS, or
+      the task's labels, resolved by the entry point).
     vocabulary: a seqio-style vocabulary (anything with `encode(str) -> ids`) or the
-      path of a SentencePiece model; None means the `targets` vocabulary of `task`
-      (labels are targets), else the tasks' default (`tasks.vocabulary_path()`).
-    task: the seqio task or mixture whose labels (when `labels` is None) and
-      vocabulary (when `vocabulary` is None) are used.
+      path of a SentencePiece model: the task's `targets` vocabulary.
     fallback: initializer for the rows after the labels (default: `sampled_vocab()`).
 
   More labels than prompt rows: a warning, and only the first P labels are used.
   """
+  names = _label_strings(labels)
+  vocab = _vocabulary(vocabulary, "class_labels")
   fallback = fallback or sampled_vocab()
 
   def init(rng, shape, embedding):
     _check_embedding(embedding, shape, "class_labels")
-    names = _label_strings(labels, task)
+    used = names
     if len(names) > shape[0]:
       logging.warning("class_labels: %d labels but the prompt has %d rows; using the "
                       "first %d labels.", len(names), shape[0], shape[0])
-      names = names[:shape[0]]
-    vocab = _vocabulary(vocabulary, "class_labels", task, "targets")
+      used = names[:shape[0]]
     rows = []
-    for name in names:
+    for name in used:
       ids = list(vocab.encode(name))
       if not ids:
         raise ValueError(f"class_labels: label {name!r} encodes to no tokens.")
@@ -124,23 +109,21 @@ def class_labels(labels: Optional[Sequence[str]] = None,
 
 
 def from_text(text: str, vocabulary: Any = None,
-              fallback: Optional[Initializer] = None,
-              task: Optional[str] = None) -> Initializer:
+              fallback: Optional[Initializer] = None) -> Initializer:
   """One token embedding per row from `text`'s tokens; rows after them `fallback`.
 
-  `vocabulary` as in `class_labels`; when None, the `inputs` vocabulary of `task`
-  if given, else the tasks' default.
-
-  Text longer than the prompt is truncated (with a warning).
+  `vocabulary` as in `class_labels` (the task's `inputs` vocabulary). Text longer
+  than the prompt is truncated (with a warning).
   """
   if not isinstance(text, str):
     raise ValueError(f"prompt_init.from_text needs a string (gin: PROMPT_TEXT = "
                      f"'...'); got {text!r}.")
+  vocab = _vocabulary(vocabulary, "from_text")
   fallback = fallback or sampled_vocab()
 
   def init(rng, shape, embedding):
     _check_embedding(embedding, shape, "from_text")
-    ids = list(_vocabulary(vocabulary, "from_text", task, "inputs").encode(text))
+    ids = list(vocab.encode(text))
     if len(ids) > shape[0]:
       logging.warning("from_text: %d tokens but the prompt has %d rows; truncating.",
                       len(ids), shape[0])
@@ -152,150 +135,7 @@ def from_text(text: str, vocabulary: Any = None,
   return init
 
 
-# ---------------------------------------------------------------- file
-
-
-def _expected(shape) -> str:
-  shape = shape or (None, None)
-  return (f"[{'P' if shape[0] is None else shape[0]}, "
-          f"{'H' if shape[1] is None else shape[1]}]")
-
-
-def load_prompt_file(path: Union[str, os.PathLike],
-                     shape: Optional[Tuple[Optional[int], Optional[int]]] = None
-                     ) -> np.ndarray:
-  """Reads a `[P, H]` prompt from a `.npy` file as float32.
-
-  Args:
-    path: the `.npy` file.
-    shape: the expected `(P, H)`; either may be None (not checked).
-
-  Raises:
-    PromptFileError: the file is missing, not a `.npy` array (pickles are refused),
-      not a 2-D float array, not of `shape` when given, or holds NaN / inf.
-  """
-  path = os.fspath(path)
-  expected = _expected(shape)
-  try:
-    with open(path, "rb") as f:
-      _check_npy_header(f, path, expected)
-      array = np.load(f, allow_pickle=False)
-  except PromptFileError:
-    raise
-  except FileNotFoundError as e:
-    raise PromptFileError(f"Prompt file {path} does not exist (expected a .npy "
-                          f"array of shape {expected}).") from e
-  except Exception as e:  # numpy raises many types for malformed bytes.
-    raise PromptFileError(f"Prompt file {path} is not a readable .npy array of shape "
-                          f"{expected} ({type(e).__name__}: {e}).") from e
-  if not isinstance(array, np.ndarray):  # e.g. an .npz archive
-    raise PromptFileError(f"Prompt file {path} holds {type(array).__name__}, not a "
-                          f"single .npy array of shape {expected}.")
-  if array.ndim != 2:
-    raise PromptFileError(f"Prompt file {path} has shape {list(array.shape)} (rank "
-                          f"{array.ndim}); expected {expected}.")
-  if not np.issubdtype(array.dtype, np.floating):
-    raise PromptFileError(f"Prompt file {path} has dtype {array.dtype}; expected a "
-                          f"float array of shape {expected}.")
-  if shape is not None and any(e is not None and e != a
-                               for e, a in zip(shape, array.shape)):
-    fix = []
-    if shape[0] is not None and shape[0] != array.shape[0]:
-      fix.append(f"set PROMPT_LENGTH to {array.shape[0]}")
-    if shape[1] is not None and shape[1] != array.shape[1]:
-      fix.append(f"use a model with H = {array.shape[1]}")
-    raise PromptFileError(f"Prompt file {path} has shape {list(array.shape)}; expected "
-                          f"{expected} (prompt length P, model width H): "
-                          f"{' or '.join(fix)}.")
-  bad = ~np.isfinite(array)
-  if bad.any():
-    rows = sorted(set(np.nonzero(bad)[0].tolist()))
-    raise PromptFileError(f"Prompt file {path} holds {int(bad.sum())} non-finite "
-                          f"values (NaN/inf) in rows {rows[:8]}"
-                          f"{' …' if len(rows) > 8 else ''}; expected a finite float "
-                          f"array of shape {expected}: export it again from a good "
-                          "checkpoint.")
-  with np.errstate(all="ignore"):
-    return array.astype(np.float32)
-
-
-def check_prompt_file(path: Union[str, os.PathLike], length: Optional[int] = None,
-                      width: Optional[int] = None) -> None:
-  """Checks a `.npy` prompt (shape `[length, width]`, float, finite) without any
-  model: the entry points call it before reading the frozen checkpoint. A PEFT
-  adapter directory is checked when it is loaded."""
-  if os.path.isdir(path):
-    return
-  load_prompt_file(path, (length, width))
-
-
-def from_file(path: Union[str, os.PathLike]) -> Initializer:
-  """The prompt stored in a `.npy` file of shape `[P, H]` (any float dtype → float32).
-
-  `path` may also be a Hugging Face PEFT prompt-tuning adapter directory (see
-  `prompt_tuning.prompt_files`), to continue training from a PEFT prompt.
-  """
-  if not isinstance(path, (str, os.PathLike)):
-    raise ValueError(f"prompt_init.from_file needs the path of a .npy file (gin: "
-                     f"PROMPT_FILE = '/path/prompt.npy'); got {path!r}.")
-
-  def init(rng, shape, embedding=None):
-    del rng, embedding
-    if os.path.isdir(path):
-      return jnp.asarray(_load_peft_prompt(path, shape))
-    return jnp.asarray(load_prompt_file(path, shape))
-
-  return init
-
-
-def _load_peft_prompt(path, shape):
-  from prompt_tuning import prompt_files  # pylint: disable=g-import-not-at-top  # no cycle at import
-  if not prompt_files.is_peft_dir(path):
-    raise PromptFileError(f"Prompt path {path} is a directory without "
-                          f"{prompt_files.ADAPTER_CONFIG}; expected a .npy file of shape "
-                          f"[{shape[0]}, {shape[1]}] or a PEFT prompt-tuning adapter.")
-  prompt = prompt_files.load_peft(path)
-  if tuple(prompt.shape) != tuple(shape):
-    raise PromptFileError(f"PEFT adapter {path} holds a prompt of shape "
-                          f"{list(prompt.shape)}; expected [{shape[0]}, {shape[1]}] "
-                          f"(set PROMPT_LENGTH to {prompt.shape[0]}).")
-  return prompt
-
-
 # ---------------------------------------------------------------- helpers
-
-
-def _check_npy_header(f, path, expected):
-  """Validates a `.npy` header before numpy allocates anything; rewinds `f`.
-
-  Rejects non-float dtypes, ranks other than 2 and sizes that disagree with the
-  file length, so that arbitrary bytes never make `np.load` allocate a huge array.
-  """
-  try:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-      shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-      shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-      raise ValueError(f"unsupported .npy format version {version}")
-  except Exception as e:  # pylint: disable=broad-except
-    raise PromptFileError(f"Prompt file {path} is not a .npy array of shape {expected} "
-                          f"({type(e).__name__}: {e}).") from e
-  if dtype.hasobject or not np.issubdtype(dtype, np.floating):
-    raise PromptFileError(f"Prompt file {path} has dtype {dtype}; expected a float "
-                          f"array of shape {expected}.")
-  if len(shape) != 2:
-    raise PromptFileError(f"Prompt file {path} has shape {list(shape)} (rank "
-                          f"{len(shape)}); expected {expected}.")
-  data_bytes = math.prod(int(d) for d in shape) * dtype.itemsize
-  available = os.fstat(f.fileno()).st_size - f.tell()
-  if data_bytes != available:
-    raise PromptFileError(f"Prompt file {path} is truncated or has trailing bytes: its "
-                          f"header promises {list(shape)} {dtype} ({data_bytes} bytes) "
-                          f"but {available} bytes follow; expected {expected}.")
-  f.seek(0)
-
 
 
 def _check_embedding(embedding, shape, name):
@@ -325,36 +165,21 @@ def _fill(rows, rng, shape, embedding, fallback):
   return jnp.concatenate(parts, axis=0)
 
 
-def _label_strings(labels, task):
-  if labels is not None:
-    if isinstance(labels, str):
-      raise ValueError(f"class_labels expects a list of labels, got the string "
-                       f"{labels!r}; bind e.g. CLASS_LABELS = ['negative', 'positive'].")
-    return [str(label) for label in labels]
-  if task is None:
+def _label_strings(labels):
+  if labels is None:
     raise ValueError("class_labels needs `labels` (gin: CLASS_LABELS) or a `task` to "
                      "read them from.")
-  import tasks  # pylint: disable=g-import-not-at-top  # only when asked for
-  found = tasks.get_label_strings(task)
-  if not found:
-    raise ValueError(f"class_labels: task {task!r} has no class labels (not a "
-                     f"classification task); bind CLASS_LABELS or use another "
-                     f"initializer (configs/prompts/*.gin).")
-  return list(found)
+  if isinstance(labels, str):
+    raise ValueError(f"class_labels expects a list of labels, got the string "
+                     f"{labels!r}; bind e.g. CLASS_LABELS = ['negative', 'positive'].")
+  return [str(label) for label in labels]
 
 
-def _vocabulary(vocabulary, name, task=None, feature="targets"):
-  """A vocabulary object; a string is the path of a SentencePiece model.
-
-  None: the `feature` vocabulary of the seqio `task` when given (so tasks with their
-  own vocabulary tokenize correctly), else the tasks' default vocabulary path.
-  """
+def _vocabulary(vocabulary, name):
+  """A vocabulary object; a string is the path of a SentencePiece model."""
   if vocabulary is None:
-    import tasks  # pylint: disable=g-import-not-at-top  # registers tasks; only if needed
-    if task is not None:
-      import seqio  # pylint: disable=g-import-not-at-top
-      return seqio.get_mixture_or_task(task).output_features[feature].vocabulary
-    vocabulary = tasks.vocabulary_path()  # gin / $PROMPT_TUNING_VOCAB aware
+    raise ValueError(f"{name} needs a vocabulary (gin: prompt_init.{name}.vocabulary, "
+                     f"or a `task` whose vocabulary to use).")
   if isinstance(vocabulary, (str, os.PathLike)):
     return _sentencepiece(os.fspath(vocabulary))
   if not hasattr(vocabulary, "encode"):

@@ -17,7 +17,7 @@ import math
 import pathlib
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from prompt_tuning.research import model_dirs
+from prompt_tuning.run_dir import layout
 from prompt_tuning.research.sweep import Sweep, SweepRun
 
 LEADING = ["name", "model", "parameters", "method", "prompt_length", "init", "seed"]
@@ -99,7 +99,7 @@ def best_and_final(evaluations: Sequence[Mapping[str, Any]], metric: str
 def row_for(sweep: Sweep, run: SweepRun, parameters: Optional[int] = None,
             train_steps: Optional[int] = None) -> Dict[str, Any]:
   task = sweep.task_of(run)
-  evaluations = model_dirs.evaluations(run.model_dir, task)
+  evaluations = layout.evaluations(run.model_dir, task)
   metric = pick_metric(evaluations, sweep.metric)
   row: Dict[str, Any] = {
       "name": run.name, "model": run.model, "parameters": parameters,

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.params import matches
 from prompt_tuning.research import model_dirs
 
@@ -63,21 +64,20 @@ def load(spec: str) -> Source:
                             "directory or .npy file).")
   if path.is_file() and path.suffix == ".npy":
     return Source(str(path), {_dotted_to_path(path.stem): np.load(path)})
-  if model_dirs.is_model_dir(path):
-    rec = model_dirs.record(path)
+  if layout.is_model_dir(path):
+    rec = layout.read_record(path)
     which = checkpoint or "latest"
-    step = model_dirs.resolve_step(path, which)
+    step = layout.resolve_step(path, which)
     trainable = list(rec.get("trainable") or [])
     try:
       _, params = model_dirs.full_params(path, step)
       what = "frozen model + trained state"
     except ValueError:
-      params = model_dirs.trained_params(path, step)
+      params = train_state.read_trainable(path, step)
       what = "trained state only (random frozen init, never saved)"
     return Source(f"{path} step {step} ({what})", params, trainable)
   if path.is_dir() and any(path.glob("*.npy")) and not checkpoint:
-    from prompt_tuning.run_dir import train_state  # pylint: disable=g-import-not-at-top
-    arrays = train_state.read_arrays(str(path))
+    arrays = layout.read_arrays(str(path))
     return Source(f"{path} (.npy exports)",
                   {_dotted_to_path(k): v for k, v in arrays.items()})
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top

@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from prompt_tuning import prompt_files
+from prompt_tuning.run_dir import layout
 from prompt_tuning.research import model_dirs
 from prompt_tuning.research.runs import GinRun, binding
 
@@ -59,10 +61,10 @@ def source(spec: str, name: Optional[str] = None) -> Source:
     if path.suffix != ".npy":
       raise ValueError(f"{path}: a prompt file is a .npy [P, H] array.")
     return Source(name or default_name, str(path), "prompt_file", "prompt")
-  if not model_dirs.is_model_dir(path):
+  if not layout.is_model_dir(path):
     raise ValueError(f"{path} is a directory without config.json: not a training "
                      "MODEL_DIR (for an export directory pass its .npy file).")
-  method = model_dirs.record(path).get("method")
+  method = layout.read_record(path).get("method")
   if method not in METHOD_GINS:
     raise ValueError(f"{path}: cannot evaluate method {method!r}; known: "
                      f"{sorted(METHOD_GINS)}.")
@@ -75,10 +77,10 @@ def shape_bindings(src: Source, checkpoint: Union[str, int] = "best") -> List[st
     return [binding("PROMPT_LENGTH", int(np.load(src.path, mmap_mode="r").shape[0]))]
   if src.kind != "model_dir" or src.method not in ("prompt", "prefix", "lopa"):
     return []
-  arrays = model_dirs.exported_arrays(src.path, checkpoint)
+  arrays = layout.exported_arrays(src.path, checkpoint)
   if src.method == "prefix":
     return [binding("PROMPT_LENGTH", int(arrays["prefix.encoder.key"].shape[1]))]
-  prompt = arrays[model_dirs.PROMPT_EXPORT]
+  prompt = arrays[prompt_files.PROMPT_EXPORT]
   out = [binding("PROMPT_LENGTH", int(prompt.shape[0]))]
   if src.method == "lopa":
     v_kernel = arrays["encoder.prompt.v_head.out_kernel"]  # [hidden, H * rank]
@@ -89,7 +91,7 @@ def shape_bindings(src: Source, checkpoint: Union[str, int] = "best") -> List[st
 
 def model_config_bindings(model_dir: str) -> List[str]:
   """MODEL_CONFIG as recorded in a MODEL_DIR's config.json (no models/*.gin)."""
-  config = dict(model_dirs.record(model_dir)["model_config"])
+  config = dict(layout.read_record(model_dir)["model_config"])
   config.pop("dtype", None)
   return ["MODEL_CONFIG = @T5Config()"] + [binding(f"T5Config.{k}", v)
                                           for k, v in sorted(config.items())]

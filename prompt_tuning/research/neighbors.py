@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from prompt_tuning.run_dir import layout, train_state
+
 EMBEDDING_PATH = "token_embedder/embedding"
 
 
@@ -55,10 +57,10 @@ def embedding_table(source: str) -> np.ndarray:
     table = np.load(path)
   else:
     from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
-    if model_dirs.is_model_dir(path):
-      rec = model_dirs.record(path)
+    if layout.is_model_dir(path):
+      rec = layout.read_record(path)
       if rec.get("method") == "model":
-        table = model_dirs.trained_params(path)[EMBEDDING_PATH]
+        table = train_state.read_trainable(path)[EMBEDDING_PATH]
       else:
         _, flat = model_dirs.frozen_params(rec.get("initial_checkpoint_path"),
                                            str(path))

@@ -35,7 +35,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from prompt_tuning.errors import UserError
-from prompt_tuning.research import model_dirs
+from prompt_tuning.run_dir import layout
 from prompt_tuning.research.runs import GinRun, binding
 
 
@@ -119,12 +119,12 @@ class Sweep:
   def status(self, run: SweepRun, train_steps: Optional[int] = None) -> str:
     """'done', 'partial' (started, not finished) or 'missing'."""
     if not run.trains:
-      done = bool(model_dirs.evaluations(run.model_dir, self.task_of(run)))
+      done = bool(layout.evaluations(run.model_dir, self.task_of(run)))
       return "done" if done else "missing"
     steps = train_steps if train_steps is not None else self.train_steps(run)
-    if model_dirs.is_finished(run.model_dir, steps):
+    if layout.is_finished(run.model_dir, steps):
       return "done"
-    return "partial" if model_dirs.state_steps(run.model_dir) or (
+    return "partial" if layout.state_steps(run.model_dir) or (
         run.model_dir / "config.json").exists() else "missing"
 
   def task_of(self, run: SweepRun) -> str:

@@ -12,18 +12,15 @@ in MODEL_DIR is written:
   data_fingerprints {task: {split: {"path", "sha256", "bytes"}}} for local files,
   process_count  (the data stream is sharded by process)
 
-Specs come from gin (the entry points' business); this module only builds,
-compares and rebuilds them from plain values.
+Specs come from gin (the entry points' business: `prompt_tuning/gin_specs.py` reads
+them and rebuilds a method from one); this module only compares plain values.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence
-
-import gin
 
 from prompt_tuning.errors import UserError
 
@@ -40,89 +37,6 @@ INIT_ONLY_ARGUMENTS = ("initializer",)
 
 class IdentityMismatchError(UserError, ValueError):
   """What was asked contradicts a run's recorded identity."""
-
-
-# ------------------------------------------------------------------------------------
-# Specs from gin.
-# ------------------------------------------------------------------------------------
-
-
-def _macro_value(name: str) -> Any:
-  config = gin.config._CONFIG  # pylint: disable=protected-access
-  entry = config.get((name, "gin.macro"))
-  return entry["value"] if entry else f"%{name}"
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-  """A gin value as JSON data: macros resolved, references as nested specs."""
-  if depth > 20:
-    return repr(value)
-  if isinstance(value, gin.config.ConfigurableReference):
-    if value.scoped_selector.endswith("/gin.macro"):
-      name = value.scoped_selector[:-len("/gin.macro")].split("/")[-1]
-      return _plain(_macro_value(name), depth + 1)
-    spec = selector_spec(value.configurable.selector, depth + 1)
-    return spec if value.evaluate else {"reference": spec["factory"]}
-  if isinstance(value, Mapping):
-    return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v, depth + 1) for v in value]
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  return repr(value)
-
-
-def selector_spec(selector: str, depth: int = 0) -> Dict[str, Any]:
-  """`{"factory": selector, "arguments": {...}}`: gin's bindings, else defaults."""
-  registered = gin.config._REGISTRY.get_match(selector)  # pylint: disable=protected-access
-  if registered is None:
-    return {"factory": selector, "arguments": {}}
-  name = f"{registered.module}.{registered.name}" if registered.module else (
-      registered.name)
-  bound = gin.config._CONFIG.get(("", registered.selector), {})  # pylint: disable=protected-access
-  arguments = {}
-  try:
-    parameters = inspect.signature(registered.wrapped).parameters
-  except (TypeError, ValueError):
-    parameters = {}
-  for arg, parameter in parameters.items():
-    if arg in bound:
-      arguments[arg] = _plain(bound[arg], depth)
-    elif parameter.default is not inspect.Parameter.empty:
-      arguments[arg] = _plain(parameter.default, depth)
-  for arg in set(bound) - set(arguments):  # **kwargs bindings
-    arguments[arg] = _plain(bound[arg], depth)
-  return {"factory": name, "arguments": arguments}
-
-
-def macro_spec(name: str) -> Optional[Dict[str, Any]]:
-  """The spec of what macro `name` (e.g. METHOD, OPTIMIZER) calls; None if unset."""
-  try:
-    value = gin.query_parameter(f"{name}/macro.value")
-  except ValueError:
-    return None
-  if isinstance(value, gin.config.ConfigurableReference):
-    return selector_spec(value.configurable.selector)
-  return {"factory": repr(value), "arguments": {}}
-
-
-# ------------------------------------------------------------------------------------
-# Rebuilding.
-# ------------------------------------------------------------------------------------
-
-
-def rebuild_method(spec: Mapping[str, Any], overrides: Optional[Mapping] = None):
-  """The trained method from its recorded spec (no initializer: trained values
-  follow). `overrides` replaces arguments (after a contradiction check)."""
-  registered = gin.config._REGISTRY.get_match(spec["factory"])  # pylint: disable=protected-access
-  if registered is None:
-    raise IdentityMismatchError(
-        f"config.json names the method factory {spec['factory']!r}, which is not "
-        "registered here (import prompt_tuning.methods.configurables).")
-  arguments = {k: v for k, v in spec.get("arguments", {}).items()
-               if k not in INIT_ONLY_ARGUMENTS and not isinstance(v, Mapping)}
-  arguments.update(overrides or {})
-  return registered.wrapped(**arguments)
 
 
 def contradictions(recorded: Optional[Mapping[str, Any]],

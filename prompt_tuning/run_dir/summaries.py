@@ -19,8 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from prompt_tuning.errors import write_error
-
-METRICS_JSONL = "metrics.jsonl"
+from prompt_tuning.run_dir.layout import METRICS_JSONL
 
 
 def _plain(value: Any) -> Any:
@@ -103,14 +102,6 @@ class Summaries:
     self._writers.clear()
 
 
-def read_metrics(model_dir: str) -> list:
-  """The lines of `MODEL_DIR/metrics.jsonl` as dicts (empty when missing)."""
-  path = pathlib.Path(model_dir) / METRICS_JSONL
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def examples_markdown(inputs: Sequence[str], targets: Sequence[Any],
                       predictions: Sequence[Any], limit: int = 5) -> str:
   """A small markdown table of decoded examples for TensorBoard's text tab."""
@@ -149,13 +140,14 @@ class Progress:
     remaining = max(self.total_steps - step, 0)
     eta = remaining / self.steps_per_sec if self.steps_per_sec > 0 else float("inf")
     line = (f"step {step}/{self.total_steps}  loss {loss:.4f}  "
-            f"{self.steps_per_sec:.2f} steps/s  ETA {_duration(eta)}")
+            f"{self.steps_per_sec:.2f} steps/s  ETA {format_duration(eta)}")
     if self.enabled:
       logging.info("%s", line)
     return line
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """`H:MM:SS` (`?` when unknown): every progress and summary line uses it."""
   if not math.isfinite(seconds):
     return "?"
   seconds = int(round(seconds))

@@ -1,4 +1,4 @@
-"""What a training run writes to `MODEL_DIR`, and how it is read back.
+"""What a training run writes to `MODEL_DIR` (names and readers: `layout.py`).
 
   MODEL_DIR/
     config.json                      the run's identity: initial checkpoint, model
@@ -28,10 +28,9 @@ import json
 import logging
 import os
 import pathlib
-import re
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import jax
 import numpy as np
@@ -40,13 +39,11 @@ import orbax.checkpoint as ocp
 from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.errors import UserError, WriteError, free_space, write_error
 from prompt_tuning import fingerprint
-
-CONFIG_JSON = "config.json"
-NUMPY_DIR = "numpy_checkpoints"
-BEST_DIR = "best"
-BEST_JSON = "best.json"
-COMPLETE_JSON = "complete.json"  # written last: the final export and evaluation exist
-STEP_PREFIX = "checkpoint"
+from prompt_tuning.params import flatten
+from prompt_tuning.run_dir import layout
+from prompt_tuning.run_dir.layout import (BEST_DIR, BEST_JSON, COMPLETE_JSON,
+                                          CONFIG_JSON, STEP_PREFIX, has_checkpoints,
+                                          numpy_checkpoint_dir, numpy_steps)
 
 
 # ------------------------------------------------------------------------------------
@@ -198,7 +195,7 @@ class StateCheckpointer:
               f"{path.name}) to restart this run from step 0, or start a new "
               "--gin.MODEL_DIR.") from e
         aside = path.with_name(f"damaged_{path.name}")
-        if is_host0():
+        if jax.process_index() == 0:
           shutil.rmtree(aside, ignore_errors=True)
           path.rename(aside)
         self.manager.reload()
@@ -267,7 +264,7 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
   try:
     for name, value in arrays.items():
       current = directory / f"{name}.npy"
-      np.save(tmp / f"{name}.npy", np.asarray(value))
+      _save_npy(tmp / f"{name}.npy", value)
       if model is not None:
         fingerprint.write_sidecar(tmp / f"{name}.npy", model)
     if extra is not None:
@@ -290,19 +287,6 @@ def write_arrays(directory: str, arrays: Mapping[str, np.ndarray],
     tmp.rename(directory)
 
 
-def read_arrays(directory: str) -> Dict[str, np.ndarray]:
-  """`{name: array}` from a directory of `.npy` files."""
-  directory = pathlib.Path(directory)
-  files = sorted(directory.glob("*.npy"))
-  if not files:
-    raise FileNotFoundError(f"No .npy files in {directory}.")
-  return {f.name[:-len(".npy")]: np.load(f) for f in files}
-
-
-def numpy_checkpoint_dir(model_dir: str, step: int) -> pathlib.Path:
-  return pathlib.Path(model_dir) / NUMPY_DIR / f"{STEP_PREFIX}_{step}"
-
-
 def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
                 keep: Optional[int] = None) -> pathlib.Path:
   """Writes `numpy_checkpoints/checkpoint_<step>/` and keeps the newest `keep`."""
@@ -314,36 +298,11 @@ def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
   return path
 
 
-def numpy_steps(model_dir: str) -> List[int]:
-  root = pathlib.Path(model_dir) / NUMPY_DIR
-  if not root.is_dir():
-    return []
-  steps = [int(m.group(1)) for p in root.iterdir()
-           if (m := re.fullmatch(rf"{STEP_PREFIX}_(\d+)", p.name))]
-  return sorted(steps)
-
-
-def has_export(model_dir: str, step: int) -> bool:
-  return numpy_checkpoint_dir(model_dir, step).is_dir()
-
-
 def mark_complete(model_dir: str, step: int) -> None:
   """Records that the run finished at `step`: final checkpoint, export and
-  evaluation (with best/) all written. Written last, atomically."""
+  evaluation (with best/) all written. Written last, atomically (read by
+  `layout.is_complete`)."""
   write_text(pathlib.Path(model_dir) / COMPLETE_JSON, json.dumps({"step": int(step)}))
-
-
-def is_complete(model_dir: str, step: int) -> bool:
-  """True when a previous run finished everything at `step` (see mark_complete).
-
-  A run interrupted after its final checkpoint (during the final evaluation, or
-  before its export) is not complete: a rerun finishes it.
-  """
-  path = pathlib.Path(model_dir) / COMPLETE_JSON
-  try:
-    return json.loads(path.read_text()).get("step") == int(step)
-  except (OSError, ValueError):
-    return False
 
 
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
@@ -359,11 +318,6 @@ def write_model_fingerprint(model_dir: str, record: Mapping[str, Any]) -> pathli
   return fingerprint.write_run(model_dir, record)
 
 
-def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
-  path = pathlib.Path(model_dir) / BEST_DIR / BEST_JSON
-  return json.loads(path.read_text()) if path.exists() else None
-
-
 # ------------------------------------------------------------------------------------
 # The run's identity (config.json).
 # ------------------------------------------------------------------------------------
@@ -371,13 +325,6 @@ def read_best_record(model_dir: str) -> Optional[Dict[str, Any]]:
 # Fields of config.json that must match to resume in the same MODEL_DIR (the others,
 # e.g. train_steps or eval_period, may change between restarts).
 IDENTITY_FIELDS = run_identity.IDENTITY_FIELDS
-
-
-def has_checkpoints(model_dir: str) -> bool:
-  """True when `MODEL_DIR` holds a finished orbax checkpoint to resume from."""
-  root = pathlib.Path(model_dir)
-  return root.is_dir() and any(re.fullmatch(rf"{STEP_PREFIX}_\d+", p.name)
-                               for p in root.iterdir())
 
 
 def check_or_write_run_config(model_dir: str, record: Mapping[str, Any],
@@ -423,21 +370,52 @@ def write_text(path: pathlib.Path, text: str) -> None:
     raise write_error(path, e) from e
 
 
-class RunConfigNotFoundError(UserError, FileNotFoundError):
-  """A directory given as MODEL_DIR has no config.json."""
-
-
 class RunIdentityError(UserError, ValueError):
   """MODEL_DIR holds a run with a different identity (config.json)."""
 
 
-def read_run_config(model_dir: str) -> Dict[str, Any]:
-  path = pathlib.Path(model_dir) / CONFIG_JSON
-  if not path.exists():
-    raise RunConfigNotFoundError(f"{path} not found: {model_dir} is not a training "
-                            "MODEL_DIR written by prompt_tuning.train.")
-  return json.loads(path.read_text())
+# ------------------------------------------------------------------------------------
+# Single arrays and the trained parameters of a finished run.
+# ------------------------------------------------------------------------------------
 
 
-def is_host0() -> bool:
-  return jax.process_index() == 0
+def _save_npy(path: pathlib.Path, array: Any) -> None:
+  with open(path, "wb") as f:
+    np.save(f, np.asarray(array), allow_pickle=False)
+
+
+def write_npy(path: Union[str, os.PathLike], array: Any) -> None:
+  """Writes one `.npy` atomically: a temporary file in the same directory, renamed."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  os.close(fd)
+  try:
+    _save_npy(pathlib.Path(tmp), array)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def read_trainable(model_dir: Union[str, os.PathLike],
+                   checkpoint: layout.Checkpoint = "latest") -> Dict[str, np.ndarray]:
+  """{path: array} of the trainable parameters in the orbax state at a step.
+
+  Only the `trainable` subtree is read (not the optimizer state).
+  """
+  step = layout.resolve_step(model_dir, checkpoint)
+  path = layout.state_dir(model_dir, step)
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  if "trainable" not in tree:
+    raise ValueError(f"{path} holds {sorted(tree)}, not a training state with a "
+                     "'trainable' subtree.")
+  wanted = {"trainable": tree["trainable"]}
+  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                wanted)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=args, partial_restore=True))
+  return {k: np.asarray(v) for k, v in flatten(restored["trainable"]).items()}

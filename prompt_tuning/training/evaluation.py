@@ -42,29 +42,22 @@ COUNTS = ("loss", "z_loss", "num_examples", "num_truncated")
 # ------------------------------------------------------------------------------------
 
 
-def eval_step(params: Params, batch: Batch, *, model, z_loss: float = 1e-4
+def eval_step(params: Params, batch: Batch, *, loss_fn: losses.LossFn
               ) -> Dict[str, jax.Array]:
   """Teacher-forced loss sums of one batch (no dropout, no normalization).
 
   Args:
     params: the full parameter tree (frozen + trained).
     batch: `MODEL_FEATURES`, each `[B, T]`.
-    model: the `Transformer` (static).
-    z_loss: z-loss coefficient, counted in `loss_sum` as in training.
+    loss_fn: the loss with `loss_normalizing_factor=None` (sums) (static).
 
   Returns:
     `loss_sum`, `z_loss_sum`, `weight_sum` (scalars) and `log_likelihood [B]`
     (sum of target log-probabilities per example, z-loss excluded).
   """
-  logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                       batch["decoder_input_tokens"], enable_dropout=False)
-  weights = batch["decoder_loss_weights"].astype(jnp.float32)
-  total, z_term = losses.token_cross_entropy(logits, batch["decoder_target_tokens"],
-                                             z_loss)
-  return {"loss_sum": jnp.sum(total * weights),
-          "z_loss_sum": jnp.sum(z_term * weights),
-          "weight_sum": jnp.sum(weights),
-          "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1)}
+  loss_sum, aux = loss_fn(params, batch, None)
+  return {"loss_sum": loss_sum, "z_loss_sum": aux["z_loss"],
+          "weight_sum": aux["weight_sum"], "log_likelihood": aux["log_likelihood"]}
 
 
 # ------------------------------------------------------------------------------------
@@ -138,6 +131,24 @@ class Evaluator:
     self.max_decode_length = max_decode_length or int(task_feature_lengths["targets"])
     self.decode = decode
     self.decode_fn = decode_fn
+    self.param_shardings = param_shardings
+    self._source = dict(mixture_or_task_name=mixture_or_task_name,
+                        task_feature_lengths=task_feature_lengths, split=split,
+                        max_examples=max_examples, use_cached=use_cached)
+    self.z_loss = z_loss
+    self.examples = None  # read by `prepare` (the first `evaluate`)
+    self._step = None
+
+  def prepare(self) -> None:
+    """Reads the examples and jits the step (once; `evaluate` calls it)."""
+    if self.examples is not None:
+      return
+    mixture_or_task_name = self._source["mixture_or_task_name"]
+    task_feature_lengths = self._source["task_feature_lengths"]
+    split, max_examples = self._source["split"], self._source["max_examples"]
+    use_cached = self._source["use_cached"]
+    model, mesh, batch_size = self.model, self.mesh, self.batch_size
+    param_shardings, z_loss = self.param_shardings, self.z_loss
     from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
     self._data = data_lib
     self.examples = {}
@@ -157,9 +168,11 @@ class Evaluator:
             "evaluate them whole.", examples.num_truncated, len(examples.features),
             task.name, split, dict(task_feature_lengths))
     if not self.examples:
+      self.examples = None
       raise ValueError(f"Nothing to evaluate: no task of {mixture_or_task_name!r} "
                        f"has a {split!r} split.")
-    step = functools.partial(eval_step, model=model, z_loss=z_loss)
+    step = functools.partial(eval_step, loss_fn=losses.LossFn(
+        model, z_loss=z_loss, loss_normalizing_factor=None, enable_dropout=False))
     if mesh is not None:
       if batch_size % mesh.shape[partitioning.DATA] or batch_size % jax.process_count():
         raise ValueError(f"The eval batch size {batch_size} must be divisible by the "
@@ -227,6 +240,7 @@ class Evaluator:
     return TaskResult(metrics, inputs, targets, predictions)
 
   def evaluate(self, params: Params) -> Dict[str, TaskResult]:
+    self.prepare()
     return {name: self.evaluate_task(params, name) for name in self.examples}
 
 

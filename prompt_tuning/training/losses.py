@@ -15,7 +15,8 @@ that is differentiated and reported, as in T5X.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import dataclasses
+from typing import Any, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,49 @@ def weighted_cross_entropy(
   norm = normalizer_value(weights, loss_normalizing_factor)
   return (jnp.sum(total * weights) / norm, jnp.sum(z_term * weights) / norm,
           jnp.sum(weights))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossFn:
+  """`loss_fn(params, batch, rng) -> (loss, aux)`: where a model meets the loss.
+
+  The train step, evaluation, the tiny model's pretraining and the benchmarks all
+  call this; nothing else applies a model to compute a loss.
+
+  Args (of a call):
+    params: the full parameter tree (frozen + trained).
+    batch: `encoder_input_tokens [B, T_in]`, `decoder_input_tokens`,
+      `decoder_target_tokens`, `decoder_loss_weights [B, T_out]`.
+    rng: the dropout key; None runs without dropout.
+
+  Returns:
+    (loss, aux): the scalar loss (z-loss included, divided as
+    `loss_normalizing_factor` says) and `aux` = `z_loss` (its part of the loss),
+    `weight_sum` (weighted target tokens) and `log_likelihood [B]` (each example's
+    summed target log-probabilities, z-loss excluded).
+
+  Frozen and hashable: a static argument of jitted steps, so runs with equal
+  settings share one compiled program.
+  """
+  model: Any
+  z_loss: float = 1e-4
+  loss_normalizing_factor: Normalizer = NUM_REAL_TARGET_TOKENS
+  enable_dropout: bool = True
+
+  def __call__(self, params: Any, batch: Dict[str, Array], rng: Optional[Array] = None
+               ) -> Tuple[Array, Dict[str, Array]]:
+    dropout = self.enable_dropout and rng is not None
+    logits = self.model.apply({"params": params}, batch["encoder_input_tokens"],
+                              batch["decoder_input_tokens"], enable_dropout=dropout,
+                              rngs={"dropout": rng} if dropout else None)
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    total, z_term = token_cross_entropy(logits, batch["decoder_target_tokens"],
+                                        self.z_loss)
+    norm = normalizer_value(weights, self.loss_normalizing_factor)
+    aux = {"z_loss": jnp.sum(z_term * weights) / norm,
+           "weight_sum": jnp.sum(weights),
+           "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1)}
+    return jnp.sum(total * weights) / norm, aux
 
 
 # ------------------------------------------------------------------------------------

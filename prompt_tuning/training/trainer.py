@@ -5,7 +5,9 @@ Read top to bottom:
   2. TrainState       step + trainable parameters + optimizer state (what is saved)
   3. train_step       pure: (state, frozen, batch, rng) -> (state, metrics)
   4. compile_steps    the one place where steps are jitted with shardings
-  5. train            setup → resume → loop (log, checkpoint, evaluate, export)
+  5. train            resume → loop (log, checkpoint, evaluate, export), handed
+                      the model, its placed parameters, batches and evaluator
+                      by the entry point (`prompt_tuning.train.build_and_train`)
 
 Gradients are taken with respect to the trainable subtree only; the frozen model is
 a separate argument that is never differentiated and has no optimizer state.
@@ -16,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
-import pathlib
 import signal
 import threading
 import time
@@ -32,11 +32,10 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from prompt_tuning.run_dir import layout
 from prompt_tuning.training import evaluation, losses
-from prompt_tuning import host_memory, building, partitioning
-from prompt_tuning import shape_checks
-from prompt_tuning.training import global_stream, opt_state_sharding
-from prompt_tuning.run_dir import lock as run_lock
+from prompt_tuning import host_memory, partitioning
+from prompt_tuning.training import opt_state_sharding
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning import params as params_lib
@@ -156,8 +155,7 @@ def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 
 
 def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, *,
-               model, optimizer: optax.GradientTransformation, z_loss: float,
-               loss_normalizing_factor: Any, enable_dropout: bool,
+               loss_fn: losses.LossFn, optimizer: optax.GradientTransformation,
                num_microbatches: Optional[int] = None
                ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on the trainable parameters.
@@ -168,60 +166,67 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
     batch: `encoder_input_tokens [B, T_in]`, `decoder_input_tokens`,
       `decoder_target_tokens`, `decoder_loss_weights [B, T_out]`.
     rng: the run's base key; this step uses `fold_in(rng, step)`.
-    model: the `Transformer` (static).
+    loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` (static).
     optimizer: an optax transformation over the trainable tree (static).
-    z_loss, loss_normalizing_factor: see `prompt_tuning.training.losses`.
-    enable_dropout: dropout in the model.
     num_microbatches: M > 1 accumulates the gradients of M microbatches
       `[B / M, ...]` (`split_microbatches`) in a `lax.scan`; microbatch `i` draws
-      its dropout from `fold_in(fold_in(rng, step), i)`. Every microbatch's summed
-      loss is divided by the whole batch's normalizer, so loss, gradients and
-      update equal the whole batch's (up to float summation order).
+      its dropout from `fold_in(fold_in(rng, step), i)`. Each microbatch's summed
+      loss (`loss_fn` with no normalizer) is divided by the whole batch's
+      normalizer, so loss, gradients and update equal the whole batch's (up to
+      float summation order).
 
   Returns:
     (new state, metrics): `loss` (z-loss included), `z_loss`, `weight_sum`,
     `grad_norm` and, when the optimizer exposes it, `learning_rate`.
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  # The whole batch's normalizer (e.g. its real target tokens), for every microbatch.
-  norm = losses.normalizer_value(batch["decoder_loss_weights"].astype(jnp.float32),
-                                 loss_normalizing_factor)
-
-  def loss_fn(trainable, part: Batch, part_rng: jax.Array):
-    logits = model.apply({"params": params_lib.merge(trainable, frozen)},
-                         part["encoder_input_tokens"], part["decoder_input_tokens"],
-                         enable_dropout=enable_dropout, rngs={"dropout": part_rng})
-    total, z, weight_sum = losses.weighted_cross_entropy(
-        logits, part["decoder_target_tokens"], part["decoder_loss_weights"],
-        z_loss=z_loss, loss_normalizing_factor=None)  # sums
-    return total / norm, {"z_loss": z / norm, "weight_sum": weight_sum}
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if not num_microbatches or num_microbatches == 1:
-    (loss, aux), grads = grad_fn(state.trainable, batch, step_rng)
+    def objective(trainable):
+      return loss_fn(params_lib.merge(trainable, frozen), batch, step_rng)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.trainable)
   else:
-    parts = split_microbatches({k: batch[k] for k in MODEL_FEATURES},
-                               num_microbatches)
-
-    def accumulate(carry, inputs):
-      index, part = inputs
-      out = grad_fn(state.trainable, part, jax.random.fold_in(step_rng, index))
-      return jax.tree_util.tree_map(jnp.add, carry, out), None
-
-    zero = jnp.zeros((), jnp.float32)
-    start = ((zero, {"z_loss": zero, "weight_sum": zero}),
-             jax.tree_util.tree_map(jnp.zeros_like, state.trainable))
-    ((loss, aux), grads), _ = jax.lax.scan(
-        accumulate, start, (jnp.arange(num_microbatches), parts))
+    (loss, aux), grads = _accumulated_grads(state.trainable, frozen, batch, step_rng,
+                                            loss_fn, num_microbatches)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
   trainable = optax.apply_updates(state.trainable, updates)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+             "z_loss": aux["z_loss"], "weight_sum": aux["weight_sum"]}
   if "truncated" in batch:  # examples cut to TASK_FEATURE_LENGTHS (data.py)
     metrics["truncated_examples"] = jnp.sum(batch["truncated"])
   lr = _learning_rate(opt_state)
   if lr is not None:
     metrics["learning_rate"] = jnp.asarray(lr, jnp.float32)
   return TrainState(state.step + 1, trainable, opt_state), metrics
+
+
+def _accumulated_grads(trainable: Params, frozen: Params, batch: Batch,
+                       step_rng: jax.Array, loss_fn: losses.LossFn,
+                       num_microbatches: int):
+  """((loss, aux), grads) of the whole batch, summed over its microbatches."""
+  # The whole batch's normalizer (e.g. its real target tokens), for every microbatch.
+  norm = losses.normalizer_value(batch["decoder_loss_weights"].astype(jnp.float32),
+                                 loss_fn.loss_normalizing_factor)
+  summed = dataclasses.replace(loss_fn, loss_normalizing_factor=None)
+
+  def objective(params, part, part_rng):
+    total, aux = summed(params_lib.merge(params, frozen), part, part_rng)
+    return total / norm, {"z_loss": aux["z_loss"] / norm,
+                          "weight_sum": aux["weight_sum"]}
+
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
+  parts = split_microbatches({k: batch[k] for k in MODEL_FEATURES}, num_microbatches)
+
+  def accumulate(carry, inputs):
+    index, part = inputs
+    out = grad_fn(trainable, part, jax.random.fold_in(step_rng, index))
+    return jax.tree_util.tree_map(jnp.add, carry, out), None
+
+  zero = jnp.zeros((), jnp.float32)
+  start = ((zero, {"z_loss": zero, "weight_sum": zero}),
+           jax.tree_util.tree_map(jnp.zeros_like, trainable))
+  out, _ = jax.lax.scan(accumulate, start, (jnp.arange(num_microbatches), parts))
+  return out
 
 
 # ====================================================================================
@@ -242,9 +247,9 @@ class CompiledSteps:
   lower: Optional[Callable[..., Any]] = None
 
 
-def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
-                  trainable: Params, trainable_shardings: Params,
-                  frozen_shardings: Params, config: TrainConfig,
+def compile_steps(loss_fn: losses.LossFn, optimizer: optax.GradientTransformation,
+                  mesh: Mesh, trainable: Params, trainable_shardings: Params,
+                  frozen_shardings: Params, num_microbatches: Optional[int] = None,
                   axis_rules: Optional[partitioning.Rules] = None) -> CompiledSteps:
   """Jits `train_step` with explicit in/out shardings (state donated).
 
@@ -268,15 +273,14 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                       init_opt(params))
 
   batch_sharding = partitioning.batch_sharding(mesh)
-  # The module-level function with static settings: runs with the same model,
+  # The module-level function with static settings: runs with the same loss_fn,
   # optimizer and shardings reuse one compiled program.
-  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7, 8, 9, 10),
+  jitted = jax.jit(_positional_train_step, static_argnums=(4, 5, 6, 7),
                    in_shardings=(state_shardings, frozen_shardings, batch_sharding,
                                  replicated),
                    out_shardings=(state_shardings, replicated),
                    donate_argnums=(0,))
-  static = (model, optimizer, config.z_loss, config.loss_normalizing_factor,
-            config.enable_dropout, config.num_microbatches,
+  static = (loss_fn, optimizer, num_microbatches,
             tuple(axis_rules) if axis_rules is not None else None)
   compiled = []
 
@@ -297,15 +301,13 @@ def compile_steps(model, optimizer: optax.GradientTransformation, mesh: Mesh,
                        batch_sharding, lower)
 
 
-def _positional_train_step(state, frozen, batch, rng, model, optimizer, z_loss,
-                           loss_normalizing_factor, enable_dropout,
+def _positional_train_step(state, frozen, batch, rng, loss_fn, optimizer,
                            num_microbatches, axis_rules):
   # `axis_rules` shapes the trace (activation constraints) through the context
   # `compile_steps` enters; as a static argument it keys jit's cache too.
   del axis_rules
-  return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer,
-                    z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
-                    enable_dropout=enable_dropout, num_microbatches=num_microbatches)
+  return train_step(state, frozen, batch, rng, loss_fn=loss_fn, optimizer=optimizer,
+                    num_microbatches=num_microbatches)
 
 
 # ====================================================================================
@@ -360,7 +362,7 @@ class NonFiniteLossError(UserError, FloatingPointError):
       kept = ("No checkpoint was written yet. Fix the cause, then rerun (or start "
               "over with a new --gin.MODEL_DIR).")
     else:
-      kept = (f"The last good checkpoint, {model_dir}/{ckpt.STEP_PREFIX}_"
+      kept = (f"The last good checkpoint, {model_dir}/{layout.STEP_PREFIX}_"
               f"{last_checkpoint} (step {last_checkpoint}), is intact: nothing was "
               "saved after the values went bad. Fix the cause, then rerun the same "
               f"command to resume from step {last_checkpoint} (or start over with a "
@@ -386,6 +388,30 @@ class TrainResult:
   losses: Dict[int, float]
   preempted: bool = False
   best: Optional[Dict[str, Any]] = None
+
+
+@dataclasses.dataclass
+class Built:
+  """What the entry point hands the loop: the loss and the placed parameters.
+
+  Attributes:
+    loss_fn: `loss_fn(params, batch, rng) -> (loss, aux)` of the method's model.
+    params: the full parameter tree (frozen + method), placed on `mesh`.
+    shardings: the shardings of `params` (same tree).
+    mesh: the device mesh.
+    axis_rules: the logical-axis rule table (activations are partitioned by it).
+  """
+  loss_fn: losses.LossFn
+  params: Params
+  shardings: Params
+  mesh: Mesh
+  axis_rules: Optional[partitioning.Rules] = None
+
+
+def seed_keys(seed: int) -> Tuple[jax.Array, jax.Array]:
+  """(parameter-init key, training key) of a run's seed."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
 
 
 def run_record(config: TrainConfig, method: Method, model_config: T5Config,
@@ -416,90 +442,123 @@ def _due(step: int, period: int) -> bool:
   return period > 0 and step % period == 0
 
 
-def _holding_the_run_lock(train_fn):
-  """Runs `train_fn` holding MODEL_DIR's run lock (process 0; see run_dir/lock.py).
+def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransformation,
+          built: Built, batches_fn: Callable[[int], Iterator[Batch]],
+          evaluator: Optional[evaluation.Evaluator] = None,
+          learning_rate_fn: Optional[Callable[[int], float]] = None) -> TrainResult:
+  """Trains `method`'s parameters in `built`, resuming from `MODEL_DIR` when possible.
 
-  A second run on the same MODEL_DIR fails at once with `ModelDirLockedError`; the
-  lock of a run that died (kill -9, preemption) is taken over with a warning.
-  """
-
-  @functools.wraps(train_fn)
-  def locked(config: TrainConfig, **kwargs) -> TrainResult:
-    with run_lock.held(config.model_dir, enabled=jax.process_index() == 0):
-      return train_fn(config, **kwargs)
-
-  return locked
-
-
-@_holding_the_run_lock
-def train(config: TrainConfig, *, method: Method, model_config: T5Config,
-          optimizer: optax.GradientTransformation,
-          initial_checkpoint_path: Optional[str] = None,
-          mesh: Optional[Mesh] = None,
-          axis_rules: Optional[partitioning.Rules] = None,
-          batches_fn: Optional[Callable[[int], Iterator[Batch]]] = None,
-          learning_rate_fn: Optional[Callable[[int], float]] = None,
-          decode_fn: Optional[Callable[..., Any]] = None,
-          gin_config: Optional[str] = None,
-          identity: Optional[Mapping[str, Any]] = None) -> TrainResult:
-  """Trains `method` on a frozen T5, resuming from `MODEL_DIR` when possible.
+  The entry point (`prompt_tuning.train.build_and_train`) builds everything handed
+  in here, holds MODEL_DIR's run lock and has written its `config.json`.
 
   Args:
     config: the run's settings.
-    method: what is trained and how it enters the network.
-    model_config: the frozen model's `T5Config` (`MODEL_CONFIG`).
+    method: which parameters train (`trainable`) and what is exported.
     optimizer: optax transformation for the trainable parameters (`OPTIMIZER`).
-    initial_checkpoint_path: the frozen model (None: random init, for tests).
-    mesh: defaults to `partitioning.make_mesh()` over all devices.
-    axis_rules: defaults to `partitioning.rules()`.
-    batches_fn: `start_batch -> iterator of this host's batches`; defaults to
-      `data.train_batches` for the configured task (tests inject their own).
+    built: the model, its placed parameters, their shardings and the mesh.
+    batches_fn: `start_batch -> iterator of this host's batches` (repeats forever).
+    evaluator: runs at every `eval_period` (None: no evaluation).
     learning_rate_fn: step → learning rate, for summaries (optional).
-    decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
-    gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
-    identity: more of the run's identity for config.json (run_dir/identity.py).
 
   Returns:
     A `TrainResult` with the final step, trainable parameters (host numpy) and the
     training loss per step run by this call.
 
   Raises:
-    run_lock.ModelDirLockedError: another run is using MODEL_DIR.
-    data.UnknownTaskError, data.VocabularyTooLargeError: checked before anything
-      is loaded (only when the configured task feeds the run).
     NonFiniteLossError: the loss or the parameters became NaN/inf; nothing after
       the last good checkpoint was saved.
     train_state.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
-  if batches_fn is None:  # fail on a task typo in seconds, not after loading
-    from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
-    data_lib.check_task(config.mixture_or_task_name, model_config.vocab_size)
-  # ---------------------------------------------------------------- setup: the mesh
-  mesh = mesh if mesh is not None else partitioning.make_mesh()
-  axis_rules = axis_rules if axis_rules is not None else partitioning.rules()
-  # Every batch shape against the mesh, before anything is loaded.
-  host_batch_size = shape_checks.check_train_shapes(
-      config.batch_size, config.eval_batch_size, config.num_microbatches, mesh,
-      jax.process_count(), evaluates=config.eval_period >= 0)
-  logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
-               dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
+  trainable, frozen = _split_trainable(method, built.params)
+  trainable_shardings, frozen_shardings = params_lib.split(built.shardings,
+                                                           method.trainable)
+  steps = compile_steps(built.loss_fn, optimizer, built.mesh, trainable,
+                        trainable_shardings, frozen_shardings, config.num_microbatches,
+                        built.axis_rules)
+  rng = jax.device_put(seed_keys(config.seed)[1], partitioning.replicated(built.mesh))
+  checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
+  state, consumed, truncated, resumed = _resume(
+      checkpointer, steps.init_state(trainable), config.model_dir)
+  step = int(jax.device_get(state.step))
+  if resumed and step == config.train_steps and layout.is_complete(
+      config.model_dir, step):
+    logging.info("The run in %s is already complete at step %d; nothing to do.",
+                 config.model_dir, step)
+    checkpointer.close()
+    return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
+                       losses={}, best=layout.read_best_record(config.model_dir))
+  if resumed and host0 and not layout.has_export(config.model_dir, step):
+    # Killed (or a full disk) between the checkpoint and its export.
+    logging.warning("Rewriting the missing export of checkpoint_%d.", step)
+    ckpt.export_step(config.model_dir, step, _exported(method, state.trainable, frozen),
+                     keep=config.keep_checkpoints)
+  finishing = resumed and step == config.train_steps  # killed after its last save
+  batches = batches_fn(consumed) if step < config.train_steps else iter(())
+  summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
+  best = layout.read_best_record(config.model_dir)
+  metrics = MetricsBuffer(config, checkpointer.latest_step, truncated)
+  progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
+                                    enabled=host0)
+  preemption = _Preemption()
+  preempted = False
+  with preemption.installed():
+    while step < config.train_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise RuntimeError(f"The training data ran out after {consumed} batches; "
+                           "train_batches repeats forever, so a custom batches_fn "
+                           "must too.") from None
+      global_batch = partitioning.host_batch_to_global(batch, built.mesh)
+      state, step_metrics = steps.train(state, frozen, global_batch, rng)
+      step += 1
+      consumed += 1
+      metrics.add(step, step_metrics)
+      if progress.due(step) or step == config.train_steps:
+        _log_train(step, metrics, progress, summaries, learning_rate_fn,
+                   truncation="truncated" in batch)
 
-  # ---------------------------------------------------------------- setup: MODEL_DIR
-  record = dict(run_record(config, method, model_config, initial_checkpoint_path),
-                **(identity or {}))
-  ckpt.check_or_write_run_config(config.model_dir, record, write=host0)
-  if host0 and gin_config:
-    ckpt.write_text(pathlib.Path(config.model_dir) / "config.gin", gin_config)
+      preempted = preemption.reached(step)
+      last = step == config.train_steps
+      paused = time.time()  # checkpoints and evaluations do not count in steps/s
+      save_due = _due(step, config.checkpoint_period) or last or preempted
+      eval_due = evaluator is not None and (
+          _due(step, config.eval_period) or (last and config.eval_period >= 0))
+      if save_due or eval_due:
+        metrics.drain()  # the losses up to here are finite before anything is saved
+      if save_due:
+        _save(step, state, frozen, method, checkpointer, consumed,
+              metrics.truncated_examples, config)
+      if preempted:
+        logging.warning("Stopped at step %d after a preemption signal; rerun the same "
+                        "command to resume.", step)
+        break
+      if eval_due:
+        best = _evaluate(step, state, frozen, method, evaluator, best, config,
+                         summaries)
+      progress.exclude(time.time() - paused)
 
-  # ---------------------------------------------------------------- setup: parameters
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  model_config, params, shardings = building.build_params(
-      method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
-      axis_rules=axis_rules)
-  model = method.build(model_config)
+  metrics.drain()
+  if finishing and evaluator is not None and config.eval_period >= 0:
+    logging.info("Finishing the run at step %d: its final evaluation.", step)
+    best = _evaluate(step, state, frozen, method, evaluator, best, config, summaries)
+  if step == config.train_steps and not preempted and host0:
+    ckpt.mark_complete(config.model_dir, step)
+  checkpointer.close()
+  summaries.close()
+  return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
+                     losses=metrics.losses, preempted=preempted, best=best)
+
+
+# ------------------------------------------------------------------------------------
+# The loop's helpers.
+# ------------------------------------------------------------------------------------
+
+
+def _split_trainable(method: Method, params: Params) -> Tuple[Params, Params]:
+  """(trainable, frozen) by `method.trainable`; refuses a method that trains nothing."""
   trainable, frozen = params_lib.split(params, method.trainable)
-  trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
   if not flatten(trainable):
     raise ValueError(f"Method {method.name!r}: no parameter matches its trainable "
                      f"regexes {list(method.trainable)}; parameters are e.g. "
@@ -508,208 +567,163 @@ def train(config: TrainConfig, *, method: Method, model_config: T5Config,
   logging.info("Training %d parameters in %d arrays (%s); %d frozen arrays.",
                num_trainable, len(flatten(trainable)), ", ".join(flatten(trainable)),
                len(flatten(frozen)))
+  return trainable, frozen
 
-  # ---------------------------------------------------------------- compile
-  steps = compile_steps(model, optimizer, mesh, trainable, trainable_shardings,
-                        frozen_shardings, config, axis_rules)
-  state = steps.init_state(trainable)
-  rng = jax.device_put(train_rng, partitioning.replicated(mesh))
 
-  # ---------------------------------------------------------------- resume
-  checkpointer = ckpt.StateCheckpointer(config.model_dir, keep=config.keep_checkpoints)
-  batches_consumed = 0
-  truncated_examples = 0  # examples cut to TASK_FEATURE_LENGTHS, over the whole run
+def _resume(checkpointer: ckpt.StateCheckpointer, state: TrainState, model_dir: str
+            ) -> Tuple[TrainState, int, int, bool]:
+  """(state, batches consumed, truncated examples, resumed?) of the latest readable
+  checkpoint (a damaged newest one falls back to the previous), or of a fresh start."""
   abstract = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       state.as_dict())
-  resumed = checkpointer.restore_latest(abstract)  # a damaged newest: the previous
-  if resumed is not None:
-    latest, restored, batches_consumed, data = resumed
-    state = TrainState.from_dict(restored)
-    truncated_examples = int(data.get("truncated_examples", 0))
-    logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).",
-                 config.model_dir, latest, batches_consumed)
-  step = int(jax.device_get(state.step))
-  if resumed is not None and step == config.train_steps and ckpt.is_complete(
-      config.model_dir, step):
-    logging.info("The run in %s is already complete at step %d; nothing to do.",
-                 config.model_dir, step)
-    checkpointer.close()
-    return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                       losses={}, best=ckpt.read_best_record(config.model_dir))
-  if resumed is not None and host0 and not ckpt.has_export(config.model_dir, step):
-    # Killed (or a full disk) between the checkpoint and its export.
-    logging.warning("Rewriting the missing export of checkpoint_%d.", step)
-    ckpt.export_step(config.model_dir, step, _exported(method, state.trainable, frozen),
-                     keep=config.keep_checkpoints)
-  finishing = step == config.train_steps  # interrupted after its final checkpoint
+  resumed = checkpointer.restore_latest(abstract)
+  if resumed is None:
+    return state, 0, 0, False
+  latest, restored, consumed, data = resumed
+  truncated = int(data.get("truncated_examples", 0))
+  logging.info("Resumed from %s/checkpoint_%d (%d batches consumed).", model_dir,
+               latest, consumed)
+  return TrainState.from_dict(restored), consumed, truncated, True
 
-  # ---------------------------------------------------------------- data
-  if batches_fn is None:
-    batches_fn = functools.partial(_default_batches, config=config, mesh=mesh)
-  batches = batches_fn(batches_consumed) if step < config.train_steps else iter(())
 
-  # ---------------------------------------------------------------- evaluation
-  summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
-  evaluator = None
-  best = ckpt.read_best_record(config.model_dir)
+class MetricsBuffer:
+  """Step metrics left on the device until a log line or a save needs them.
 
-  def evaluate(step: int, state: TrainState):
-    nonlocal evaluator, best
-    if evaluator is None:
-      evaluator = evaluation.Evaluator(
-          model, mesh, shardings, config.mixture_or_task_name,
-          config.task_feature_lengths,
-          batch_size=config.eval_batch_size or config.batch_size,
-          split=config.eval_split, max_examples=config.max_eval_examples,
-          max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-          use_cached=config.use_cached, decode_fn=decode_fn)
-    full = params_lib.merge(state.trainable, frozen)
-    results = evaluator.evaluate(full)
-    for name, result in results.items():
-      summaries.record(step, name, result.metrics)
-      summaries.scalars(step, {f"{name}/{k}": v for k, v in result.metrics.items()
-                               if isinstance(v, (int, float))}, split="eval")
-      if result.predictions:
-        summaries.texts(step, {f"{name}/examples": summaries_lib.examples_markdown(
-            result.inputs, result.targets, result.predictions)})
-      logging.info("Eval at step %d, %s: %s", step, name,
-                   {k: v for k, v in result.metrics.items()
-                    if isinstance(v, (int, float))})
-    chosen = evaluation.select_metric(results, config.best_metric)
-    if chosen is None:
-      return
-    metric, value = chosen
-    mode = config.best_mode or ("min" if metric in ("loss", "z_loss") else "max")
-    better = (best is None or best.get("metric") != metric or
-              (value > best["value"] if mode == "max" else value < best["value"]))
-    if better:
-      best = {"step": step, "metric": metric, "value": value, "mode": mode}
-      arrays = _exported(method, state.trainable, frozen)
-      if host0:
-        ckpt.export_best(config.model_dir, arrays, best)
-        summaries.record(step, "best", {"metric": metric, "value": value},
-                         export=ckpt.BEST_DIR)
-      logging.info("New best %s = %.4f at step %d, exported to %s/%s.", metric, value,
-                   step, config.model_dir, ckpt.BEST_DIR)
+  `drain()` fetches them all at once and stops at the first non-finite loss or
+  gradient norm (`NonFiniteLossError`), so nothing bad is ever saved.
+  """
 
-  def save(step: int, state: TrainState):
-    if not bool(_all_finite(state.trainable)):  # never save NaN over a good state
-      raise NonFiniteLossError(step, "the trainable parameters are not finite after "
-                               "this step's update", config.model_dir,
-                               checkpointer.latest_step())
-    checkpointer.save(step, state.as_dict(), batches_consumed,
-                      data={"truncated_examples": truncated_examples})
-    arrays = _exported(method, state.trainable, frozen)
-    if host0:
-      ckpt.export_step(config.model_dir, step, arrays, keep=config.keep_checkpoints)
+  def __init__(self, config: TrainConfig, latest_checkpoint: Callable[[], Optional[int]],
+               truncated_examples: int = 0):
+    self.config = config
+    self.latest_checkpoint = latest_checkpoint
+    self.truncated_examples = truncated_examples  # over the whole run
+    self.truncated_logged = truncated_examples
+    self.pending: list = []  # (step, device metrics) not fetched yet
+    self.window: list = []  # host metrics since the last log line
+    self.losses: Dict[int, float] = {}
 
-  # ---------------------------------------------------------------- the loop
-  progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
-                                    enabled=host0)
-  pending: list = []  # (step, device metrics) not fetched yet
-  window: list = []  # host metrics since the last log line
-  step_losses: Dict[int, float] = {}
+  def add(self, step: int, metrics: Dict[str, jax.Array]) -> None:
+    self.pending.append((step, metrics))
 
-  def drain():
-    """Fetches pending metrics; stops at the first non-finite loss or gradient."""
-    nonlocal truncated_examples
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
+  def drain(self) -> None:
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (step, _), m in zip(self.pending, fetched):
       if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
         raise NonFiniteLossError(
-            s, f"the loss is {float(m['loss'])} and the gradient norm "
-            f"{float(m['grad_norm'])}", config.model_dir, checkpointer.latest_step())
-      step_losses[s] = float(m["loss"])
-      truncated_examples += int(m.pop("truncated_examples", 0))
-      window.append(m)
-    pending.clear()
+            step, f"the loss is {float(m['loss'])} and the gradient norm "
+            f"{float(m['grad_norm'])}", self.config.model_dir, self.latest_checkpoint())
+      self.losses[step] = float(m["loss"])
+      self.truncated_examples += int(m.pop("truncated_examples", 0))
+      self.window.append(m)
+    self.pending.clear()
 
-  truncated_logged = truncated_examples
+  def mean(self) -> Dict[str, float]:
+    """The mean of each metric since the last call (after `drain`)."""
+    mean = {k: float(np.mean([m[k] for m in self.window])) for k in self.window[-1]}
+    self.window.clear()
+    return mean
 
-  def report_truncation(step: int):
+  def report_truncation(self, step: int) -> None:
     """A log line when more examples were truncated (a warning the first time)."""
-    nonlocal truncated_logged
-    if truncated_examples > truncated_logged:
-      (logging.warning if truncated_logged == 0 else logging.info)(
+    if self.truncated_examples > self.truncated_logged:
+      (logging.warning if self.truncated_logged == 0 else logging.info)(
           "%d of %d training examples so far were longer than TASK_FEATURE_LENGTHS "
           "%s and were truncated (as seqio does); TensorBoard: truncated_examples.",
-          truncated_examples, step * config.batch_size,
-          dict(config.task_feature_lengths))
-      truncated_logged = truncated_examples
+          self.truncated_examples, step * self.config.batch_size,
+          dict(self.config.task_feature_lengths))
+      self.truncated_logged = self.truncated_examples
 
-  preemption = _Preemption()
-  preempted = False
-  with preemption.installed():
-    while step < config.train_steps:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        raise RuntimeError(f"The training data ran out after {batches_consumed} "
-                           "batches; train_batches repeats forever, so a custom "
-                           "batches_fn must too.") from None
-      global_batch = partitioning.host_batch_to_global(batch, mesh)
-      state, metrics = steps.train(state, frozen, global_batch, rng)
-      step += 1
-      batches_consumed += 1
-      pending.append((step, metrics))
 
-      if progress.due(step) or step == config.train_steps:
-        drain()
-        mean = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
-        window.clear()
-        progress.update(step, mean["loss"])
-        scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
-        if learning_rate_fn is not None and "learning_rate" not in scalars:
-          scalars["learning_rate"] = float(learning_rate_fn(step - 1))
-        if "truncated" in batch:
-          scalars["truncated_examples"] = truncated_examples
-          report_truncation(step)
-        summaries.scalars(step, scalars, split="train")
+def _log_train(step: int, metrics: MetricsBuffer, progress, summaries,
+               learning_rate_fn: Optional[Callable[[int], float]],
+               truncation: bool) -> None:
+  """The console line and the train summaries of the steps since the last one."""
+  metrics.drain()
+  mean = metrics.mean()
+  progress.update(step, mean["loss"])
+  scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
+  if learning_rate_fn is not None and "learning_rate" not in scalars:
+    scalars["learning_rate"] = float(learning_rate_fn(step - 1))
+  if truncation:
+    scalars["truncated_examples"] = metrics.truncated_examples
+    metrics.report_truncation(step)
+  summaries.scalars(step, scalars, split="train")
 
-      preempted = preemption.reached(step)
-      last = step == config.train_steps
-      paused = time.time()  # checkpoints and evaluations do not count in steps/s
-      save_due = _due(step, config.checkpoint_period) or last or preempted
-      eval_due = _due(step, config.eval_period) or (last and config.eval_period >= 0)
-      if save_due or eval_due:
-        drain()  # the losses up to here are finite before anything is saved
-      if save_due:
-        save(step, state)
-      if preempted:
-        logging.warning("Stopped at step %d after a preemption signal; rerun the same "
-                        "command to resume.", step)
-        break
-      if eval_due:
-        evaluate(step, state)
-      progress.exclude(time.time() - paused)
 
-  drain()
-  if finishing and config.eval_period >= 0:  # the final evaluation never finished
-    logging.info("Finishing the run at step %d: its final evaluation.", step)
-    evaluate(step, state)
-  if step == config.train_steps and not preempted and host0:
-    ckpt.mark_complete(config.model_dir, step)
-  checkpointer.close()
-  summaries.close()
-  return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                     losses=step_losses, preempted=preempted, best=best)
+def _save(step: int, state: TrainState, frozen: Params, method: Method,
+          checkpointer: ckpt.StateCheckpointer, consumed: int, truncated: int,
+          config: TrainConfig) -> None:
+  """The orbax state and the numpy export of `step` (never a non-finite state)."""
+  if not bool(_all_finite(state.trainable)):
+    raise NonFiniteLossError(step, "the trainable parameters are not finite after "
+                             "this step's update", config.model_dir,
+                             checkpointer.latest_step())
+  checkpointer.save(step, state.as_dict(), consumed,
+                    data={"truncated_examples": truncated})
+  arrays = _exported(method, state.trainable, frozen)
+  if jax.process_index() == 0:
+    ckpt.export_step(config.model_dir, step, arrays, keep=config.keep_checkpoints)
+
+
+def _evaluate(step: int, state: TrainState, frozen: Params, method: Method,
+              evaluator: evaluation.Evaluator, best: Optional[Dict[str, Any]],
+              config: TrainConfig, summaries) -> Optional[Dict[str, Any]]:
+  """Evaluates, records the results and returns the (maybe new) best record."""
+  results = evaluator.evaluate(params_lib.merge(state.trainable, frozen))
+  _record_evaluation(step, results, summaries)
+  return _update_best(step, results, best, config,
+                      lambda: _exported(method, state.trainable, frozen), summaries)
+
+
+def _record_evaluation(step: int, results: Mapping[str, evaluation.TaskResult],
+                       summaries) -> None:
+  """metrics.jsonl, TensorBoard and a log line per evaluated task."""
+  for name, result in results.items():
+    summaries.record(step, name, result.metrics)
+    summaries.scalars(step, {f"{name}/{k}": v for k, v in result.metrics.items()
+                             if isinstance(v, (int, float))}, split="eval")
+    if result.predictions:
+      summaries.texts(step, {f"{name}/examples": summaries_lib.examples_markdown(
+          result.inputs, result.targets, result.predictions)})
+    logging.info("Eval at step %d, %s: %s", step, name,
+                 {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+
+
+def is_better(best: Optional[Mapping[str, Any]], metric: str, value: float,
+              mode: str) -> bool:
+  """True when `value` of `metric` beats the recorded best (a new metric always does)."""
+  if best is None or best.get("metric") != metric:
+    return True
+  return value > best["value"] if mode == "max" else value < best["value"]
+
+
+def _update_best(step: int, results: Mapping[str, evaluation.TaskResult],
+                 best: Optional[Dict[str, Any]], config: TrainConfig,
+                 exported: Callable[[], Dict[str, np.ndarray]],
+                 summaries) -> Optional[Dict[str, Any]]:
+  """The best record after this evaluation; a new best is exported to `best/`."""
+  chosen = evaluation.select_metric(results, config.best_metric)
+  if chosen is None:
+    return best
+  metric, value = chosen
+  mode = config.best_mode or ("min" if metric in ("loss", "z_loss") else "max")
+  if not is_better(best, metric, value, mode):
+    return best
+  best = {"step": step, "metric": metric, "value": value, "mode": mode}
+  arrays = exported()
+  if jax.process_index() == 0:
+    ckpt.export_best(config.model_dir, arrays, best)
+    summaries.record(step, "best", {"metric": metric, "value": value},
+                     export=layout.BEST_DIR)
+  logging.info("New best %s = %.4f at step %d, exported to %s/%s.", metric, value,
+               step, config.model_dir, layout.BEST_DIR)
+  return best
 
 
 def _exported(method: Method, trainable: Params, frozen: Params) -> Dict[str, np.ndarray]:
   """`Method.exported` of the trained parameters (gathered to host numpy)."""
   host = evaluation.to_host(trainable)
-  return {k: np.asarray(v) for k, v in method.exported(params_lib.merge(host, frozen)).items()}
-
-
-def _default_batches(start_batch: int, *, config: TrainConfig,
-                     mesh: Mesh) -> Iterator[Batch]:
-  """This process's rows of the global stream (a function of the global step only:
-  see `global_stream.py`)."""
-  from prompt_tuning import data as data_lib  # pylint: disable=g-import-not-at-top
-  global_batches = data_lib.train_batches(
-      config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
-      split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
-      start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle)
-  return global_stream.rows_of(global_batches,
-                               global_stream.process_rows(config.batch_size, mesh))
+  return {k: np.asarray(v)
+          for k, v in method.exported(params_lib.merge(host, frozen)).items()}

@@ -11,7 +11,6 @@ from prompt_tuning import params as params_lib
 from prompt_tuning import checkpoints
 from prompt_tuning import prompt_files
 from prompt_tuning.training import optim
-from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.prefix import prefix_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
 
@@ -37,7 +36,7 @@ def test_save_numpy_round_trips_through_the_file_initializer(tmp_path):
   assert path.endswith("encoder.prompt.prompt.npy")
   stored = np.load(path)
   assert stored.dtype == np.float32 and stored.shape == (P, 32)
-  again = prompt_tuning(length=P, initializer=inits.from_file(path)).initialize(
+  again = prompt_tuning(length=P, initializer=prompt_files.from_file(path)).initialize(
       jax.random.PRNGKey(1), params, config)
   np.testing.assert_array_equal(again["encoder"]["prompt"]["prompt"],
                                 params["encoder"]["prompt"]["prompt"])
@@ -151,7 +150,7 @@ def test_adapter_written_by_peft_imports_and_training_continues(hf_checkpoint, t
   assert abs(ours - _hf_loss(peft_model, enc, tgt)) < 1e-4
 
   # Continue training: the adapter directory is a valid PROMPT_FILE.
-  method = prompt_tuning(length=P, initializer=inits.from_file(tmp_path / "from_peft"))
+  method = prompt_tuning(length=P, initializer=prompt_files.from_file(tmp_path / "from_peft"))
   _, frozen_params = checkpoints.load(hf_checkpoint)
   params = method.initialize(jax.random.PRNGKey(0), frozen_params, config)
   np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"], prompt)
@@ -192,7 +191,7 @@ def test_broken_adapters_raise_peft_format_error(tmp_path, corrupt, message):
 
 def test_from_file_checks_the_adapter_prompt_shape(tmp_path):
   prompt_files.save_peft(tmp_path / "adapter", np.zeros((P, 32), np.float32))
-  with pytest.raises(inits.PromptFileError, match="PROMPT_LENGTH to 5"):
-    inits.from_file(tmp_path / "adapter")(None, (7, 32), None)
-  with pytest.raises(inits.PromptFileError, match="adapter_config.json"):
-    inits.from_file(tmp_path)(None, (5, 32), None)
+  with pytest.raises(prompt_files.PromptFileError, match="PROMPT_LENGTH to 5"):
+    prompt_files.from_file(tmp_path / "adapter")(None, (7, 32), None)
+  with pytest.raises(prompt_files.PromptFileError, match="adapter_config.json"):
+    prompt_files.from_file(tmp_path)(None, (5, 32), None)
