@@ -106,7 +106,8 @@ def test_script_parser_takes_its_help_from_the_docstring():
 def test_trainable_regexes_binding_reaches_the_trained_method(monkeypatch, binding,
                                                               expected):
   bindings = _bindings() + ([binding] if binding else [])
-  cli.parse_gin(["models/t5_1_1_tiny.gin", "runs/prompt_finetune.gin"], bindings)
+  cli.parse_gin(["models/t5_1_1_tiny.gin", "methods/prompt_tuning.gin",
+                 "runs/prompt_finetune.gin"], bindings)
   seen = {}
 
   def fake_build_and_train(config, *, method, **kwargs):
