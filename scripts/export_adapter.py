@@ -24,7 +24,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from prompt_tuning import checkpoints, cli  # pylint: disable=g-import-not-at-top
-from prompt_tuning.run_dir import train_state as ckpt  # pylint: disable=g-import-not-at-top
 from prompt_tuning.run_dir import layout  # pylint: disable=g-import-not-at-top
 from prompt_tuning.checkpoints import huggingface, peft_adapters  # pylint: disable=g-import-not-at-top
 from prompt_tuning.methods import ia3, lora  # pylint: disable=g-import-not-at-top
@@ -50,7 +49,7 @@ def export(model_dir: str, output: str, checkpoint="best", merged: bool = False)
                      f"settings {settings!r}); this script exports LoRA and IA3 runs "
                      "(written by a version that records the adapter settings).")
   config = T5Config.from_dict(record["model_config"])
-  arrays = ckpt.read_arrays(str(layout.export_dir(model_dir, checkpoint)))
+  arrays = layout.read_arrays(layout.export_dir(model_dir, checkpoint))
   flat = {name.replace(".", "/"): value for name, value in arrays.items()}
   if method == "lora":
     scale = float(settings["alpha"]) / int(settings["rank"])

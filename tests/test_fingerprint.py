@@ -10,6 +10,7 @@ import pytest
 from prompt_tuning import building
 from prompt_tuning import eval as eval_lib
 from prompt_tuning import fingerprint
+from prompt_tuning.run_dir import layout
 from prompt_tuning import infer as infer_lib
 from prompt_tuning import prompt_files
 from prompt_tuning.methods.prompt import prompt_tuning
@@ -109,7 +110,7 @@ def test_run_exports_copy_the_run_fingerprint_next_to_every_array(tmp_path, mode
   for directory in (step, best):
     for name in arrays:
       assert fingerprint.read_sidecar(directory / f"{name}.npy") == model_a
-    assert sorted(ckpt.read_arrays(str(directory))) == sorted(arrays)
+    assert sorted(layout.read_arrays(directory)) == sorted(arrays)
     assert fingerprint.read_any(directory) == model_a
 
 
