@@ -252,7 +252,9 @@ def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
   assert model.prompt is bank
   wide = tmp_path / "wide.npy"
   np.save(wide, np.zeros((2, CONFIG.emb_dim + 1), np.float32))
-  with pytest.raises(infer_lib.InferError, match=f"width H={CONFIG.emb_dim + 1}"):
+  # Checked before any frozen weight is read, naming the file and the shapes.
+  with pytest.raises(ValueError, match=rf"wide\.npy has shape \[2, {CONFIG.emb_dim + 1}\]; "
+                     rf"expected \[P, {CONFIG.emb_dim}\]"):
     infer_lib.load_bank_model({"w": str(wide)}, CONFIG, None)
 
 

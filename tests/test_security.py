@@ -87,7 +87,22 @@ def test_packages_scanned_exist():
   assert any(p.parts[-2] == "checkpoints" for p in SCANNED)
 
 
+# Reviewed exceptions, each allowed once in its file: the code-execution sandbox's
+# child process exists to run a generated program (MBPP pass@1), inside the
+# isolation `tasks/sandbox.py` sets up (own user, rlimits, no network, private tmp).
+ALLOWED = {"tasks/sandbox_child.py": ["calls exec"]}
+
+
 @pytest.mark.parametrize("path", SCANNED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_foreign_code_execution(path):
-  found = list(violations(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT))))
-  assert not found, "\n".join(found)
+  relative = str(path.relative_to(ROOT))
+  found = list(violations(path.read_text(encoding="utf-8"), relative))
+  allowed = list(ALLOWED.get(relative, []))
+  unexpected = []
+  for entry in found:
+    what = entry.split(": ", 1)[1]
+    if what in allowed:
+      allowed.remove(what)  # once per listed entry
+    else:
+      unexpected.append(entry)
+  assert not unexpected, "\n".join(unexpected)
