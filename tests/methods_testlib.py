@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.training import trainer
+from prompt_tuning.training import losses, trainer
 from prompt_tuning import params as params_lib
 from prompt_tuning.params import flatten
 from prompt_tuning.models.config import preset
@@ -94,9 +94,10 @@ def changed_after_steps(method, config, params, steps: int = 2, seed: int = 0):
   optimizer = optax.adam(0.05)
   state = trainer.TrainState(jnp.asarray(0, jnp.int32), trainable,
                              optimizer.init(trainable))
+  loss_fn = losses.LossFn(model, z_loss=0.0, loss_normalizing_factor=None,
+                          enable_dropout=False)
   step = jax.jit(lambda s, f, b, r: trainer.train_step(
-      s, f, b, r, model=model, optimizer=optimizer, z_loss=0.0,
-      loss_normalizing_factor=None, enable_dropout=False))
+      s, f, b, r, loss_fn=loss_fn, optimizer=optimizer))
   for _ in range(steps):
     state, _ = step(state, frozen, data, jax.random.PRNGKey(0))
   after = flatten(params_lib.merge(state.trainable, frozen))

@@ -116,7 +116,7 @@ def test_adapter_written_by_peft_gives_the_same_loss_here(hf_gpt2, tmp_path):
     peft_model.prompt_encoder["default"].embedding.weight.normal_(0.0, 1.0)
   peft_model.save_pretrained(tmp_path / "from_peft")
   config, params = checkpoints.load(hf_gpt2)
-  method = prompt_tuning(length=P, initializer=inits.from_file(tmp_path / "from_peft"))
+  method = prompt_tuning(length=P, initializer=prompt_files.from_file(tmp_path / "from_peft"))
   params = method.initialize(jax.random.PRNGKey(0), params, config)
   tokens = _batch()
   ours = _our_loss(config, params, method, tokens)

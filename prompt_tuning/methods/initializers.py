@@ -191,7 +191,7 @@ def text_ids(text: str, vocabulary: Any, name: str):
   """Token ids of `text` (no EOS) with a vocabulary as `_vocabulary` resolves it."""
   if not isinstance(text, str):
     raise ValueError(f"{name} needs a string; got {text!r}.")
-  return list(_vocabulary(vocabulary, name, None, "inputs").encode(text))
+  return list(_vocabulary(vocabulary, name).encode(text))
 
 
 _SENTENCEPIECE_CACHE = {}
