@@ -25,7 +25,7 @@ import dataclasses
 import difflib
 import functools
 import logging
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
@@ -223,8 +223,13 @@ def tasks_of(mixture_or_task_name: str) -> List[Any]:
 
 def eval_examples(task: Any, task_feature_lengths: Mapping[str, int],
                   split: str = "validation", max_examples: Optional[int] = None,
-                  use_cached: bool = False) -> EvalExamples:
+                  use_cached: bool = False,
+                  convert: Optional[Callable[[Any, Dict[str, int]], Any]] = None
+                  ) -> EvalExamples:
   """Reads a task's split in order (unshuffled), keeping raw and model features.
+
+  `convert(raw_ds, lengths) -> features_ds` replaces the encoder-decoder feature
+  converter (e.g. `data_decoder`'s decoder-only one); its features are kept whole.
 
   Examples longer than `task_feature_lengths` are cut, as in training, and counted
   in `EvalExamples.num_truncated` (flagged as `train_batches` flags them).
@@ -242,11 +247,14 @@ def eval_examples(task: Any, task_feature_lengths: Mapping[str, int],
   raw_ds = seqio.utils.trim_dataset(raw_ds, lengths, task.output_features)
   flags = raw_ds.map(lambda ex: ex[TRUNCATED][0])
   raw_ds = raw_ds.map(lambda ex: {k: v for k, v in ex.items() if k != TRUNCATED})
-  features_ds = feature_converter()(raw_ds, lengths)
+  if convert is None:
+    features_ds = feature_converter()(raw_ds, lengths).map(
+        lambda ex: {k: ex[k] for k in MODEL_FEATURES})
+  else:
+    features_ds = convert(raw_ds, lengths)
   raw = list(_options(raw_ds).as_numpy_iterator())
   num_truncated = int(sum(_options(flags).as_numpy_iterator()))
-  features = [{k: ex[k] for k in MODEL_FEATURES}
-              for ex in _options(features_ds).as_numpy_iterator()]
+  features = list(_options(features_ds).as_numpy_iterator())
   if len(raw) != len(features):
     raise RuntimeError(f"Task {task.name}: {len(raw)} raw examples but "
                        f"{len(features)} converted ones.")

@@ -178,29 +178,12 @@ def eval_examples(task: Any, task_feature_lengths: Mapping[str, int],
                   split: str = "validation", max_examples: Optional[int] = None,
                   use_cached: bool = False, bos_id: int = 0) -> data.EvalExamples:
   """`data.eval_examples` with decoder-only features (`MODEL_FEATURES` here)."""
-  if split not in task.splits:
-    raise ValueError(f"Task {task.name!r} has no split {split!r}; it has "
-                     f"{list(task.splits)}. Set --gin.EVAL_SPLIT (or the run's split).")
-  lengths = dict(task_feature_lengths)
-  raw_ds = task.get_dataset(lengths, split=split, shuffle=False, use_cached=use_cached,
-                            num_epochs=1, trim_output_features=False)
-  if max_examples:
-    raw_ds = raw_ds.take(max_examples)
-  raw_ds = raw_ds.map(functools.partial(data._flag_truncated, lengths=lengths,  # pylint: disable=protected-access
-                                        output_features=task.output_features))
-  raw_ds = seqio.utils.trim_dataset(raw_ds, lengths, task.output_features)
-  flags = raw_ds.map(lambda ex: ex[data.TRUNCATED][0])
-  raw_ds = raw_ds.map(lambda ex: {k: v for k, v in ex.items() if k != data.TRUNCATED})
-  features_ds = convert(raw_ds.map(lambda ex: {
-      k: ex[k] for k in ("inputs", "targets") if k in ex}), lengths, bos_id)
-  options = data._options  # pylint: disable=protected-access
-  raw = list(options(raw_ds).as_numpy_iterator())
-  num_truncated = int(sum(options(flags).as_numpy_iterator()))
-  features = list(options(features_ds).as_numpy_iterator())
-  if len(raw) != len(features):
-    raise RuntimeError(f"Task {task.name}: {len(raw)} raw examples but "
-                       f"{len(features)} converted ones.")
-  return data.EvalExamples(task, raw, features, num_truncated)
+  def decoder_only(raw_ds, lengths):
+    return convert(raw_ds.map(lambda ex: {k: ex[k] for k in ("inputs", "targets")
+                                          if k in ex}), lengths, bos_id)
+
+  return data.eval_examples(task, task_feature_lengths, split, max_examples,
+                            use_cached, convert=decoder_only)
 
 
 def padded_batches(features: Sequence[Batch], batch_size: int) -> Iterator[Batch]:
