@@ -14,6 +14,7 @@ from prompt_tuning.training import optim
 from prompt_tuning.methods.prefix import prefix_tuning
 from prompt_tuning.methods.prompt import prompt_tuning
 
+import peft_testlib
 from methods_testlib import batch, loss, random_params, tiny_config
 
 P = 5
@@ -63,27 +64,8 @@ def test_save_prompt_refuses_non_matrices(tmp_path):
 
 @pytest.fixture(scope="module")
 def hf_checkpoint(tmp_path_factory):
-  """A tiny untied gated-GELU T5 saved by transformers, with a distinct lm_head."""
-  from safetensors.torch import load_file, save_file  # pylint: disable=g-import-not-at-top
-  directory = tmp_path_factory.mktemp("hf_t5")
-  hf_config = transformers.T5Config(
-      vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
-      num_heads=4, relative_attention_num_buckets=32,
-      relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-      tie_word_embeddings=False, dropout_rate=0.0, decoder_start_token_id=0,
-      pad_token_id=0, eos_token_id=1)
-  torch.manual_seed(0)
-  transformers.T5ForConditionalGeneration(hf_config).save_pretrained(directory)
-  # transformers 5 ties lm_head to the input embedding on save whatever the config
-  # says: write a distinct head and an untied config, then reload.
-  weights = directory / "model.safetensors"
-  tensors = load_file(weights)
-  tensors["lm_head.weight"] = torch.randn(128, 32, generator=torch.Generator().manual_seed(1))
-  save_file(tensors, weights, metadata={"format": "pt"})
-  config_json = json.loads((directory / "config.json").read_text())
-  config_json["tie_word_embeddings"] = False
-  (directory / "config.json").write_text(json.dumps(config_json))
-  return directory
+  """A tiny untied gated-GELU T5 (1 + 1 layers) with a distinct lm_head."""
+  return peft_testlib.save_untied_hf_t5(tmp_path_factory.mktemp("hf_t5"), num_layers=1)
 
 
 def _hf_model(directory):
