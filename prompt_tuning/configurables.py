@@ -6,7 +6,7 @@ points import it through `cli`. The selector names are what `configs/*.gin` use:
   methods.prompt_tuning  methods.prefix_tuning  methods.lopa
   methods.model_tuning   methods.prompt_design
   methods.lora  methods.ia3  methods.p_tuning_v2  methods.per_layer_prompt
-  methods.partial_tuning
+  methods.partial_tuning  methods.multitask_prompt_tuning
   prompt_init.random_uniform  prompt_init.sampled_vocab  prompt_init.class_labels
   prompt_init.from_text       prompt_init.from_file
   optim.adafactor  optim.adafactor_prompt_tuning  optim.adafactor_model_tuning
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from prompt_tuning import partitioning, prompt_files
 from prompt_tuning.methods import (baselines, deep_prompt, ia3, initializers, lopa, lora,
-                                   prefix, prompt)
+                                   multitask, prefix, prompt)
 from prompt_tuning.models import config as config_lib
 from prompt_tuning.models import decoder_config
 from prompt_tuning.models import decoding
@@ -83,6 +83,26 @@ def from_text(text: str, vocabulary: Any = None,
   return init
 
 
+def multitask_prompt_tuning(mixture: Optional[str] = None, length: int = 100,
+                            initializer: Any = None, shared: str = "none",
+                            shared_length: Optional[int] = None,
+                            combine: str = "prefix",
+                            names: Optional[Sequence[str]] = None):
+  """`methods/multitask.multitask_prompt_tuning` with one prompt per member of the
+  seqio `mixture` (gin: %MIXTURE_OR_TASK_NAME), so K is never typed by hand;
+  `names` (task names in row order) replaces the mixture when given."""
+  if names is None:
+    if not mixture:
+      raise ValueError("methods.multitask_prompt_tuning needs the mixture whose "
+                       "members get a prompt each: bind methods.multitask_prompt_"
+                       "tuning.mixture = %MIXTURE_OR_TASK_NAME (or `names`).")
+    from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio + TF
+    names = data.task_names(mixture)
+  return multitask.multitask_prompt_tuning(
+      names=tuple(names), length=length, initializer=initializer, shared=shared,
+      shared_length=shared_length, combine=combine)
+
+
 def _task_labels(task: Optional[str]) -> Sequence[str]:
   if task is None:
     raise ValueError("class_labels needs `labels` (gin: CLASS_LABELS) or a `task` to "
@@ -112,7 +132,7 @@ _REGISTRATIONS = {
     "methods": [prompt.prompt_tuning, prefix.prefix_tuning, lopa.lopa,
                 baselines.model_tuning, baselines.prompt_design, lora.lora, ia3.ia3,
                 prefix.p_tuning_v2, deep_prompt.per_layer_prompt,
-                baselines.partial_tuning],
+                baselines.partial_tuning, multitask_prompt_tuning],
     "prompt_init": [initializers.random_uniform, initializers.sampled_vocab,
                     class_labels, from_text, prompt_files.from_file],
     "optim": [optim.adafactor, optim.adafactor_prompt_tuning,

@@ -21,6 +21,7 @@ the raw (pre-tokenized) fields kept for the postprocessor and the metrics.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -101,12 +102,64 @@ def _describe(vocabulary) -> str:
 
 
 TRUNCATED = "truncated"
+PROMPT_INDEX = "prompt_index"  # [B] int32: the example's task, for multi-task prompts
 
 
-def _flagging_converter() -> seqio.FeatureConverter:
-  """The training converter, passing the `truncated` flag `[1]` through."""
+def _flagging_converter(extra: Sequence[str] = ()) -> seqio.FeatureConverter:
+  """The training converter, passing the `truncated` flag `[1]` (and the `extra`
+  int features `[1]`, e.g. `prompt_index`) through."""
+  spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
   return seqio.EncDecFeatureConverter(pack=False, passthrough_features={
-      TRUNCATED: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)})
+      name: spec for name in (TRUNCATED, *extra)})
+
+
+def task_names(mixture_or_task_name: str) -> List[str]:
+  """The member tasks of a mixture (or the task itself), in `prompt_index` order."""
+  return [task.name for task in tasks_of(mixture_or_task_name)]
+
+
+class TaskNotRoutedError(UserError, ValueError):
+  """A task of the mixture has no prompt of the multi-task method."""
+
+
+def _index_of(task_name: str, prompt_names: Sequence[str]) -> int:
+  if task_name not in prompt_names:
+    raise TaskNotRoutedError(
+        f"Task {task_name!r} feeds the run but the multi-task prompt has no row for "
+        f"it (rows: {list(prompt_names)}). The method's task names must be the "
+        "mixture's members: set methods.multitask_prompt_tuning.mixture to "
+        "%MIXTURE_OR_TASK_NAME.")
+  return list(prompt_names).index(task_name)
+
+
+def _constant_index(ds: tf.data.Dataset, index: int) -> tf.data.Dataset:
+  value = tf.constant([index], tf.int32)
+  return ds.map(lambda ex: {**ex, PROMPT_INDEX: value})
+
+
+def with_task_index(provider: Any, prompt_names: Sequence[str]) -> Any:
+  """A copy of a seqio mixture whose every member's examples carry `prompt_index
+  [1]` = the position of the member's name in `prompt_names`.
+
+  A mixture cannot tell which task an example came from once the members are
+  sampled together, so the constant is added to each member's dataset before the
+  mixing (seqio's own `Mixture.get_dataset` still does the sampling, so examples
+  and their order are those of the plain mixture). Tasks are returned unchanged:
+  `train_batches` adds their constant after reading.
+  """
+  if not isinstance(provider, seqio.Mixture):
+    return provider
+  for task in provider.tasks:  # refuse a missing row before reading anything
+    _index_of(task.name, prompt_names)
+  indexed = copy.copy(provider)
+  read_member = provider.get_task_dataset
+
+  def get_task_dataset(task, *args, **kwargs):
+    return _constant_index(read_member(task, *args, **kwargs),
+                           _index_of(task.name, prompt_names))
+
+  indexed.get_task_dataset = get_task_dataset
+  return indexed
 
 
 def _flag_truncated(ex: Dict[str, tf.Tensor], lengths: Mapping[str, int],
@@ -141,7 +194,8 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                   batch_size: int, *, split: str = "train", seed: int = 0,
                   shard_index: int = 0, num_shards: int = 1, start_batch: int = 0,
-                  use_cached: bool = False, shuffle: bool = True) -> Iterator[Batch]:
+                  use_cached: bool = False, shuffle: bool = True,
+                  prompt_names: Optional[Sequence[str]] = None) -> Iterator[Batch]:
   """An endless iterator of this host's training batches.
 
   Args:
@@ -154,26 +208,35 @@ def train_batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, 
     start_batch: number of batches already consumed (from the checkpoint).
     use_cached: read seqio's offline cache.
     shuffle: shuffle the examples (off for debugging).
+    prompt_names: the rows of a multi-task prompt (task names); each example then
+      carries `prompt_index` = the row of the task it came from.
 
   Yields:
-    `{feature: np.ndarray [batch_size, length]}` with the `MODEL_FEATURES`, and
-    `truncated [batch_size]` (1 where an example was cut to the feature lengths).
+    `{feature: np.ndarray [batch_size, length]}` with the `MODEL_FEATURES`,
+    `truncated [batch_size]` (1 where an example was cut to the feature lengths)
+    and, with `prompt_names`, `prompt_index [batch_size]` int32.
   """
   shard_info = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
   provider = get_task(mixture_or_task_name)
+  routed = (PROMPT_INDEX,) if prompt_names is not None else ()
+  if routed:
+    provider = with_task_index(provider, prompt_names)
   lengths = dict(task_feature_lengths)
   # seqio.get_dataset, with trimming done here after noting which examples it cuts.
   extra = {"copy_pretokenized": True} if isinstance(provider, seqio.Mixture) else {}
   ds = provider.get_dataset(
       lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
       shard_info=shard_info, num_epochs=None, trim_output_features=False, **extra)
+  if routed and not isinstance(provider, seqio.Mixture):
+    ds = _constant_index(ds, _index_of(provider.name, prompt_names))
   ds = ds.map(functools.partial(_flag_truncated, lengths=lengths,
                                 output_features=provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = seqio.utils.trim_dataset(ds, lengths, provider.output_features)
-  ds = _flagging_converter()(ds, {**lengths, TRUNCATED: 1})
+  ds = _flagging_converter(routed)(ds, {**lengths, TRUNCATED: 1,
+                                      **{k: 1 for k in routed}})
   ds = ds.map(lambda ex: {**{k: ex[k] for k in MODEL_FEATURES},
-                          TRUNCATED: ex[TRUNCATED][0]})
+                          **{k: ex[k][0] for k in (TRUNCATED, *routed)}})
   ds = ds.batch(batch_size, drop_remainder=True)
   if start_batch:
     logging.info("Skipping %d batches already consumed to resume the data stream.",

@@ -33,6 +33,7 @@ from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.training import evaluation, global_stream, losses, trainer
+from prompt_tuning.methods import multitask
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -138,23 +139,28 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         batch_size=config.eval_batch_size or config.batch_size,
         split=config.eval_split, max_examples=config.max_eval_examples,
         max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-        use_cached=config.use_cached, decode_fn=decode_fn)
+        use_cached=config.use_cached, decode_fn=decode_fn,
+        prompt_rows=multitask.task_rows(method))
     if batches_fn is None:
-      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh)
+      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh,
+                                     prompt_names=multitask.task_names(method))
     built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)
     return trainer.train(config, method, optimizer, built, batches_fn, evaluator,
                          learning_rate_fn)
 
 
 def _task_batches(start_batch: int, *, config: trainer.TrainConfig,
-                  mesh: Mesh) -> Iterator[Any]:
+                  mesh: Mesh, prompt_names: Optional[Sequence[str]] = None
+                  ) -> Iterator[Any]:
   """This process's rows of the configured task's global stream from `start_batch`
-  on (a function of the global step only: see `training/global_stream.py`)."""
+  on (a function of the global step only: see `training/global_stream.py`);
+  `prompt_names` (a multi-task prompt's rows) adds each example's `prompt_index`."""
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
   global_batches = data.train_batches(
       config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
       split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
-      start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle)
+      start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle,
+      prompt_names=prompt_names)
   return global_stream.rows_of(global_batches,
                                global_stream.process_rows(config.batch_size, mesh))
 

@@ -6,7 +6,8 @@ subject, object, last) two seqio tasks are registered:
   tiny_<task>           "sentiment: the happy dog sees a car ." -> "positive"
   taskless_tiny_<task>  "the happy dog sees a car ."            -> "positive"
 
-plus the mixtures `tiny_multitask` / `taskless_tiny_multitask` over all of them.
+plus the mixtures `tiny_multitask` / `taskless_tiny_multitask` over all of them, and
+`taskless_tiny_sentiment_topic` (two taskless members, for multi-task prompts).
 The taskless twin drops the task word with the project-wide
 `tasks.preprocessors.remove_leading_word` (the paper's taskless setting). Data are
 generated on the fly from a seed: the same split always holds the same examples,
@@ -129,4 +130,9 @@ def register() -> None:
     name = task_name("multitask", taskless)
     _replace(name, seqio.Mixture(name, [task_name(t, taskless) for t in corpus.TASKS],
                                  default_rate=1.0))
+  # Two tasks with different label sets and no task word: the multi-task prompt
+  # walkthrough (docs/TRAINING.md) trains one prompt per member on it.
+  name = TASKLESS + PREFIX + "sentiment_topic"
+  _replace(name, seqio.Mixture(name, [task_name("sentiment", True),
+                                      task_name("topic", True)], default_rate=1.0))
 

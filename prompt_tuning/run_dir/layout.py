@@ -111,6 +111,20 @@ def read_best_record(model_dir: PathLike) -> Optional[Dict[str, Any]]:
   return json.loads(path.read_text()) if path.exists() else None
 
 
+def read_task_bests(model_dir: PathLike) -> Dict[str, Dict[str, Any]]:
+  """A multi-task run's per-task bests: task → `{'record': best.json,
+  'arrays': {name: array}}` from `best/<task>/` (empty before the first one)."""
+  root = pathlib.Path(model_dir) / BEST_DIR
+  found = {}
+  if root.is_dir():
+    for directory in sorted(p for p in root.iterdir() if p.is_dir()):
+      record_path = directory / BEST_JSON
+      if record_path.is_file() and any(directory.glob("*.npy")):
+        found[directory.name] = {"record": json.loads(record_path.read_text()),
+                                 "arrays": read_arrays(directory)}
+  return found
+
+
 class ExportNotFoundError(UserError, FileNotFoundError):
   """A MODEL_DIR has no export to evaluate."""
 

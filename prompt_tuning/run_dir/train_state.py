@@ -312,6 +312,33 @@ def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],
   return path
 
 
+def export_task_bests(model_dir: str, arrays: Mapping[str, np.ndarray],
+                      record: Mapping[str, Any],
+                      tasks: Mapping[str, Tuple[Mapping[str, np.ndarray],
+                                                Mapping[str, Any]]]) -> pathlib.Path:
+  """A multi-task run's `best/`: the bank of every task's best prompt (`arrays`,
+  `record`) and one `best/<task>/` per task (its arrays and best.json), built in a
+  temporary directory and swapped in whole, so readers never see a mix."""
+  root = pathlib.Path(model_dir)
+  model = fingerprint.read_run(model_dir)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{BEST_DIR}.tasks", dir=root))
+  try:
+    built = staging / BEST_DIR
+    write_arrays(str(built), arrays, extra=record, model=model)
+    for task, (task_arrays, task_record) in tasks.items():
+      write_arrays(str(built / task), task_arrays, extra=task_record, model=model)
+    target = root / BEST_DIR
+    old = root / f".{BEST_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+      target.rename(old)
+    built.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return root / BEST_DIR
+
+
 def write_model_fingerprint(model_dir: str, record: Mapping[str, Any]) -> pathlib.Path:
   """Records the frozen model of the run (`fingerprint.of_params(...)`); every later
   `export_step` / `export_best` writes it next to each exported array. Host 0."""

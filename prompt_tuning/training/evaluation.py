@@ -121,10 +121,13 @@ class Evaluator:
                max_examples: Optional[int] = None,
                max_decode_length: Optional[int] = None, z_loss: float = 1e-4,
                use_cached: bool = False, decode: bool = True,
-               decode_fn: Optional[Callable] = None):
+               decode_fn: Optional[Callable] = None,
+               prompt_rows: Optional[Mapping[str, int]] = None):
     """See the module docstring; `decode_fn(model, params, tokens [B, T],
     max_decode_length=L) -> [B, L]` (configs/decoding, `DECODE_FN`) defaults to
-    `decoding.greedy_decode`."""
+    `decoding.greedy_decode`. `prompt_rows` (task → row of a multi-task prompt)
+    evaluates each task with its own prompt: its batches carry `prompt_index [B]`
+    and decoding gets it too; a task without a row is refused."""
     self.model = model
     self.mesh = mesh
     self.batch_size = batch_size
@@ -136,6 +139,7 @@ class Evaluator:
                         task_feature_lengths=task_feature_lengths, split=split,
                         max_examples=max_examples, use_cached=use_cached)
     self.z_loss = z_loss
+    self.prompt_rows = None if prompt_rows is None else dict(prompt_rows)
     self.examples = None  # read by `prepare` (the first `evaluate`)
     self._step = None
 
@@ -153,6 +157,9 @@ class Evaluator:
     self._data = data_lib
     self.examples = {}
     for task in data_lib.tasks_of(mixture_or_task_name):
+      if self.prompt_rows is not None and task.name not in self.prompt_rows:
+        raise ValueError(f"Task {task.name!r} would be evaluated but the multi-task "
+                         f"prompt has no row for it (rows: {list(self.prompt_rows)}).")
       if split not in task.splits:
         logging.warning("Task %s has no %r split; not evaluated.", task.name, split)
         continue
@@ -190,13 +197,15 @@ class Evaluator:
     return partitioning.host_batch_to_global(host_rows(batch, self.batch_size),
                                              self.mesh)
 
-  def _generate(self, params: Params, tokens: jax.Array) -> np.ndarray:
+  def _generate(self, params: Params, tokens: jax.Array,
+                prompt_index: Optional[jax.Array] = None) -> np.ndarray:
     decode_fn = self.decode_fn
     if decode_fn is None:
       from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
       decode_fn = decoding.greedy_decode
+    routed = {} if prompt_index is None else {"prompt_index": prompt_index}
     out = decode_fn(self.model, params, tokens,
-                    max_decode_length=self.max_decode_length)
+                    max_decode_length=self.max_decode_length, **routed)
     if isinstance(out, tuple):  # beam search: (tokens, scores)
       out = out[0]
     return to_host(out)
@@ -213,14 +222,18 @@ class Evaluator:
     for i, batch in enumerate(self._data.padded_batches(examples.features,
                                                       self.batch_size)):
       real = min(self.batch_size, n - i * self.batch_size)
+      if self.prompt_rows is not None:  # every row of this task's batches: its prompt
+        batch[losses.PROMPT_INDEX] = np.full((self.batch_size,),
+                                             self.prompt_rows[name], np.int32)
       global_batch = self._global(batch)
       out = to_host(self._step(params, global_batch))
       for k in sums:
         sums[k] += float(out[k])
       scores.extend(out["log_likelihood"][:real].tolist())
       if decode:
-        tokens.extend(self._generate(params,
-                                     global_batch["encoder_input_tokens"])[:real])
+        tokens.extend(self._generate(
+            params, global_batch["encoder_input_tokens"],
+            global_batch.get(losses.PROMPT_INDEX))[:real])
     metrics: Dict[str, Any] = {
         "loss": sums["loss_sum"] / max(sums["weight_sum"], 1.0),
         "z_loss": sums["z_loss_sum"] / max(sums["weight_sum"], 1.0),

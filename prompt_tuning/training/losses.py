@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+PROMPT_INDEX = "prompt_index"  # optional batch feature [B]: each example's prompt row
 Normalizer = Union[None, float, str]
 
 
@@ -96,7 +97,9 @@ class LossFn:
   Args (of a call):
     params: the full parameter tree (frozen + trained).
     batch: `encoder_input_tokens [B, T_in]`, `decoder_input_tokens`,
-      `decoder_target_tokens`, `decoder_loss_weights [B, T_out]`.
+      `decoder_target_tokens`, `decoder_loss_weights [B, T_out]`, and optionally
+      `prompt_index [B]` (int: each example's row of a prompt bank or multi-task
+      prompt; passed to the model when present).
     rng: the dropout key; None runs without dropout.
 
   Returns:
@@ -116,9 +119,10 @@ class LossFn:
   def __call__(self, params: Any, batch: Dict[str, Array], rng: Optional[Array] = None
                ) -> Tuple[Array, Dict[str, Array]]:
     dropout = self.enable_dropout and rng is not None
+    routed = {PROMPT_INDEX: batch[PROMPT_INDEX]} if PROMPT_INDEX in batch else {}
     logits = self.model.apply({"params": params}, batch["encoder_input_tokens"],
                               batch["decoder_input_tokens"], enable_dropout=dropout,
-                              rngs={"dropout": rng} if dropout else None)
+                              rngs={"dropout": rng} if dropout else None, **routed)
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     total, z_term = token_cross_entropy(logits, batch["decoder_target_tokens"],
                                         self.z_loss)

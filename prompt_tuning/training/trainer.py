@@ -33,13 +33,14 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning.run_dir import layout
-from prompt_tuning.training import evaluation, losses
+from prompt_tuning.training import evaluation, losses, task_bests
 from prompt_tuning import host_memory, partitioning
 from prompt_tuning.training import opt_state_sharding
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning import params as params_lib
 from prompt_tuning.errors import UserError
+from prompt_tuning.methods import multitask
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import flatten
 from prompt_tuning.models.config import T5Config
@@ -215,7 +216,9 @@ def _accumulated_grads(trainable: Params, frozen: Params, batch: Batch,
                           "weight_sum": aux["weight_sum"]}
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
-  parts = split_microbatches({k: batch[k] for k in MODEL_FEATURES}, num_microbatches)
+  routed = MODEL_FEATURES + ((losses.PROMPT_INDEX,) if losses.PROMPT_INDEX in batch
+                             else ())
+  parts = split_microbatches({k: batch[k] for k in routed}, num_microbatches)
 
   def accumulate(carry, inputs):
     index, part = inputs
@@ -673,6 +676,11 @@ def _evaluate(step: int, state: TrainState, frozen: Params, method: Method,
   """Evaluates, records the results and returns the (maybe new) best record."""
   results = evaluator.evaluate(params_lib.merge(state.trainable, frozen))
   _record_evaluation(step, results, summaries)
+  names = multitask.task_names(method)
+  if names is not None:  # one best per task: best/<task>/ and their bank in best/
+    return task_bests.update(step, results, names, multitask.EXPORT_NAME,
+                             lambda: _exported(method, state.trainable, frozen),
+                             config.model_dir, config.best_metric, config.best_mode)
   return _update_best(step, results, best, config,
                       lambda: _exported(method, state.trainable, frozen), summaries)
 
