@@ -51,6 +51,7 @@ from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.methods import ia3 as ia3_lib
 from prompt_tuning.methods import lora as lora_lib
+from prompt_tuning.methods import multitask
 from prompt_tuning.methods import prefix_bank as prefix_bank_lib
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
@@ -67,7 +68,7 @@ flags.DEFINE_multi_string("prompt", [], "NAME=PATH of a prompt to serve (a .npy 
                           "file or a MODEL_DIR); repeatable; adds to PROMPT_FILES.")
 
 INFER_MACROS = ("TASK_FEATURE_LENGTHS",)
-SERVED_METHODS = (None, "prompt", "prefix")
+SERVED_METHODS = (None, "prompt", "prefix", multitask.NAME)
 Labels = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
 
@@ -208,7 +209,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     raise InferError("No prompts to serve: set --gin.PROMPT_FILES=\"{'name': "
                      "'/path/prompt.npy'}\", --prompt=NAME=PATH, PROMPT_FILE or "
                      "MODEL_DIR.")
-  records, sources, prefix_sources = {}, {}, {}
+  records, sources, prefix_sources, bank_files = {}, {}, {}, {}
   for name, source in prompts.items():
     if isinstance(source, (str, os.PathLike)):
       record = served_record(source)
@@ -216,6 +217,14 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
         records[str(source)] = record
       if record is not None and record.get("method") == "prefix":
         prefix_sources[name] = layout.export_dir(str(source), checkpoint)
+      elif record is not None and record.get("method") == multitask.NAME:
+        rows, bank_files[name] = multitask_rows(source, record, checkpoint)
+        for task, row in rows.items():
+          if task in sources or task in prompts:
+            raise InferError(f"Prompt name {task!r} is served twice: a task of the "
+                             f"multi-task run {source} and another source; serve "
+                             "them in separate runs.")
+          sources[task] = row
       else:
         sources[name] = prompt_files.prompt_path(source, checkpoint)
     else:
@@ -259,12 +268,13 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
       params, vocabulary, fingerprint.placement(method),
       name=initial_checkpoint_path or "a randomly initialized model",
       embedding_path=families.embedding_path(config))
-  for name, source in sources.items():
-    if not isinstance(source, np.ndarray):
-      try:
-        prompt_files.check_model(source, current, allow=allow_model_mismatch)
-      except fingerprint.PromptModelMismatch as e:
-        raise InferError(f"Prompt {name!r}: {e}") from e
+  checked = {**{n: s for n, s in sources.items() if not isinstance(s, np.ndarray)},
+             **bank_files}
+  for name, source in checked.items():
+    try:
+      prompt_files.check_model(source, current, allow=allow_model_mismatch)
+    except fingerprint.PromptModelMismatch as e:
+      raise InferError(f"Prompt {name!r}: {e}") from e
   params = building.apply_exported(
       params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
           bank_params["prompts"])}, "the prompt bank")
@@ -274,6 +284,25 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
                  sources[name] if isinstance(sources[name], (str, os.PathLike))
                  else "an array")
   return method.build(config), params, bank, str(initial_checkpoint_path or "random")
+
+
+def multitask_rows(model_dir: Union[str, os.PathLike], record: Mapping[str, Any],
+                   checkpoint: Union[str, int] = "best"
+                   ) -> Tuple[Dict[str, np.ndarray], pathlib.Path]:
+  """A multi-task run's exported bank as one `[P, H]` prompt per task, named by
+  task (config.json's `prompt_names`), and the bank's `.npy` file."""
+  directory = layout.export_dir(model_dir, checkpoint)
+  path = directory / f"{multitask.EXPORT_NAME}.npy"
+  names = record.get("prompt_names")
+  if not path.is_file() or not names:
+    raise InferError(f"{model_dir} is a multi-task prompt run but {path} (the "
+                     "trained bank) or config.json's prompt_names is missing; was "
+                     "it written by prompt_tuning.train?")
+  bank = np.load(path, allow_pickle=False)
+  if bank.ndim != 3 or bank.shape[0] != len(names):
+    raise InferError(f"{path} has shape {list(bank.shape)}, but the run has "
+                     f"{len(names)} tasks {names}: expected [K, P, H].")
+  return {task: bank[k] for k, task in enumerate(names)}, path
 
 
 def _check_prompt_files(sources: Mapping[str, Any],

@@ -427,6 +427,10 @@ def run_record(config: TrainConfig, method: Method, model_config: T5Config,
       "trainable": list(method.trainable),
       # Where the prompt goes ('prefix', 'suffix', 'after_bos'); serving uses it.
       "prompt_combine": getattr(method.prompt, "combine", None),
+      # A multi-task prompt's rows (task names, in prompt_index order); infer
+      # serves the exported bank under these names.
+      "prompt_names": (list(multitask.task_names(method))
+                       if multitask.task_names(method) else None),
       # The adapter hook's settings (LoRA rank / alpha / targets, IA3 targets, ...);
       # scripts/export_adapter.py reads them.
       "adapter": (dataclasses.asdict(method.adapter)
