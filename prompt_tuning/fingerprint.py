@@ -88,9 +88,10 @@ def vocabulary_digest(vocabulary: Any) -> Optional[Dict[str, Any]]:
 def placement(method: Any) -> str:
   """Method kind and prompt placement, e.g. 'prompt/prefix', 'prefix', 'lopa/suffix'.
 
-  A prompt bank serves plain prompts, so it counts as 'prompt'."""
+  A prompt bank serves plain prompts, and a multi-task prompt run exports one
+  (its composed rows), so both count as 'prompt'."""
   name = getattr(method, "name", str(method))
-  kind = "prompt" if name == "bank" else name
+  kind = "prompt" if name in ("bank", "multitask_prompt") else name
   combine = getattr(getattr(method, "prompt", None), "combine", None)
   return f"{kind}/{combine}" if combine else kind
 

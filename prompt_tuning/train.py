@@ -28,7 +28,9 @@ from absl import logging
 from jax.sharding import Mesh
 
 from prompt_tuning import building, cli, configurables, errors, partitioning
-from prompt_tuning import gin_specs, shape_checks
+from prompt_tuning import fingerprint, gin_specs, shape_checks
+from prompt_tuning import params as params_lib
+from prompt_tuning.models import families
 from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.run_dir import lock as run_lock
@@ -130,6 +132,9 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
     model_config, params, shardings = building.build_params(
         method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
         axis_rules=axis_rules)
+    if batches_fn is None:  # the configured task feeds the run: its vocabulary
+      write_fingerprint(config, method, model_config, initial_checkpoint_path,
+                        params, write=host0)
     model = method.build(model_config)
     loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
                             config.enable_dropout)
@@ -163,6 +168,26 @@ def _task_batches(start_batch: int, *, config: trainer.TrainConfig,
       prompt_names=prompt_names)
   return global_stream.rows_of(global_batches,
                                global_stream.process_rows(config.batch_size, mesh))
+
+
+def write_fingerprint(config: trainer.TrainConfig, method: Method,
+                      model_config: Any, initial_checkpoint_path: Optional[str],
+                      params: Any, *, write: bool) -> Dict[str, Any]:
+  """`MODEL_DIR/model_fingerprint.json`: the frozen model's embedding table, the
+  task's vocabulary and the method's placement, so that every export of the run
+  carries them (a `.model.json` sidecar per array) and eval/infer can refuse a
+  prompt served on another model. Every process takes part in gathering a
+  sharded embedding table; only `write` (host 0) writes."""
+  import tasks  # pylint: disable=g-import-not-at-top  # seqio + TF
+  embedding_path = families.embedding_path(model_config)
+  table = evaluation.to_host(params_lib.get_param(params, embedding_path))
+  record = fingerprint.of_model(
+      table, tasks.task_vocabulary(config.mixture_or_task_name),
+      fingerprint.placement(method),
+      name=initial_checkpoint_path or "a randomly initialized model")
+  if write:
+    train_state.write_model_fingerprint(config.model_dir, record)
+  return record
 
 
 def identity_from_gin(config: trainer.TrainConfig) -> Dict[str, Any]:
