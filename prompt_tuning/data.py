@@ -12,6 +12,8 @@ Training batches (`train_batches`):
   * `truncated [b]` (int32 0/1): whether an example was longer than
     `task_feature_lengths` and was cut (seqio's trimming is unchanged; the trainer
     counts these in its summaries).
+  * with `prompt_names` (a multi-task prompt's rows), `prompt_index [b]` (int32):
+    the row of the mixture member each example came from (`with_task_index`).
 
 Start-up checks (`check_task`): the task name exists (else close matches are listed)
 and its vocabularies fit the model's embedding table.

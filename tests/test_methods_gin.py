@@ -39,8 +39,9 @@ def build(files, bindings=()):
 
 def test_the_expected_gin_files_exist():
   assert sorted(p.stem for p in METHODS.glob("*.gin")) == [
-      "bitfit", "ia3", "lopa", "lora", "model_tuning", "p_tuning_v2", "per_layer_prompt",
-      "prefix_tuning", "prompt_design", "prompt_tuning"]
+      "bitfit", "ia3", "lopa", "lora", "model_tuning", "multitask_prompt_tuning",
+      "p_tuning_v2", "per_layer_prompt", "prefix_tuning", "prompt_design",
+      "prompt_tuning"]
   assert sorted(p.stem for p in PROMPTS.glob("*.gin")) == [
       "class_labels", "from_file", "from_text", "random_uniform", "sampled_vocab"]
   assert "methods.prompt_tuning" in configurables.CONFIGURABLES
@@ -173,3 +174,18 @@ def test_prompt_gin_also_initializes_lopa():
   assert method.name == "lopa"
   gin_init = gin.query_parameter("methods.lopa.initializer")
   assert gin_init.configurable.name == "sampled_vocab"
+
+
+def test_multitask_gin_takes_one_prompt_per_mixture_member():
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import  # registers the tiny tasks
+  method, optimizer = build(
+      [METHODS / "multitask_prompt_tuning.gin"],
+      ["MIXTURE_OR_TASK_NAME = 'taskless_tiny_sentiment_topic'", "PROMPT_LENGTH = 4",
+       "SHARED_PROMPT = 'concat'", "methods.multitask_prompt_tuning.shared_length = 2"])
+  assert method.name == "multitask_prompt"
+  assert method.prompt.names == ("taskless_tiny_sentiment", "taskless_tiny_topic")
+  assert (method.prompt.length, method.prompt.total_length) == (4, 6)
+  assert method.trainable == (r"encoder/prompt/.*",)
+  assert isinstance(optimizer, optax.GradientTransformation)
+  with pytest.raises(ValueError, match="mixture whose members"):
+    build([METHODS / "multitask_prompt_tuning.gin"], ["MIXTURE_OR_TASK_NAME = None"])

@@ -168,3 +168,31 @@ def test_infer_serves_the_bank_rows_by_task_name(tmp_path):
   assert path.name == f"{multitask.EXPORT_NAME}.npy"
   with pytest.raises(infer.InferError, match=r"expected \[K, P, H\]"):
     infer.multitask_rows(tmp_path, dict(record, prompt_names=["a", "b", "c"]))
+
+
+def test_microbatches_keep_each_row_with_its_prompt_index():
+  """Accumulating 2 microbatches gives the whole batch's update: prompt_index is
+  split with the other features, so no row meets another task's prompt."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import params as params_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import losses, trainer  # pylint: disable=g-import-not-at-top
+  enc, dec, tgt = mt.batch(size=4)
+  method = multitask.multitask_prompt_tuning(NAMES, 2)
+  model = Transformer(mt.one_layer_config(), prompt=method.prompt)
+  params = mt.random_params(model, enc, dec)
+  trainable, frozen = params_lib.split(params, method.trainable)
+  batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
+           "decoder_target_tokens": tgt,
+           "decoder_loss_weights": (tgt > 0).astype(jnp.int32),
+           "prompt_index": jnp.asarray([2, 0, 1, 2], jnp.int32)}
+  optimizer = optax.sgd(1.0)
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), trainable,
+                             optimizer.init(trainable))
+  loss_fn = losses.LossFn(model, enable_dropout=False)
+  outs = [trainer.train_step(state, frozen, batch, jax.random.PRNGKey(0),
+                             loss_fn=loss_fn, optimizer=optimizer, num_microbatches=m)
+          for m in (None, 2)]
+  whole, split = (flatten(o[0].trainable)[multitask.TASKS_PATH] for o in outs)
+  assert not np.allclose(whole, flatten(trainable)[multitask.TASKS_PATH])
+  np.testing.assert_allclose(split, whole, atol=1e-5)
+  np.testing.assert_allclose(outs[1][1]["loss"], outs[0][1]["loss"], rtol=1e-5)

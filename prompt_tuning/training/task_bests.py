@@ -50,10 +50,14 @@ def update(step: int, results: Mapping[str, evaluation.TaskResult],
     results: task → its evaluation (every task evaluated with its own row).
     names: the task of each bank row.
     bank_name: the exported bank's array name (`encoder.prompt.prompts`).
-    exported: the current exports (`{bank_name: [K, P, H]}`), computed when needed.
+    exported: the current exports (`{bank_name: [K, P, H]}`); called once on every
+      process.
     model_dir: MODEL_DIR.
     best_metric / best_mode: `TrainConfig.best_metric` / `best_mode`.
   """
+  # Every process gathers the current bank at every evaluation (a collective when it
+  # is sharded over hosts), whatever it reads from disk below.
+  current = np.asarray(exported()[bank_name])
   saved = layout.read_task_bests(model_dir)
   rows = {t: v["arrays"][TASK_EXPORT] for t, v in saved.items()
           if t in names and TASK_EXPORT in v["arrays"]}
@@ -70,7 +74,6 @@ def update(step: int, results: Mapping[str, evaluation.TaskResult],
       records[task] = {"step": step, "metric": metric, "value": value, "mode": mode}
   if not improved:
     return layout.read_best_record(model_dir)
-  current = np.asarray(exported()[bank_name])
   for task in improved:
     rows[task] = current[list(names).index(task)]
   # A task never evaluated (no split) keeps its current row in the bank.
