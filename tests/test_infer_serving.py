@@ -1,6 +1,5 @@
 """serving.PromptServer and infer_io: order, error records, one compiled shape,
 truncation, ensembles and labels, on a tiny random model with a toy vocabulary."""
-import io
 import json
 
 import flax.linen as nn
@@ -199,16 +198,6 @@ def test_read_jsonl_one_request_per_line(tmp_path):
     list(infer_io.read_jsonl(str(tmp_path / "missing.jsonl"), ["p"]))
 
 
-def test_progress_logs_every_n_batches(caplog):
-  caplog.set_level("INFO")
-  progress = infer_io.Progress(total=10, every=2, bar=False)
-  for _ in range(5):
-    progress.records_done(2)
-    progress.batch_done()
-  lines = [r.getMessage() for r in caplog.records if "lines written" in r.getMessage()]
-  assert len(lines) == 2 and lines[0].startswith("batch 2: 4/10 lines written")
-
-
 def _model_dir(root, method="prompt", initial=None):
   """A MODEL_DIR as prompt_tuning.train leaves it: config.json, exports, best/."""
   ckpt.check_or_write_run_config(str(root), {
@@ -256,16 +245,6 @@ def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
   with pytest.raises(ValueError, match=rf"wide\.npy has shape \[2, {CONFIG.emb_dim + 1}\]; "
                      rf"expected \[P, {CONFIG.emb_dim}\]"):
     infer_lib.load_bank_model({"w": str(wide)}, CONFIG, None)
-
-
-def test_progress_bar_on_a_terminal_counts_lines():
-  stream = io.StringIO()
-  progress = infer_io.Progress(total=6, stream=stream, bar=True)
-  for _ in range(3):
-    progress.records_done(2)
-    progress.batch_done()
-  progress.close()
-  assert "6/6" in stream.getvalue() and "100%" in stream.getvalue()
 
 
 def test_served_prompts_are_placed_as_they_were_trained(caplog):
