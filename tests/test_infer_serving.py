@@ -1,6 +1,5 @@
 """serving.PromptServer and infer_io: order, error records, one compiled shape,
 truncation, ensembles and labels, on a tiny random model with a toy vocabulary."""
-import json
 
 import flax.linen as nn
 import jax
@@ -166,36 +165,6 @@ def test_trim_matches_seqio_append_eos_after_trim(served):
   assert ids.tolist() == [5] * (T - 1) + [1] and not cut
   ids, cut = server.trim([5] * T + [1])  # one token too many
   assert len(ids) == T and cut
-
-
-def test_parse_line_errors_and_defaults():
-  names = ["rte", "sst2"]
-  ok = infer_io.parse_line(1, json.dumps({"prompt": "rte", "inputs": "x",
-                                          "id": 7}).encode(), names)
-  assert (ok.prompt, ok.inputs, ok.extra, ok.error) == ("rte", "x", {"id": 7}, None)
-  cases = {b"{bad": "invalid JSON", b"": "empty line", b"[1]": "JSON object",
-           b'{"prompt": "rte"}': "missing \"inputs\"",
-           b'{"prompt": "rte", "inputs": 3}': "must be a string",
-           b'{"inputs": "x"}': "missing \"prompt\"",
-           b'{"prompt": "qqp", "inputs": "x"}': "unknown prompt 'qqp'",
-           b'\xff{"inputs": "x"}': "not UTF-8"}
-  for raw, message in cases.items():
-    request = infer_io.parse_line(4, raw, names)
-    assert message in request.error, (raw, request.error)
-    assert request.error_record() == {"line": 4, "error": request.error}
-  single = infer_io.parse_line(2, b'{"inputs": "x"}', ["rte"])
-  assert single.prompt == "rte" and single.error is None
-
-
-def test_read_jsonl_one_request_per_line(tmp_path):
-  path = tmp_path / "in.jsonl"
-  path.write_bytes(b'{"inputs": "a"}\n\n{"inputs": "b"}\r\n{"inputs": "c"}')
-  got = list(infer_io.read_jsonl(str(path), ["p"]))
-  assert [r.line for r in got] == [1, 2, 3, 4]
-  assert [r.inputs for r in got] == ["a", None, "b", "c"]
-  assert infer_io.count_lines(str(path)) == 4
-  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-    list(infer_io.read_jsonl(str(tmp_path / "missing.jsonl"), ["p"]))
 
 
 def _model_dir(root, method="prompt", initial=None):
