@@ -29,6 +29,7 @@ from absl import logging
 from prompt_tuning.run_dir import layout
 from prompt_tuning import params as params_lib
 from prompt_tuning import cli, configurables, building, fingerprint, gin_specs, prompt_files
+from prompt_tuning.methods import multitask
 from prompt_tuning.training import evaluation
 from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import train_state as ckpt
@@ -216,7 +217,8 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
   evaluator = evaluation.Evaluator(
       model, mesh, shardings, mixture_or_task_name, task_feature_lengths,
       batch_size=batch_size, split=split, max_examples=max_examples,
-      max_decode_length=max_decode_length, decode_fn=decode_fn)
+      max_decode_length=max_decode_length, decode_fn=decode_fn,
+      prompt_rows=multitask.task_rows(method))  # a multi-task run: each task its row
   results = evaluator.evaluate(params)
   table = format_table(results)
   if jax.process_index() == 0:

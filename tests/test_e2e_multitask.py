@@ -1,5 +1,6 @@
 """The multi-task walkthrough of docs/TRAINING.md and docs/INFERENCE.md, run as written
-(on a few steps): train a 2-task bank on the bundled tiny model, serve it mixed."""
+(on a few steps): train a 2-task bank on the bundled tiny model, evaluate it per
+task, serve it mixed."""
 import json
 import os
 import pathlib
@@ -60,6 +61,17 @@ def test_train_a_two_task_bank_and_serve_it_mixed(tmp_path):
   evaluated = {json.loads(line).get("task") for line in
                (model_dir / "metrics.jsonl").read_text().splitlines()}
   assert set(TASKS) <= evaluated
+
+  evaluate = [a.replace(DOC_DIR, str(model_dir)) for a in
+              _documented("TRAINING.md", "eval", "taskless_tiny_sentiment_topic")]
+  proc = _run("prompt_tuning.eval", evaluate + ["--gin.MAX_EVAL_EXAMPLES=4",
+                                                "--gin.EVAL_BATCH_SIZE=4"])
+  assert all(task in proc.stdout for task in TASKS), proc.stdout  # one row per task
+  evaluated_best = [json.loads(line) for line in
+                    (model_dir / "metrics.jsonl").read_text().splitlines()][-2:]
+  best = json.loads((model_dir / "best" / "best.json").read_text())["tasks"]
+  for line in evaluated_best:  # each task with its own best prompt (same 4 examples)
+    assert line["accuracy"] == best[line["task"]]["value"], (line, best)
 
   requests = _requests(tmp_path / "requests.jsonl")
   infer = [a.replace(DOC_DIR, str(model_dir)).replace(

@@ -196,3 +196,24 @@ def test_microbatches_keep_each_row_with_its_prompt_index():
   assert not np.allclose(whole, flatten(trainable)[multitask.TASKS_PATH])
   np.testing.assert_allclose(split, whole, atol=1e-5)
   np.testing.assert_allclose(outs[1][1]["loss"], outs[0][1]["loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("shared", ["add", "concat"])
+def test_the_exported_bank_alone_gives_the_trained_outputs(shared):
+  """What eval loads from an export: the shared='none' method of the composed
+  length, with the shared prompt folded into every row."""
+  enc, dec, _ = mt.batch(size=2)
+  method = multitask.multitask_prompt_tuning(NAMES, 2, shared=shared)
+  model = Transformer(mt.one_layer_config(), prompt=method.prompt)
+  params = mt.random_params(model, enc, dec)
+  index = jnp.asarray([1, 2], jnp.int32)
+  served = method.inference_method()
+  assert served.prompt.shared == "none"
+  folded = method.inference_params(params)
+  assert multitask.SHARED_PATH not in flatten(folded)
+  np.testing.assert_allclose(flatten(folded)[multitask.TASKS_PATH],
+                             method.exported(params)[multitask.EXPORT_NAME])
+  np.testing.assert_allclose(
+      Transformer(mt.one_layer_config(), prompt=served.prompt).apply(
+          {"params": folded}, enc, dec, prompt_index=index),
+      model.apply({"params": params}, enc, dec, prompt_index=index), atol=1e-5)

@@ -15,7 +15,10 @@ Parameters (T5X paths, logical axes):
   encoder/prompt/shared_prompt  [P_s, H]     ('prompt', 'embed')   (add / concat)
 
 With shared='none' the parameters are those of a `PromptBank` of K same-length
-prompts, so a trained run is served as it is. Whatever the mode, the run exports
+prompts, so a trained run is served as it is; with a shared prompt,
+`inference_method()` is the shared='none' method of the composed length and
+`inference_params` folds the shared prompt into the rows (what eval loads from an
+export). Whatever the mode, the run exports
 the composed bank `encoder.prompt.prompts.npy` `[K, P, H]` (row k is what task k
 sees), which `prompt_tuning.infer` serves by task name.
 
@@ -38,7 +41,7 @@ from prompt_tuning.methods.base import Method
 from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import param
-from prompt_tuning.params import Params, get_param, with_params
+from prompt_tuning.params import Params, get_param, with_params, without_params
 
 Array = jax.Array
 NAME = "multitask_prompt"
@@ -201,8 +204,18 @@ def multitask_prompt_tuning(names: Sequence[str], length: int = 100,
   def export(params: Params) -> Dict[str, np.ndarray]:
     return {EXPORT_NAME: composed_bank(params, shared)}
 
+  def inference() -> Method:  # the exported bank alone: the shared part folded in
+    return multitask_prompt_tuning(module.names, module.total_length, combine=combine)
+
+  def fold(params: Params) -> Params:
+    return with_params(without_params(params, SHARED_PATH),
+                       {TASKS_PATH: jnp.asarray(composed_bank(params, shared))})
+
+  folded = shared != "none"
   return Method(name=NAME, prompt=module, trainable=(r"encoder/prompt/.*",),
-                initialize=initialize, export=export)
+                initialize=initialize, export=export,
+                inference=inference if folded else None,
+                fold=fold if folded else None)
 
 
 def composed_bank(params: Params, shared: str = "none") -> np.ndarray:
