@@ -1,5 +1,6 @@
 """Multi-task prompts: shared + task composition, routing in the data, per-task bests,
 and the exported bank served by task name."""
+import functools
 import json
 
 import jax
@@ -66,7 +67,7 @@ def test_parameters_have_logical_axes_and_gradients_stay_in_their_rows():
   enc, dec, tgt = mt.batch(size=2)
   module = multitask.MultiTaskPrompt(names=NAMES, length=2, shared="add")
   model = Transformer(mt.one_layer_config(), prompt=module)
-  variables = model.init(jax.random.PRNGKey(0), enc, dec)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), enc, dec)
   axes = {k: v.names for k, v in flatten(variables["params"]).items()
           if hasattr(v, "names")}
   assert axes[multitask.TASKS_PATH] == ("prompts", "prompt", "embed")
@@ -78,7 +79,7 @@ def test_parameters_have_logical_axes_and_gradients_stay_in_their_rows():
                          prompt_index=jnp.asarray([0, 2], jnp.int32))
     return jnp.sum(logits * tgt[..., None])
 
-  grads = flatten(jax.grad(loss)(params))
+  grads = flatten(jax.jit(jax.grad(loss))(params))
   rows = np.abs(np.asarray(grads[multitask.TASKS_PATH])).sum(axis=(1, 2))
   assert rows[0] > 0 and rows[2] > 0 and rows[1] == 0  # task_b had no example
   assert np.abs(np.asarray(grads[multitask.SHARED_PATH])).sum() > 0
@@ -189,8 +190,9 @@ def test_microbatches_keep_each_row_with_its_prompt_index():
   state = trainer.TrainState(jnp.zeros((), jnp.int32), trainable,
                              optimizer.init(trainable))
   loss_fn = losses.LossFn(model, enable_dropout=False)
-  outs = [trainer.train_step(state, frozen, batch, jax.random.PRNGKey(0),
-                             loss_fn=loss_fn, optimizer=optimizer, num_microbatches=m)
+  outs = [jax.jit(functools.partial(trainer.train_step, loss_fn=loss_fn,
+                                    optimizer=optimizer, num_microbatches=m))(
+                                        state, frozen, batch, jax.random.PRNGKey(0))
           for m in (None, 2)]
   whole, split = (flatten(o[0].trainable)[multitask.TASKS_PATH] for o in outs)
   assert not np.allclose(whole, flatten(trainable)[multitask.TASKS_PATH])
