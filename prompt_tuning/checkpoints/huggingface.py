@@ -49,6 +49,7 @@ from etils import epath
 from prompt_tuning.checkpoints.errors import CheckpointError, MissingDependencyError
 from prompt_tuning.checkpoints.tree import (Index, LazyTensor, Params, ReadCounter,
                                             Source)
+from prompt_tuning.models import scan
 from prompt_tuning.models.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -465,7 +466,7 @@ def save_huggingface(path, params: Params, config: T5Config) -> epath.Path:
     raise CheckpointError(f"save_huggingface writes local directories only, not "
                           f"{path}.")
   path.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(k): v for k, v in _flatten_params(params).items()}
+  flat = scan.unstack({"/".join(k): v for k, v in _flatten_params(params).items()})
   tensors = {}
   for ours, (hf_name, transpose) in name_map(config).items():
     array = np.asarray(flat[ours], dtype=np.float32)

@@ -18,7 +18,9 @@ from etils import epath
 from prompt_tuning.checkpoints.errors import CheckpointError
 from prompt_tuning.checkpoints.tree import (ARCHITECTURE_FIELDS, LazyTensor, Params,
                                             Source)
+from prompt_tuning.models import scan
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.params import flatten, unflatten
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -101,7 +103,8 @@ def save(path, params: Params, config: T5Config, overwrite: bool = False
 
   Args:
     path: the directory to create (local or any orbax-supported path).
-    params: nested dict of arrays; saved as float32.
+    params: nested dict of arrays; saved as float32, a scanned model's stacked
+      layers (`T5Config.scan_layers`) under the T5X layer paths.
     config: written to `config.json` with `T5Config.to_dict()`.
     overwrite: replace an existing checkpoint at `path`.
 
@@ -117,7 +120,8 @@ def save(path, params: Params, config: T5Config, overwrite: bool = False
     params_dir.rmtree()
   path.mkdir(parents=True, exist_ok=True)
   _, checkpointer = _checkpointer()
-  as_f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), params)
+  as_f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32),
+                                  unflatten(scan.unstack(flatten(params))))
   checkpointer.save(params_dir, as_f32)
   (path / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
   return path

@@ -107,7 +107,10 @@ Source = Dict[str, LazyTensor]  # '/'-joined T5X parameter path → tensor
 def expected_shapes(config: families.ModelConfig) -> Dict[str, Shape]:
   """`{path: shape}` of the frozen network's `init(...)['params']` (T5 or a
   decoder-only family, see `models.families`), computed abstractly
-  (`jax.eval_shape`, no memory), in sorted path order."""
+  (`jax.eval_shape`, no memory), in sorted path order. Checkpoints hold the
+  unstacked layer paths (`encoder/layers_i/…`) whatever `scan_layers` says."""
+  if getattr(config, "scan_layers", False):
+    config = config.replace(scan_layers=False)
   model = families.build(config.replace(dtype=jnp.float32))
   abstract = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), *families.init_inputs(config))[
