@@ -20,14 +20,20 @@ from prompt_tuning.methods import baselines, lora, prefix, prompt
 from prompt_tuning.methods.base import Method
 from prompt_tuning.models import decoding, scan
 from prompt_tuning.params import flatten, unflatten
+from prompt_tuning.models.config import T5Config
 from prompt_tuning.training import trainer
+from test_plan import frozen_bytes_by_hand
 
-METHODS = {
-    "plain": lambda: Method(name="model", trainable=(".*",)),
-    "prompt": lambda: prompt.prompt_tuning(length=3),
-    "prefix": lambda: prefix.prefix_tuning(length=2, hidden_dim=8, cross_attention=True),
-}
 LAYERS = {"encoder": 2, "decoder": 2}
+
+
+def _all_hooks() -> Method:
+  """A prompt (input only) and encoder + decoder + cross prefixes, with every
+  parameter trained: gradients of the stacked frozen layers are compared too."""
+  return Method(name="model", prompt=prompt.prompt_tuning(length=3).prompt,
+                prefix=prefix.prefix_tuning(length=2, hidden_dim=8,
+                                            cross_attention=True).prefix,
+                trainable=(".*",))
 
 
 def _plain_params(method, config):
@@ -46,15 +52,15 @@ def _loss_and_grads(method, config, flat):
   return jax.jit(jax.value_and_grad(loss))(trainable)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_scan_gives_the_plain_loss_and_gradients(name):
-  method = METHODS[name]()
+def test_scan_gives_the_plain_loss_and_gradients():
+  method = _all_hooks()
   plain_config = ml.tiny_config()
   flat = flatten(_plain_params(method, plain_config))
   loss, grads = _loss_and_grads(method, plain_config, flat)
   stacked = scan.stack(flat, LAYERS)
   assert "encoder/layers/attention/query/kernel" in stacked
   assert stacked["encoder/layers/attention/query/kernel"].shape == (2, 32, 32)
+  assert "encoder/prompt/prompt" in stacked and "prefix/cross/out_kernel" in stacked
   for policy in ("none", "full"):
     config = plain_config.replace(scan_layers=True, remat_policy=policy)
     s_loss, s_grads = _loss_and_grads(method, config, stacked)
@@ -69,7 +75,7 @@ def test_scan_gives_the_plain_loss_and_gradients(name):
 def test_per_example_prefixes_are_sliced_per_layer():
   # A prefix bank hands [B, L, P, N, D] prefixes with `visible [B, P]`.
   config = ml.tiny_config()
-  flat = flatten(_plain_params(METHODS["plain"](), config))
+  flat = flatten(_plain_params(Method(name="model", trainable=()), config))
   enc, dec, _ = ml.batch(size=2, inputs=7)
   rng = np.random.RandomState(0)
   kv = lambda: jnp.asarray(rng.normal(size=(2, 2, 3, 4, 8)), jnp.float32)
@@ -141,8 +147,8 @@ def test_adapter_methods_and_cached_decoding_are_refused():
   enc, dec, _ = ml.batch()
   with pytest.raises(ValueError, match="adapter hook.*scan_layers=False"):
     lora.lora(rank=2).build(config).init(jax.random.PRNGKey(0), enc, dec)
-  model = METHODS["plain"]().build(config)
-  params = _plain_params(METHODS["plain"](), config)
+  model = Method(name="model", trainable=()).build(config)
+  params = _plain_params(Method(name="model", trainable=()), config)
   with pytest.raises(ValueError, match="Cached decoding.*scan_layers=False"):
     decoding.greedy_decode(model, params, enc, max_decode_length=3, eos_id=-1)
 
@@ -158,18 +164,17 @@ def test_gin_binds_scan_layers_and_the_planner_accepts_it():
   assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn().scan_layers
   record = ml.tiny_config(scan_layers=True).to_dict()
   assert record["scan_layers"] is True and "scan_layers" not in ml.tiny_config().to_dict()
-  method = prompt.prompt_tuning(length=4)
+  assert T5Config.from_dict(record).scan_layers
   train_config = trainer.TrainConfig(model_dir="/nonexistent", mixture_or_task_name="x",
                                      task_feature_lengths={}, train_steps=1,
                                      batch_size=2)
   mesh = partitioning.make_mesh(1, devices=jax.devices()[:1])
-  results = {}
-  for scanned in (False, True):
-    config = ml.tiny_config(remat_policy="full", scan_layers=scanned)
-    results[scanned] = plan.plan(config, method, optax.adam(1e-3), train_config,
-                                 {"inputs": 8, "targets": 4}, mesh, partitioning.rules())
-  assert results[True]["scan_layers"] is True
-  plain, scanned = (results[k]["bytes_per_device"] for k in (False, True))
-  assert scanned["frozen"] == plain["frozen"]  # the same parameters, stacked
-  assert scanned["trainable"] == plain["trainable"]
-  assert scanned["saved_residuals"] > 0
+  config = ml.one_layer_config(remat_policy="full", scan_layers=True)
+  result = plan.plan(config, prompt.prompt_tuning(length=4), optax.adam(1e-3),
+                     train_config, {"inputs": 8, "targets": 4}, mesh,
+                     partitioning.rules())
+  assert result["scan_layers"] is True
+  b = result["bytes_per_device"]
+  assert b["frozen"] == frozen_bytes_by_hand(config, model_ways=1)  # stacked, same bytes
+  assert b["trainable"] == 4 * config.emb_dim * 4
+  assert b["saved_residuals"] > 0 and 0 < b["recompute"]
