@@ -447,7 +447,7 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   server = serving.PromptServer(
       model, params, bank, vocab, routes=routes, input_length=lengths["inputs"],
       max_decode_length=int(lengths.get("targets", 1)), batch_size=batch_size,
-      decode_fn=decode_fn, seed=seed, mesh=mesh)
+      decode_fn=decode_fn, seed=seed, mesh=mesh, axis_rules=configurables.axis_rules())
   return server, requests, total
 
 

@@ -138,7 +138,7 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         batch_size=config.eval_batch_size or config.batch_size,
         split=config.eval_split, max_examples=config.max_eval_examples,
         max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-        use_cached=config.use_cached, decode_fn=decode_fn)
+        use_cached=config.use_cached, decode_fn=decode_fn, axis_rules=axis_rules)
     if batches_fn is None:
       batches_fn = functools.partial(_task_batches, config=config, mesh=mesh)
     built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)

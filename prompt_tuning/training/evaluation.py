@@ -121,11 +121,14 @@ class Evaluator:
                max_examples: Optional[int] = None,
                max_decode_length: Optional[int] = None, z_loss: float = 1e-4,
                use_cached: bool = False, decode: bool = True,
-               decode_fn: Optional[Callable] = None):
+               decode_fn: Optional[Callable] = None,
+               axis_rules: Optional[partitioning.Rules] = None):
     """See the module docstring; `decode_fn(model, params, tokens [B, T],
     max_decode_length=L) -> [B, L]` (configs/decoding, `DECODE_FN`) defaults to
-    `decoding.greedy_decode`."""
+    `decoding.greedy_decode`. With a mesh, activations are constrained by
+    `axis_rules` (default `partitioning.rules()`), as in training."""
     self.model = model
+    self.axis_rules = axis_rules
     self.mesh = mesh
     self.batch_size = batch_size
     self.max_decode_length = max_decode_length or int(task_feature_lengths["targets"])
@@ -241,7 +244,10 @@ class Evaluator:
 
   def evaluate(self, params: Params) -> Dict[str, TaskResult]:
     self.prepare()
-    return {name: self.evaluate_task(params, name) for name in self.examples}
+    if self.mesh is None:
+      return {name: self.evaluate_task(params, name) for name in self.examples}
+    with partitioning.activation_partitioning(self.mesh, self.axis_rules):
+      return {name: self.evaluate_task(params, name) for name in self.examples}
 
 
 def _text(value: Any) -> str:
