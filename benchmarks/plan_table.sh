@@ -39,6 +39,9 @@ if [ "${1:-}" = ablations ]; then  # XXL, scanned: the base row and one change e
   plan xxl 8 1,8 full bfloat16 1 True
   plan xxl 16 2,8 full bfloat16 1 True
   plan xxl 8 1,8 none bfloat16 2 True 4
+  plan xxl 16 2,8 full bfloat16 2 True
+  plan xxl 8 1,8 none bfloat16 2 True 8
+  plan xxl 16 2,8 none bfloat16 2 True 8
   exit 0
 fi
 for model in ${@:-xxl xl large}; do
