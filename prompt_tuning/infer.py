@@ -54,7 +54,7 @@ from prompt_tuning.methods import lora as lora_lib
 from prompt_tuning.methods import prefix_bank as prefix_bank_lib
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
-from prompt_tuning.models import families
+from prompt_tuning.models import families, scan
 from prompt_tuning.params import flatten, with_params
 from prompt_tuning.models.config import T5Config
 
@@ -116,7 +116,8 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
   if model_config is None and records:
     model_config = families.config_from_dict(
         next(iter(records.values()))["model_config"])
-  return initial_checkpoint_path, model_config
+  # Served unscanned (cached decoding); exports do not depend on scan_layers.
+  return initial_checkpoint_path, scan.unscanned(model_config)
 
 
 def prompt_combine(records: Mapping[str, Dict[str, Any]],

@@ -142,6 +142,16 @@ def test_exports_use_t5x_layer_paths_and_load_back():
                                      np.zeros(5)})
 
 
+def test_eval_and_infer_build_the_unscanned_model():
+  from prompt_tuning import infer  # pylint: disable=g-import-not-at-top
+  config = ml.tiny_config(scan_layers=True)
+  assert scan.unscanned(config) == ml.tiny_config()
+  assert scan.unscanned(ml.tiny_config()) == ml.tiny_config()
+  record = {"model_config": config.to_dict(), "initial_checkpoint_path": None}
+  _, served = infer.frozen_model_source({"/run": record}, None, None)
+  assert served.scan_layers is False
+
+
 def test_adapter_methods_and_cached_decoding_are_refused():
   config = ml.tiny_config(scan_layers=True)
   enc, dec, _ = ml.batch()

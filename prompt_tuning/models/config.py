@@ -47,7 +47,7 @@ class T5Config:
       leading `layers` axis (`encoder/layers/…` `[L, …]`, see `models/scan.py`).
       Checkpoints and exports keep the unstacked T5X paths (stacked on load).
       Composes with `remat_policy`; the adapter hook (LoRA, IA3, deep prompts)
-      and cached decoding are refused with it.
+      and cached decoding are refused with it (eval and infer run unscanned).
   """
   vocab_size: int = T5_VOCAB_SIZE
   emb_dim: int = 512

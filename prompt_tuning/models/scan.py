@@ -91,3 +91,11 @@ def layer_index(path: str) -> int:
   if match is None:
     raise ValueError(f"{path} is not a layer parameter (encoder|decoder/layers_i/…).")
   return int(match.group(2))
+
+
+def unscanned(config: Any) -> Any:
+  """`config` with `scan_layers=False` (eval and infer: cached decoding needs the
+  unscanned layers, and checkpoints and exports are layout-independent)."""
+  if getattr(config, "scan_layers", False):
+    return config.replace(scan_layers=False)
+  return config
