@@ -81,12 +81,24 @@ class LopaPrompt(nn.Module):
   def needs_encoder_features(self) -> bool:
     return self.features == "encoder"
 
-  @nn.compact
+  @property
+  def out_length(self) -> int:
+    """P', the number of prompt vectors it adds (2P for 'concat')."""
+    return 2 * self.length if self.variant == "concat" else self.length
+
   def __call__(self, x: Array, mask: Array, features: Optional[Array] = None,
                prompt_index: Optional[Array] = None,
                deterministic: bool = True) -> Tuple[Array, Array]:
     """x [B, T, H], mask [B, T], features [B, H] → ([B, T+P', H], [B, T+P'])."""
     del prompt_index
+    prompt = self.vectors(x, mask, features, deterministic)
+    return prompt_lib.combine(self.combine, prompt, x, mask)
+
+  @nn.compact
+  def vectors(self, x: Array, mask: Array, features: Optional[Array] = None,
+              deterministic: bool = True) -> Array:
+    """Each example's prompt Z `[B, P', H]` (x [B, T, H], mask [B, T], features
+    [B, H]); a prompt bank places it (`methods/lopa_bank.py`)."""
     batch, _, width = x.shape
     if self.features == "embeddings" or features is None:
       if self.features == "encoder":
@@ -115,7 +127,7 @@ class LopaPrompt(nn.Module):
       prompt = jnp.maximum(shared, instance)
     else:  # concat
       prompt = jnp.concatenate([shared, instance], axis=1)
-    return prompt_lib.combine(self.combine, prompt, x, mask)
+    return prompt
 
 
 def lopa(length: int = 10, rank: int = 4, hidden_dim: int = 256,
