@@ -33,6 +33,7 @@ from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.training import evaluation, global_stream, losses, trainer
+from prompt_tuning.training import rank_eval
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -118,6 +119,7 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
     logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
                  dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
+    rank = rank_settings(config)  # every task's labels, before anything is loaded
     record = dict(trainer.run_record(config, method, model_config,
                                      initial_checkpoint_path), **(identity or {}))
     train_state.check_or_write_run_config(config.model_dir, record, write=host0)
@@ -138,12 +140,30 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         batch_size=config.eval_batch_size or config.batch_size,
         split=config.eval_split, max_examples=config.max_eval_examples,
         max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-        use_cached=config.use_cached, decode_fn=decode_fn)
+        use_cached=config.use_cached, decode_fn=decode_fn, rank=rank)
     if batches_fn is None:
       batches_fn = functools.partial(_task_batches, config=config, mesh=mesh)
     built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)
     return trainer.train(config, method, optimizer, built, batches_fn, evaluator,
                          learning_rate_fn)
+
+
+def rank_settings(config: trainer.TrainConfig) -> Optional[rank_eval.RankSettings]:
+  """The label strings of every evaluated task when `rank_classification` is on."""
+  if not config.rank_classification:
+    return None
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+  import tasks  # pylint: disable=g-import-not-at-top
+  labels = {}
+  for task in data.tasks_of(config.mixture_or_task_name):
+    strings = tasks.get_label_strings(task.name)
+    if not strings:
+      raise errors.UserError(
+          f"TrainConfig.rank_classification: task {task.name!r} has no label "
+          "strings (a generation task?); register them with "
+          "tasks.register_labels, or set --gin.TrainConfig.rank_classification=False.")
+    labels[task.name] = strings
+  return rank_eval.RankSettings(labels, config.rank_normalization)
 
 
 def _task_batches(start_batch: int, *, config: trainer.TrainConfig,

@@ -83,6 +83,10 @@ class TrainConfig:
       gin: `NUM_MICROBATCHES`); the update equals the whole batch's. None or 1:
       no split. Must divide `batch_size`, and each microbatch must divide the
       `data` axis.
+    rank_classification: also evaluate by rank classification over each task's
+      label strings (`training/rank_eval.py`: `rank_accuracy`, `rank/<metric>`,
+      selectable as `best_metric`); `rank_normalization` compares multi-token
+      labels ('sum', 'mean', 'length_penalty').
   """
   model_dir: str
   mixture_or_task_name: str
@@ -107,6 +111,8 @@ class TrainConfig:
   use_cached: bool = False
   shuffle: bool = True
   num_microbatches: Optional[int] = None
+  rank_classification: bool = False
+  rank_normalization: str = "sum"
 
 
 # ====================================================================================
