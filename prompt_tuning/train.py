@@ -33,7 +33,7 @@ from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.training import evaluation, global_stream, losses, trainer
-from prompt_tuning.training import rank_eval
+from prompt_tuning.training import early_stopping, rank_eval
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -120,6 +120,7 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
                  dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
     rank = rank_settings(config)  # every task's labels, before anything is loaded
+    early_stopping.check(config.early_stopping_patience, config.eval_period, True)
     record = dict(trainer.run_record(config, method, model_config,
                                      initial_checkpoint_path), **(identity or {}))
     train_state.check_or_write_run_config(config.model_dir, record, write=host0)

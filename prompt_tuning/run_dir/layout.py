@@ -105,6 +105,15 @@ def is_complete(model_dir: PathLike, step: int) -> bool:
     return False
 
 
+def stopped_early(model_dir: PathLike) -> bool:
+  """True when `complete.json` says early stopping ended the run."""
+  try:
+    return bool(json.loads((pathlib.Path(model_dir) / COMPLETE_JSON).read_text()).get(
+        "early_stopped"))
+  except (OSError, ValueError):
+    return False
+
+
 def read_best_record(model_dir: PathLike) -> Optional[Dict[str, Any]]:
   """`best/best.json` (step, metric, value), or None before the first evaluation."""
   path = pathlib.Path(model_dir) / BEST_DIR / BEST_JSON

@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning.run_dir import layout
-from prompt_tuning.training import evaluation, losses
+from prompt_tuning.training import early_stopping, evaluation, losses
 from prompt_tuning import host_memory, partitioning
 from prompt_tuning.training import opt_state_sharding
 from prompt_tuning.run_dir import train_state as ckpt
@@ -87,6 +87,8 @@ class TrainConfig:
       label strings (`training/rank_eval.py`: `rank_accuracy`, `rank/<metric>`,
       selectable as `best_metric`); `rank_normalization` compares multi-token
       labels ('sum', 'mean', 'length_penalty').
+    early_stopping_patience: stop after this many evaluations in a row without a
+      new best `best_metric` (`training/early_stopping.py`); None: never.
   """
   model_dir: str
   mixture_or_task_name: str
@@ -113,6 +115,7 @@ class TrainConfig:
   num_microbatches: Optional[int] = None
   rank_classification: bool = False
   rank_normalization: str = "sum"
+  early_stopping_patience: Optional[int] = None
 
 
 # ====================================================================================
@@ -394,6 +397,7 @@ class TrainResult:
   losses: Dict[int, float]
   preempted: bool = False
   best: Optional[Dict[str, Any]] = None
+  stopped_early: bool = False
 
 
 @dataclasses.dataclass
@@ -476,6 +480,8 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
     train_state.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
+  early_stopping.check(config.early_stopping_patience, config.eval_period,
+                       evaluator is not None)
   trainable, frozen = _split_trainable(method, built.params)
   trainable_shardings, frozen_shardings = params_lib.split(built.shardings,
                                                            method.trainable)
@@ -487,13 +493,14 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
   state, consumed, truncated, resumed = _resume(
       checkpointer, steps.init_state(trainable), config.model_dir)
   step = int(jax.device_get(state.step))
-  if resumed and step == config.train_steps and layout.is_complete(
-      config.model_dir, step):
+  if resumed and (step == config.train_steps or layout.stopped_early(
+      config.model_dir)) and layout.is_complete(config.model_dir, step):
     logging.info("The run in %s is already complete at step %d; nothing to do.",
                  config.model_dir, step)
     checkpointer.close()
     return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                       losses={}, best=layout.read_best_record(config.model_dir))
+                       losses={}, best=layout.read_best_record(config.model_dir),
+                     stopped_early=layout.stopped_early(config.model_dir))
   if resumed and host0 and not layout.has_export(config.model_dir, step):
     # Killed (or a full disk) between the checkpoint and its export.
     logging.warning("Rewriting the missing export of checkpoint_%d.", step)
@@ -507,7 +514,7 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
   progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
                                     enabled=host0)
   preemption = _Preemption()
-  preempted = False
+  preempted = stopped = False
   with preemption.installed():
     while step < config.train_steps:
       try:
@@ -543,18 +550,26 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
       if eval_due:
         best = _evaluate(step, state, frozen, method, evaluator, best, config,
                          summaries)
+        stopped = early_stopping.due(step, best, config.early_stopping_patience,
+                                     config.eval_period)
+        if stopped:  # ends like the last step: its state and export are saved
+          if not save_due:
+            _save(step, state, frozen, method, checkpointer, consumed,
+                  metrics.truncated_examples, config)
+          break
       progress.exclude(time.time() - paused)
 
   metrics.drain()
   if finishing and evaluator is not None and config.eval_period >= 0:
     logging.info("Finishing the run at step %d: its final evaluation.", step)
     best = _evaluate(step, state, frozen, method, evaluator, best, config, summaries)
-  if step == config.train_steps and not preempted and host0:
-    ckpt.mark_complete(config.model_dir, step)
+  if (step == config.train_steps or stopped) and not preempted and host0:
+    ckpt.mark_complete(config.model_dir, step, early_stopped=stopped)
   checkpointer.close()
   summaries.close()
   return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                     losses=metrics.losses, preempted=preempted, best=best)
+                     losses=metrics.losses, preempted=preempted, best=best,
+                     stopped_early=stopped)
 
 
 # ------------------------------------------------------------------------------------
