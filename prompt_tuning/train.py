@@ -134,7 +134,7 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         axis_rules=axis_rules)
     model = method.build(model_config)
     loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
-                            config.enable_dropout)
+                            config.enable_dropout, telemetry=True)
     evaluator = evaluation.Evaluator(  # reads its examples at the first evaluation
         model, mesh, shardings, config.mixture_or_task_name,
         config.task_feature_lengths,

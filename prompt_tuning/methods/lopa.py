@@ -39,6 +39,10 @@ from prompt_tuning.models.layers import Dropout, param
 Array = jax.Array
 FEATURES = ("encoder", "embeddings")
 VARIANTS = ("gate", "add", "max", "concat")
+# Telemetry: a gate below GATE_EDGE or above 1 - GATE_EDGE is saturated. The gate
+# variant sows the saturated shares (`gate_near_0`, `gate_near_1`) into the
+# `intermediates` collection; they cost nothing unless that collection is mutable.
+GATE_EDGE = 0.05
 
 
 class Head(nn.Module):
@@ -120,7 +124,10 @@ class LopaPrompt(nn.Module):
     instance = jnp.einsum("bpr,bhr->bph", u, v)  # Z_I [B, P, H]
     shared = jnp.broadcast_to(shared[None], instance.shape)
     if self.variant == "gate":
-      prompt = shared * jax.nn.sigmoid(instance)
+      gate = jax.nn.sigmoid(instance)  # [B, P, H]
+      self.sow("intermediates", "gate_near_0", jnp.mean(gate < GATE_EDGE))
+      self.sow("intermediates", "gate_near_1", jnp.mean(gate > 1 - GATE_EDGE))
+      prompt = shared * gate
     elif self.variant == "add":
       prompt = shared + instance
     elif self.variant == "max":

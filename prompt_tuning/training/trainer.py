@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning.run_dir import layout
-from prompt_tuning.training import early_stopping, evaluation, losses
+from prompt_tuning.training import early_stopping, evaluation, losses, telemetry
 from prompt_tuning import host_memory, partitioning
 from prompt_tuning.training import opt_state_sharding
 from prompt_tuning.run_dir import train_state as ckpt
@@ -42,6 +42,7 @@ from prompt_tuning import params as params_lib
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import flatten
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -201,6 +202,7 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "z_loss": aux["z_loss"], "weight_sum": aux["weight_sum"]}
+  metrics.update({k: aux[k] for k in telemetry.GATE_KEYS if k in aux})
   if "truncated" in batch:  # examples cut to TASK_FEATURE_LENGTHS (data.py)
     metrics["truncated_examples"] = jnp.sum(batch["truncated"])
   lr = _learning_rate(opt_state)
@@ -507,6 +509,7 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
     ckpt.export_step(config.model_dir, step, _exported(method, state.trainable, frozen),
                      keep=config.keep_checkpoints)
   finishing = resumed and step == config.train_steps  # killed after its last save
+  watch = _Telemetry(built, trainable, frozen)  # before the first step donates it
   batches = batches_fn(consumed) if step < config.train_steps else iter(())
   summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
   best = layout.read_best_record(config.model_dir)
@@ -529,8 +532,9 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
       consumed += 1
       metrics.add(step, step_metrics)
       if progress.due(step) or step == config.train_steps:
-        _log_train(step, metrics, progress, summaries, learning_rate_fn,
-                   truncation="truncated" in batch)
+        scalars = _log_train(step, metrics, progress, summaries, learning_rate_fn,
+                             truncation="truncated" in batch)
+        watch.log(step, state.trainable, scalars, summaries)
 
       preempted = preemption.reached(step)
       last = step == config.train_steps
@@ -671,6 +675,30 @@ def _log_train(step: int, metrics: MetricsBuffer, progress, summaries,
     scalars["truncated_examples"] = metrics.truncated_examples
     metrics.report_truncation(step)
   summaries.scalars(step, scalars, split="train")
+  return scalars
+
+
+class _Telemetry:
+  """Prompt telemetry at every train log line (`training/telemetry.py`)."""
+
+  def __init__(self, built: "Built", trainable: Params, frozen: Params):
+    # The initial prompts as the run's seed built them (copied to the host: the
+    # train step donates the state that holds them).
+    self.initial = evaluation.to_host(telemetry.prompt_arrays(trainable))
+    config = getattr(getattr(built.loss_fn, "model", None), "config", None)
+    try:
+      self.embedding = flatten(frozen).get(families.embedding_path(config))
+    except (KeyError, TypeError, ValueError):  # not a known family: no prompt norms
+      self.embedding = None
+
+  def log(self, step: int, trainable: Params, scalars: Mapping[str, float],
+          summaries) -> None:
+    values = telemetry.prompt_stats(trainable, self.initial, self.embedding)
+    values.update({k: scalars[k] for k in telemetry.GATE_KEYS if k in scalars})
+    if values:
+      summaries.scalars(step, {f"telemetry/{k}": v for k, v in values.items()},
+                        split="train")
+      summaries.record(step, telemetry.TASK, values)
 
 
 def _save(step: int, state: TrainState, frozen: Params, method: Method,
