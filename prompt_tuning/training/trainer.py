@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 
 from prompt_tuning.run_dir import layout
 from prompt_tuning.training import early_stopping, evaluation, losses, telemetry
+from prompt_tuning.training import objectives
 from prompt_tuning import host_memory, partitioning
 from prompt_tuning.training import opt_state_sharding
 from prompt_tuning.run_dir import train_state as ckpt
@@ -202,7 +203,8 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "z_loss": aux["z_loss"], "weight_sum": aux["weight_sum"]}
-  metrics.update({k: aux[k] for k in telemetry.GATE_KEYS if k in aux})
+  metrics.update({k: aux[k] for k in telemetry.GATE_KEYS + objectives.AUX_METRICS
+                  if k in aux})
   if "truncated" in batch:  # examples cut to TASK_FEATURE_LENGTHS (data.py)
     metrics["truncated_examples"] = jnp.sum(batch["truncated"])
   lr = _learning_rate(opt_state)
