@@ -33,6 +33,7 @@ Per device it reports:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -194,6 +195,7 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   loss_fn = losses.LossFn(model, train_config.z_loss,
                           train_config.loss_normalizing_factor,
                           train_config.enable_dropout)
+  steps_loss = dataclasses.replace(loss_fn, enable_dropout=False)
   steps = trainer.compile_steps(loss_fn, optimizer, mesh, trainable,
                                 trainable_shardings, frozen_shardings,
                                 train_config.num_microbatches, axis_rules)
@@ -218,13 +220,8 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
                                          sharding=batch_sharding)
                  for k, v in batch.items()}
 
-  def loss_fn(trainable_, frozen_, batch_):
-    logits = model.apply({"params": params_lib.merge(trainable_, frozen_)},
-                         batch_["encoder_input_tokens"], batch_["decoder_input_tokens"])
-    return losses.weighted_cross_entropy(
-        logits, batch_["decoder_target_tokens"], batch_["decoder_loss_weights"],
-        z_loss=train_config.z_loss,
-        loss_normalizing_factor=train_config.loss_normalizing_factor)[0]
+  def loss_fn(trainable_, frozen_, batch_):  # the step's loss, without dropout
+    return steps_loss(params_lib.merge(trainable_, frozen_), batch_)[0]
 
   from jax._src import ad_checkpoint  # pylint: disable=g-import-not-at-top
   with partitioning.activation_partitioning(mesh, axis_rules):
