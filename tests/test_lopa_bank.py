@@ -186,3 +186,39 @@ def test_infer_refuses_a_lopa_run_without_its_method_spec(tmp_path, setup):
   ckpt.export_step(str(tmp_path / "old"), 1, lopas["boolq"][1])
   with pytest.raises(infer_lib.InferError, match="records no method_spec"):
     infer_lib.load_bank_model({"old": str(tmp_path / "old")}, None, None)
+
+
+def test_a_trained_lopa_run_is_served_mixed_like_its_own_model(tmp_path):
+  """The real export of a LoPA training run (names, shapes, config.json) through
+  infer's loader, next to a plain prompt."""
+  import trainer_testlib as tl  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import infer as infer_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods.lopa import lopa  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.params import without_params  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.run_dir import layout  # pylint: disable=g-import-not-at-top
+  settings = dict(length=2, rank=1, hidden_dim=4, dropout_rate=0.0,
+                  features="encoder", variant="gate", combine="prefix")
+  method = lopa(**settings)
+  config = tl.tiny_config(dropout_rate=0.0)
+  train_lib.build_and_train(
+      tl.train_config(tmp_path / "run", train_steps=2), method=method,
+      model_config=config, optimizer=tl.adam(0.1), batches_fn=tl.fixed_batches(8),
+      identity={"method_spec": {"factory": "methods.lopa", "arguments": settings}})
+  prompt = np.random.default_rng(1).normal(size=(3, config.emb_dim)).astype(np.float32)
+  model, params, bank, _ = infer_lib.load_bank_model(
+      {"plain": prompt, "lopa": str(tmp_path / "run")}, None, None,
+      checkpoint="latest")
+  frozen = without_params(params, "encoder/prompt")
+  trained = {k.replace(".", "/"): jnp.asarray(v) for k, v in
+             layout.exported_arrays(tmp_path / "run", "latest").items()}
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (2, 6), 3, 250)
+  index = jnp.asarray(bank.indices(["lopa", "plain"]))
+  mixed = model.apply({"params": params}, tokens, tokens[:, :3], prompt_index=index)
+  alone_lopa = method.build(config).apply({"params": with_params(frozen, trained)},
+                                          tokens[:1], tokens[:1, :3])
+  np.testing.assert_allclose(mixed[0], alone_lopa[0], atol=1e-5, rtol=1e-5)
+  single, single_params = bank_lib.from_prompts({"plain": prompt})
+  alone_plain = Transformer(config, prompt=single).apply(
+      {"params": bank_lib.with_bank(frozen, single_params)}, tokens[1:], tokens[1:, :3])
+  np.testing.assert_allclose(mixed[1], alone_plain[0], atol=1e-5, rtol=1e-5)
