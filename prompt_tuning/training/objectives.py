@@ -121,17 +121,18 @@ def gold_labels(targets: Array, label_tokens: Array) -> Array:
 
 def label_scores(model: Any, params: Any, encoder_input_tokens: Array,
                  label_tokens: Array, normalization: str = "sum",
-                 alpha: float = 0.6) -> Array:
+                 alpha: float = 0.6, prompt_index: Optional[Array] = None) -> Array:
   """[B, C] (normalized) log-likelihood of every label for every input, with
-  gradients (the encoder runs once per input)."""
+  gradients (the encoder runs once per input; `prompt_index [B]` for a bank)."""
   num_labels = label_tokens.shape[0]
-  encoded, mask = encode(model, params, encoder_input_tokens)
+  encoded, mask = encode(model, params, encoder_input_tokens, prompt_index)
   batch = encoded.shape[0]
   encoded = jnp.repeat(encoded, num_labels, axis=0)  # row b * C + c
   mask = jnp.repeat(mask, num_labels, axis=0)
   targets = jnp.tile(label_tokens, (batch, 1))
-  scores = ranking.score_encoded(model, params, encoded, mask, targets).reshape(
-      batch, num_labels)
+  index = None if prompt_index is None else jnp.repeat(prompt_index, num_labels)
+  scores = ranking.score_encoded(model, params, encoded, mask, targets,
+                                 index).reshape(batch, num_labels)
   return ranking.normalize(scores, ranking.label_lengths(label_tokens),
                            normalization, alpha)
 
@@ -163,7 +164,8 @@ class ClassificationLoss:
     ce, aux = self.base(params, batch, rng)
     labels = jnp.asarray(self.label_tokens, jnp.int32)
     scores = label_scores(self.model, params, batch["encoder_input_tokens"], labels,
-                          self.spec.normalization, self.spec.alpha)
+                          self.spec.normalization, self.spec.alpha,
+                          batch.get("prompt_index"))
     gold = gold_labels(batch["decoder_target_tokens"], labels)
     matched = jnp.any(gold, axis=-1)  # [B]
     if self.spec.objective == "perceptron":
