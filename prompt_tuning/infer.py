@@ -17,7 +17,9 @@ file, the examples of MIXTURE_OR_TASK_NAME's INFER_SPLIT are served.
 
 Prompt sources (each `name: path`): a `.npy` `[P, H]` file, a training MODEL_DIR
 (its `best/` export, or INFER_CHECKPOINT = 'latest' / a step), or any directory
-holding `encoder.prompt.prompt.npy`. MODEL_DIR and PROMPT_FILE (as for
+holding `encoder.prompt.prompt.npy`; prefix-tuning and LoPA MODEL_DIRs join the
+same batches (`methods/prefix_bank.py`, `methods/lopa_bank.py`). MODEL_DIR and
+PROMPT_FILE (as for
 prompt_tuning.eval) add one prompt each. A MODEL_DIR also supplies the frozen
 checkpoint and model config it was trained with, unless given. ADAPTER (a PEFT
 LoRA / IA3 adapter directory) is merged into the frozen weights at load.
