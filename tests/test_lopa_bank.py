@@ -52,9 +52,9 @@ def setup():
   bank, prefix_bank, params = lopa_bank.mixed_banks(frozen, CONFIG, prompts, prefixes,
                                                     lopas)
   model = Transformer(CONFIG, prompt=bank, prefix=prefix_bank)
-  tokens = jax.random.randint(jax.random.PRNGKey(1), (6, 6), 2, 64)
-  tokens = tokens.at[1, 4:].set(0).at[4, 3:].set(0)
-  names = ["boolq", "rte", "cb", "sst2", "boolq", "cb"]
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 6), 2, 64)
+  tokens = tokens.at[1, 4:].set(0).at[2, 3:].set(0)
+  names = ["boolq", "rte", "cb", "sst2"]
   index = jnp.asarray(bank.indices(names))
   return frozen, prompts, prefixes, lopas, model, params, tokens, names, index
 
@@ -93,16 +93,17 @@ def test_bank_layout_paths_and_lengths(setup):
 
 def test_mixed_teacher_forced_logits_equal_each_alone(setup):
   frozen, prompts, prefixes, lopas, model, params, tokens, names, index = setup
-  decoder_inputs = jax.random.randint(jax.random.PRNGKey(2), (6, 4), 2, 64)
-  mixed = model.apply({"params": params}, tokens, decoder_inputs, prompt_index=index)
+  decoder_inputs = jax.random.randint(jax.random.PRNGKey(2), (4, 4), 2, 64)
+  mixed = jax.jit(model.apply)({"params": params}, tokens, decoder_inputs,
+                               prompt_index=index)
   for b, name in enumerate(names):
     single, single_params = alone(frozen, prompts, prefixes, lopas, name)
-    expected = single.apply({"params": single_params}, tokens[b:b + 1],
+    expected = jax.jit(single.apply)({"params": single_params}, tokens[b:b + 1],
                             decoder_inputs[b:b + 1])
     np.testing.assert_allclose(mixed[b], expected[0], rtol=1e-5, atol=1e-5,
                                err_msg=name)
   # The check can fail: routing an example to another entry changes its logits.
-  wrong = model.apply({"params": params}, tokens, decoder_inputs,
+  wrong = jax.jit(model.apply)({"params": params}, tokens, decoder_inputs,
                       prompt_index=jnp.roll(index, 1))
   assert not np.allclose(wrong[0], mixed[0], atol=1e-3)
   assert not np.allclose(wrong[2], mixed[2], atol=1e-3)
@@ -165,15 +166,16 @@ def test_infer_serves_lopa_and_prefix_model_dirs_mixed_with_a_plain_prompt(
   model, params, bank, _ = infer_lib.load_bank_model(sources, None, None)
   assert set(bank.names) == set(sources)
   frozen = without_params(without_params(params, "prefix"), "encoder/prompt")
-  tokens = jax.random.randint(jax.random.PRNGKey(4), (4, 5), 2, 64)
-  names = ["cb", "boolq", "rte", "sst2"]
-  logits = model.apply({"params": params}, tokens, tokens[:, :3],
+  tokens = jax.random.randint(jax.random.PRNGKey(4), (3, 5), 2, 64)
+  names = ["cb", "boolq", "sst2"]
+  logits = jax.jit(model.apply)({"params": params}, tokens, tokens[:, :3],
                        prompt_index=jnp.asarray(bank.indices(names)))
   for b, name in enumerate(names):  # (greedy decodes: the tests above)
     single, single_params = alone(frozen, {"rte": prompt}, prefixes, lopas, name)
     np.testing.assert_allclose(
-        logits[b], single.apply({"params": single_params}, tokens[b:b + 1],
-                                tokens[b:b + 1, :3])[0], atol=1e-5, rtol=1e-5)
+        logits[b], jax.jit(single.apply)({"params": single_params},
+                                         tokens[b:b + 1], tokens[b:b + 1, :3])[0],
+        atol=1e-5, rtol=1e-5)
 
 
 def test_infer_refuses_a_lopa_run_without_its_method_spec(tmp_path, setup):
@@ -214,11 +216,24 @@ def test_a_trained_lopa_run_is_served_mixed_like_its_own_model(tmp_path):
              layout.exported_arrays(tmp_path / "run", "latest").items()}
   tokens = jax.random.randint(jax.random.PRNGKey(5), (2, 6), 3, 250)
   index = jnp.asarray(bank.indices(["lopa", "plain"]))
-  mixed = model.apply({"params": params}, tokens, tokens[:, :3], prompt_index=index)
-  alone_lopa = method.build(config).apply({"params": with_params(frozen, trained)},
-                                          tokens[:1], tokens[:1, :3])
+  mixed = jax.jit(model.apply)({"params": params}, tokens, tokens[:, :3],
+                               prompt_index=index)
+  alone_lopa = jax.jit(method.build(config).apply)(
+      {"params": with_params(frozen, trained)}, tokens[:1], tokens[:1, :3])
   np.testing.assert_allclose(mixed[0], alone_lopa[0], atol=1e-5, rtol=1e-5)
   single, single_params = bank_lib.from_prompts({"plain": prompt})
-  alone_plain = Transformer(config, prompt=single).apply(
+  alone_plain = jax.jit(Transformer(config, prompt=single).apply)(
       {"params": bank_lib.with_bank(frozen, single_params)}, tokens[1:], tokens[1:, :3])
   np.testing.assert_allclose(mixed[1], alone_plain[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_rank_classification_scores_equal_each_alone(setup):
+  from prompt_tuning.inference import ranking  # pylint: disable=g-import-not-at-top
+  frozen, prompts, prefixes, lopas, model, params, tokens, names, index = setup
+  labels = jnp.asarray([[5, 6, 1], [7, 1, 0], [9, 9, 9]], jnp.int32)
+  _, mixed = ranking.rank_classify(model, params, tokens, labels, prompt_index=index)
+  for b, name in enumerate(names):
+    single, single_params = alone(frozen, prompts, prefixes, lopas, name)
+    _, expected = ranking.rank_classify(single, single_params, tokens[b:b + 1], labels)
+    np.testing.assert_allclose(mixed[b], expected[0], rtol=1e-5, atol=1e-5,
+                               err_msg=name)
