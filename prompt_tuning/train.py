@@ -33,6 +33,7 @@ from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.training import evaluation, global_stream, losses, trainer
+from prompt_tuning.training import model_io
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -130,8 +131,10 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         method, model_config, initial_checkpoint_path, init_rng, mesh=mesh,
         axis_rules=axis_rules)
     model = method.build(model_config)
-    loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
-                            config.enable_dropout)
+    io = model_io.of(model_config)  # the family's batches, loss and decoder
+    loss_fn = io.loss_fn(model, config.z_loss, config.loss_normalizing_factor,
+                         config.enable_dropout)
+    decode_fn = configurables.decode_fn_for(model_config, decode_fn)
     evaluator = evaluation.Evaluator(  # reads its examples at the first evaluation
         model, mesh, shardings, config.mixture_or_task_name,
         config.task_feature_lengths,
@@ -140,18 +143,18 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         max_decode_length=config.max_decode_length, z_loss=config.z_loss,
         use_cached=config.use_cached, decode_fn=decode_fn)
     if batches_fn is None:
-      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh)
+      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh, io=io)
     built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)
     return trainer.train(config, method, optimizer, built, batches_fn, evaluator,
                          learning_rate_fn)
 
 
 def _task_batches(start_batch: int, *, config: trainer.TrainConfig,
-                  mesh: Mesh) -> Iterator[Any]:
+                  mesh: Mesh, io: Optional[model_io.ModelIO] = None) -> Iterator[Any]:
   """This process's rows of the configured task's global stream from `start_batch`
   on (a function of the global step only: see `training/global_stream.py`)."""
-  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
-  global_batches = data.train_batches(
+  io = io or model_io.ModelIO(decoder_only=False)
+  global_batches = io.train_batches(
       config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
       split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
       start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle)

@@ -88,7 +88,7 @@ class LopaPrompt(nn.Module):
     """x [B, T, H], mask [B, T], features [B, H] → ([B, T+P', H], [B, T+P'])."""
     del prompt_index
     batch, _, width = x.shape
-    if self.features == "embeddings" or features is None:
+    if features is None:  # pool the input embeddings here
       if self.features == "encoder":
         raise ValueError("LoPA with features='encoder' needs the pooled encoder output; "
                          "use it inside Transformer (which sets `features`) or choose "

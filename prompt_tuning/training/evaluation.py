@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from prompt_tuning.training import losses
+from prompt_tuning.training import losses, model_io
 from prompt_tuning import partitioning
 
 Params = Dict[str, Any]
@@ -137,6 +137,7 @@ class Evaluator:
                         max_examples=max_examples, use_cached=use_cached)
     self.z_loss = z_loss
     self.examples = None  # read by `prepare` (the first `evaluate`)
+    self.io = model_io.of_model(model)  # the family's features, loss and decoder
     self._step = None
 
   def prepare(self) -> None:
@@ -156,7 +157,7 @@ class Evaluator:
       if split not in task.splits:
         logging.warning("Task %s has no %r split; not evaluated.", task.name, split)
         continue
-      self.examples[task.name] = data_lib.eval_examples(
+      self.examples[task.name] = self.io.eval_examples(
           task, task_feature_lengths, split, max_examples, use_cached)
       examples = self.examples[task.name]
       logging.info("Evaluation: %d examples of %s/%s.", len(examples.features),
@@ -171,7 +172,7 @@ class Evaluator:
       self.examples = None
       raise ValueError(f"Nothing to evaluate: no task of {mixture_or_task_name!r} "
                        f"has a {split!r} split.")
-    step = functools.partial(eval_step, loss_fn=losses.LossFn(
+    step = functools.partial(eval_step, loss_fn=self.io.loss_fn(
         model, z_loss=z_loss, loss_normalizing_factor=None, enable_dropout=False))
     if mesh is not None:
       if batch_size % mesh.shape[partitioning.DATA] or batch_size % jax.process_count():
@@ -190,16 +191,9 @@ class Evaluator:
     return partitioning.host_batch_to_global(host_rows(batch, self.batch_size),
                                              self.mesh)
 
-  def _generate(self, params: Params, tokens: jax.Array) -> np.ndarray:
-    decode_fn = self.decode_fn
-    if decode_fn is None:
-      from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
-      decode_fn = decoding.greedy_decode
-    out = decode_fn(self.model, params, tokens,
-                    max_decode_length=self.max_decode_length)
-    if isinstance(out, tuple):  # beam search: (tokens, scores)
-      out = out[0]
-    return to_host(out)
+  def _generate(self, params: Params, batch: Batch, eos_id: int) -> np.ndarray:
+    return to_host(self.io.decode(self.decode_fn, self.model, params, batch,
+                                  self.max_decode_length, eos_id))
 
   def evaluate_task(self, params: Params, name: str) -> TaskResult:
     examples = self.examples[name]
@@ -210,8 +204,9 @@ class Evaluator:
     sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "weight_sum": 0.0}
     scores, tokens = [], []
     n = len(examples.features)
-    for i, batch in enumerate(self._data.padded_batches(examples.features,
-                                                      self.batch_size)):
+    vocab = task.output_features["targets"].vocabulary
+    for i, batch in enumerate(self.io.padded_batches(examples.features,
+                                                     self.batch_size)):
       real = min(self.batch_size, n - i * self.batch_size)
       global_batch = self._global(batch)
       out = to_host(self._step(params, global_batch))
@@ -219,14 +214,12 @@ class Evaluator:
         sums[k] += float(out[k])
       scores.extend(out["log_likelihood"][:real].tolist())
       if decode:
-        tokens.extend(self._generate(params,
-                                     global_batch["encoder_input_tokens"])[:real])
+        tokens.extend(self._generate(params, global_batch, vocab.eos_id)[:real])
     metrics: Dict[str, Any] = {
         "loss": sums["loss_sum"] / max(sums["weight_sum"], 1.0),
         "z_loss": sums["z_loss_sum"] / max(sums["weight_sum"], 1.0),
         "num_examples": n, "num_truncated": examples.num_truncated}
     targets = examples.targets
-    vocab = task.output_features["targets"].vocabulary
     predictions = []
     if decode:
       for ids, raw in zip(tokens, examples.raw):

@@ -215,7 +215,9 @@ def _accumulated_grads(trainable: Params, frozen: Params, batch: Batch,
                           "weight_sum": aux["weight_sum"]}
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
-  parts = split_microbatches({k: batch[k] for k in MODEL_FEATURES}, num_microbatches)
+  parts = split_microbatches({k: batch[k] for k in getattr(loss_fn, "features",
+                                                          MODEL_FEATURES)},
+                             num_microbatches)
 
   def accumulate(carry, inputs):
     index, part = inputs
