@@ -34,6 +34,7 @@ import os
 import pathlib
 import sys
 import time
+import types
 from typing import (Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple,
                     Union)
 
@@ -586,7 +587,8 @@ def load_decoder_only_run(run: str, sources: Mapping[str, Any],
                           checkpoint: Union[str, int] = "best", seed: int = 0,
                           adapter: Optional[str] = None, vocabulary: Any = None,
                           allow_model_mismatch: bool = False):
-  """(model, params, a one-name bank stand-in, frozen model) of a decoder-only run.
+  """(model, params, a one-name stand-in for a bank, frozen model) of a decoder-only
+  run.
 
   The run's method is rebuilt from its config.json and its export loaded as
   `prompt_tuning.eval` does, so LoPA's instance prompts and prefix tuning's
@@ -602,9 +604,8 @@ def load_decoder_only_run(run: str, sources: Mapping[str, Any],
       allow_model_mismatch=allow_model_mismatch)
   logging.info("Serving %s (method %s) on %s.", source, method.name,
                type(model.config).__name__)
-  name = next(iter(sources))
-  bank = bank_lib.PromptBank(lengths=(getattr(method.prompt, "length", 0),),
-                             names=(name,))
+  # What the server reads of a bank: the served name (no prompt index is fed).
+  bank = types.SimpleNamespace(names=(next(iter(sources)),))
   frozen = (initial_checkpoint_path or
             layout.read_record(run).get("initial_checkpoint_path") or "random")
   return model, params, bank, str(frozen)
