@@ -134,8 +134,9 @@ CONFIGURABLES = {
 
 def _gin_values(overrides):
   """dtype names (`dtype = 'bfloat16'`) and a `rope_scaling` dict, as gin gives them."""
-  if isinstance(overrides.get("dtype"), str):
-    overrides["dtype"] = jnp.dtype(overrides["dtype"]).type
+  for name in ("dtype", "frozen_dtype"):
+    if isinstance(overrides.get(name), str):
+      overrides[name] = jnp.dtype(overrides[name]).type
   if isinstance(overrides.get("rope_scaling"), dict):
     overrides["rope_scaling"] = tuple(sorted(overrides["rope_scaling"].items()))
   return overrides
