@@ -266,8 +266,9 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
         prompt_files.check_model(source, current, allow=allow_model_mismatch)
       except fingerprint.PromptModelMismatch as e:
         raise InferError(f"Prompt {name!r}: {e}") from e
+  prompts_path = f"{families.prompt_scope(config)}/prompts"  # encoder/, model/, …
   params = building.apply_exported(
-      params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
+      params, {prompts_path.replace("/", "."): np.asarray(
           bank_params["prompts"])}, "the prompt bank")
   for name in bank.names:
     logging.info("Serving prompt %r [%d, %d] from %s.", name,

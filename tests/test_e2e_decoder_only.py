@@ -139,3 +139,22 @@ def test_train_eval_infer(tmp_path, hf_checkpoints, case):
   assert summary.predictions == len(rows) == 6 and summary.errors == 0
   assert [r["inputs"] for r in rows] == again.inputs
   assert [r["prediction"] for r in rows] == list(again.predictions)
+  if case == "gpt2_prompt":
+    _check_prompt_bank(tmp_path, common, model_gin, model_dir, rows)
+
+
+def _check_prompt_bank(tmp_path, common, model_gin, model_dir, served):
+  """Two copies of the best prompt file served in one bank (mixed batches of
+  requests) answer each request as the MODEL_DIR did."""
+  best = str(model_dir / "best" / "transformer.prompt.prompt.npy")
+  requests = tmp_path / "requests.jsonl"
+  requests.write_text("".join(
+      json.dumps({"prompt": "ab"[i % 2], "inputs": r["inputs"]}) + "\n"
+      for i, r in enumerate(served)))
+  out = tmp_path / "bank.jsonl"
+  _parse([model_gin, "runs/prompt_infer.gin"], common + [
+      f"PROMPT_FILES={{'a': '{best}', 'b': '{best}'}}", "INFER_BATCH_SIZE=4"])
+  infer_lib.infer(input_file=str(requests), output_file=str(out))
+  rows = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [r["prompt"] for r in rows] == ["a", "b"] * 3
+  assert [r["prediction"] for r in rows] == [r["prediction"] for r in served]
