@@ -261,15 +261,18 @@ def eval_examples(task: Any, task_feature_lengths: Mapping[str, int],
   return EvalExamples(task, raw, features, num_truncated)
 
 
-def padded_batches(features: Sequence[Batch], batch_size: int) -> Iterator[Batch]:
-  """Groups examples into `[batch_size, …]` batches, padding the last with zeros.
+def padded_batches(features: Sequence[Batch], batch_size: int,
+                   keys: Sequence[str] = MODEL_FEATURES) -> Iterator[Batch]:
+  """Groups examples into `[batch_size, …]` batches of `keys`, padding the last
+  with zeros.
 
-  Padding rows have all-zero tokens and loss weights; callers drop their outputs
-  (the number of real rows is `min(batch_size, remaining)`).
+  Padding rows have all-zero tokens, loss weights (and, for decoder-only batches,
+  segment ids and prompt masks); callers drop their outputs (the number of real
+  rows is `min(batch_size, remaining)`).
   """
   for start in range(0, len(features), batch_size):
     chunk = list(features[start:start + batch_size])
-    batch = {k: np.stack([ex[k] for ex in chunk]) for k in MODEL_FEATURES}
+    batch = {k: np.stack([ex[k] for ex in chunk]) for k in keys}
     missing = batch_size - len(chunk)
     if missing:
       batch = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])

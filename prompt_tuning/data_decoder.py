@@ -187,16 +187,8 @@ def eval_examples(task: Any, task_feature_lengths: Mapping[str, int],
 
 
 def padded_batches(features: Sequence[Batch], batch_size: int) -> Iterator[Batch]:
-  """Groups examples into `[batch_size, ...]` batches; the last is padded with rows
-  whose segment ids, prompt mask and loss weights are all zero (drop their outputs)."""
-  for start in range(0, len(features), batch_size):
-    chunk = list(features[start:start + batch_size])
-    batch = {k: np.stack([ex[k] for ex in chunk]) for k in MODEL_FEATURES}
-    missing = batch_size - len(chunk)
-    if missing:
-      batch = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    yield batch
+  """`data.padded_batches` of the decoder-only features (see there)."""
+  return data.padded_batches(features, batch_size, MODEL_FEATURES)
 
 
 def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],

@@ -47,7 +47,7 @@ from prompt_tuning import cli, configurables, building, fingerprint
 from prompt_tuning import prompt_files
 from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.errors import UserError
-from prompt_tuning.run_dir import layout
+from prompt_tuning.run_dir import layout, summaries
 from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.methods import ia3 as ia3_lib
@@ -531,13 +531,13 @@ def infer(input_file: Optional[str] = None,
     writer = infer_io.JsonlWriter(output_file)
   except OSError as e:
     raise InferError(f"Cannot write {output_file}: {e}") from e
-  progress = infer_io.Progress(total, every=log_every)
-  server.on_batch = progress.batch_done
+  progress = summaries.Progress(total, every=log_every, unit="lines", bar=None)
+  server.on_batch = progress.tick
   with writer:
     try:
       for record in server.serve(requests):
         writer.write(record)
-        progress.records_done(1)
+        progress.advance(1)
     finally:
       progress.close()
   stats = server.stats

@@ -197,6 +197,7 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   io = model_io.of(model_config)  # the family's loss and batch features
   loss_fn = io.loss_fn(model, train_config.z_loss, train_config.loss_normalizing_factor,
                        train_config.enable_dropout)
+  steps_loss = dataclasses.replace(loss_fn, enable_dropout=False)
   steps = trainer.compile_steps(loss_fn, optimizer, mesh, trainable,
                                 trainable_shardings, frozen_shardings,
                                 train_config.num_microbatches, axis_rules)
@@ -219,21 +220,13 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   # Saved residuals of the loss: JAX's global count, and per device as the outputs
   # of the compiled forward pass.
   micro = int(getattr(train_config, "num_microbatches", None) or 1)
-  steps_loss = dataclasses.replace(loss_fn, enable_dropout=False)
   rows = batch_size // micro
   micro_batch = {k: jax.ShapeDtypeStruct((rows,) + v.shape[1:], v.dtype,
                                          sharding=batch_sharding)
                  for k, v in batch.items()}
 
-  def loss_fn(trainable_, frozen_, batch_):
-    if io.decoder_only:
-      return steps_loss(params_lib.merge(trainable_, frozen_), batch_)[0]
-    logits = model.apply({"params": params_lib.merge(trainable_, frozen_)},
-                         batch_["encoder_input_tokens"], batch_["decoder_input_tokens"])
-    return losses.weighted_cross_entropy(
-        logits, batch_["decoder_target_tokens"], batch_["decoder_loss_weights"],
-        z_loss=train_config.z_loss,
-        loss_normalizing_factor=train_config.loss_normalizing_factor)[0]
+  def loss_fn(trainable_, frozen_, batch_):  # the step's loss, without dropout
+    return steps_loss(params_lib.merge(trainable_, frozen_), batch_)[0]
 
   from jax._src import ad_checkpoint  # pylint: disable=g-import-not-at-top
   with partitioning.activation_partitioning(mesh, axis_rules):

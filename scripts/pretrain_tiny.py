@@ -46,7 +46,7 @@ import optax
 from prompt_tuning import checkpoints
 from prompt_tuning import cli
 from prompt_tuning import errors
-from prompt_tuning.training.losses import weighted_cross_entropy
+from prompt_tuning.training import losses, trainer
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import Transformer
 from prompt_tuning.tiny import assets, corpus, pretraining, spm
@@ -93,30 +93,28 @@ def model_config(args, unpadded_vocab: int) -> T5Config:
 
 
 def make_steps(model: Transformer, optimizer: optax.GradientTransformation):
-  """(train_step, eval_loss, exact_match), jitted; one compile per batch shape."""
+  """(train_step, eval_loss, exact_match), jitted; one compile per batch shape.
 
-  def loss_fn(params, batch):
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                         batch["decoder_input_tokens"])
-    loss, _, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                        batch["decoder_loss_weights"])
-    return loss
+  Training is the project's own step (`trainer.train_step`) with every parameter
+  trainable and nothing frozen; both losses are the project's `LossFn`.
+  """
+  train_loss = losses.LossFn(model, enable_dropout=False)  # T5X's z-loss, per token
+  summed_loss = losses.LossFn(model, z_loss=0.0, loss_normalizing_factor=None,
+                              enable_dropout=False)
+  no_dropout = jax.random.PRNGKey(0)  # unused: dropout is off
 
   @jax.jit
   def train_step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    state = trainer.TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+    state, metrics = trainer.train_step(state, {}, batch, no_dropout,
+                                        loss_fn=train_loss, optimizer=optimizer)
+    return state.trainable, state.opt_state, metrics["loss"]
 
   @jax.jit
   def eval_loss(params, batch):
-    """Cross-entropy per real target token (no z-loss), and the token count."""
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"],
-                         batch["decoder_input_tokens"])
-    loss, _, count = weighted_cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-        z_loss=0.0, loss_normalizing_factor=None)
-    return loss, count
+    """Summed cross-entropy of the real target tokens (no z-loss), and their count."""
+    total, aux = summed_loss(params, batch)
+    return total, aux["weight_sum"]
 
   @jax.jit
   def exact_match(params, batch):

@@ -105,3 +105,25 @@ def changed_after_steps(method, config, params, steps: int = 2, seed: int = 0):
   changed = sorted(p for p in before
                    if not np.array_equal(np.asarray(before[p]), np.asarray(after[p])))
   return changed, sorted(before)
+
+
+# Embedding tables whose rows name their ids, and a word-to-ids vocabulary.
+def row_id_table(vocab=6000, width=4):
+  """An embedding table whose row i is all i, so a row names its id."""
+  return jnp.broadcast_to(jnp.arange(vocab, dtype=jnp.float32)[:, None], (vocab, width))
+
+
+def ids_of_rows(rows):
+  rows = np.asarray(rows)
+  assert np.all(rows == rows[:, :1]), "rows are not whole embedding rows"
+  return rows[:, 0].astype(int)
+
+
+class FakeVocab:
+  """Maps each word to fixed ids: 'a b' → [1, 2]."""
+
+  def __init__(self, table):
+    self.table = table
+
+  def encode(self, text):
+    return [i for word in text.split() for i in self.table[word]]

@@ -114,3 +114,23 @@ def test_entry_points_may_import_each_other_and_the_layers():
                         "prompt_tuning.infer")
   assert not violations("from prompt_tuning.models import t5\n",
                         "prompt_tuning.methods.base")
+
+
+def test_readme_layout_table_names_every_top_level_module():
+  """The README's layout table matches the tree: each module and package of
+  `prompt_tuning/` is named there (as `prompt_tuning/x`, in a `{a,b}` group, or in
+  backticks), and every name it lists exists."""
+  readme = (REPO / "README.md").read_text(encoding="utf-8")
+  section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+  names = sorted({p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+                 | {p.name for p in PACKAGE.iterdir()
+                    if p.is_dir() and (p / "__init__.py").exists()})
+  import re  # pylint: disable=g-import-not-at-top
+  missing = [n for n in names
+             if not re.search(rf"(prompt_tuning/|[{{,`(]){n}[`}},/.]", section)]
+  assert not missing, f"README layout table does not mention: {missing}"
+  listed = re.findall(r"`prompt_tuning/\{([a-z_,]+)\}\.py`", section)
+  listed = [n for group in listed for n in group.split(",")]
+  listed += re.findall(r"`prompt_tuning/([a-z_]+)(?:\.py|/)`", section)
+  gone = [n for n in listed if n not in names]
+  assert listed and not gone, f"README layout table lists modules that do not exist: {gone}"

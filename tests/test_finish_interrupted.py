@@ -77,36 +77,36 @@ def test_killed_during_the_final_evaluation_is_finished_by_a_rerun(finished, tmp
   # What a kill -9 in the final evaluation leaves: the final checkpoint and export,
   # no final metrics, no best/, no completion record.
   (model_dir / layout.COMPLETE_JSON).unlink()
-  shutil.rmtree(model_dir / ckpt.BEST_DIR)
+  shutil.rmtree(model_dir / layout.BEST_DIR)
   (model_dir / "metrics.jsonl").unlink()
   result = _train(model_dir)
   assert result.losses == {}  # no step trained again
   assert _eval_steps(model_dir) == [STEPS]
-  best = json.loads((model_dir / ckpt.BEST_DIR / ckpt.BEST_JSON).read_text())
-  assert best["step"] == STEPS and list((model_dir / ckpt.BEST_DIR).glob("*.npy"))
+  best = json.loads((model_dir / layout.BEST_DIR / layout.BEST_JSON).read_text())
+  assert best["step"] == STEPS and list((model_dir / layout.BEST_DIR).glob("*.npy"))
   assert layout.is_complete(str(model_dir), STEPS)
 
 
 def test_killed_before_the_final_export_is_finished_by_a_rerun(finished, tmp_path):
   model_dir = _copy(finished, tmp_path)
-  final_export = ckpt.numpy_checkpoint_dir(str(model_dir), STEPS)
+  final_export = layout.numpy_checkpoint_dir(str(model_dir), STEPS)
   expected = {p.name: p.read_bytes() for p in final_export.glob("*.npy")}
   # Killed right after the orbax checkpoint: no export, no evaluation.
   shutil.rmtree(final_export)
   (model_dir / layout.COMPLETE_JSON).unlink()
-  shutil.rmtree(model_dir / ckpt.BEST_DIR)
+  shutil.rmtree(model_dir / layout.BEST_DIR)
   (model_dir / "metrics.jsonl").unlink()
   _train(model_dir)
   assert {p.name: p.read_bytes() for p in final_export.glob("*.npy")} == expected
   assert _eval_steps(model_dir) == [STEPS]
-  assert (model_dir / ckpt.BEST_DIR / ckpt.BEST_JSON).is_file()
+  assert (model_dir / layout.BEST_DIR / layout.BEST_JSON).is_file()
   assert layout.is_complete(str(model_dir), STEPS)
 
 
 def test_a_missing_step_export_is_rewritten_on_resume(tmp_path):
   model_dir = tmp_path / "run"
   _train(model_dir, steps=2, eval_period=-1)
-  export = ckpt.numpy_checkpoint_dir(str(model_dir), 2)
+  export = layout.numpy_checkpoint_dir(str(model_dir), 2)
   expected = {p.name: p.read_bytes() for p in export.glob("*.npy")}
   shutil.rmtree(export)  # a kill (or a full disk) between checkpoint_2 and export
   result = _train(model_dir, steps=4, eval_period=-1)  # a longer run resumes at 2

@@ -1,7 +1,5 @@
 """serving.PromptServer and infer_io: order, error records, one compiled shape,
 truncation, ensembles and labels, on a tiny random model with a toy vocabulary."""
-import io
-import json
 
 import flax.linen as nn
 import jax
@@ -169,46 +167,6 @@ def test_trim_matches_seqio_append_eos_after_trim(served):
   assert len(ids) == T and cut
 
 
-def test_parse_line_errors_and_defaults():
-  names = ["rte", "sst2"]
-  ok = infer_io.parse_line(1, json.dumps({"prompt": "rte", "inputs": "x",
-                                          "id": 7}).encode(), names)
-  assert (ok.prompt, ok.inputs, ok.extra, ok.error) == ("rte", "x", {"id": 7}, None)
-  cases = {b"{bad": "invalid JSON", b"": "empty line", b"[1]": "JSON object",
-           b'{"prompt": "rte"}': "missing \"inputs\"",
-           b'{"prompt": "rte", "inputs": 3}': "must be a string",
-           b'{"inputs": "x"}': "missing \"prompt\"",
-           b'{"prompt": "qqp", "inputs": "x"}': "unknown prompt 'qqp'",
-           b'\xff{"inputs": "x"}': "not UTF-8"}
-  for raw, message in cases.items():
-    request = infer_io.parse_line(4, raw, names)
-    assert message in request.error, (raw, request.error)
-    assert request.error_record() == {"line": 4, "error": request.error}
-  single = infer_io.parse_line(2, b'{"inputs": "x"}', ["rte"])
-  assert single.prompt == "rte" and single.error is None
-
-
-def test_read_jsonl_one_request_per_line(tmp_path):
-  path = tmp_path / "in.jsonl"
-  path.write_bytes(b'{"inputs": "a"}\n\n{"inputs": "b"}\r\n{"inputs": "c"}')
-  got = list(infer_io.read_jsonl(str(path), ["p"]))
-  assert [r.line for r in got] == [1, 2, 3, 4]
-  assert [r.inputs for r in got] == ["a", None, "b", "c"]
-  assert infer_io.count_lines(str(path)) == 4
-  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-    list(infer_io.read_jsonl(str(tmp_path / "missing.jsonl"), ["p"]))
-
-
-def test_progress_logs_every_n_batches(caplog):
-  caplog.set_level("INFO")
-  progress = infer_io.Progress(total=10, every=2, bar=False)
-  for _ in range(5):
-    progress.records_done(2)
-    progress.batch_done()
-  lines = [r.getMessage() for r in caplog.records if "lines written" in r.getMessage()]
-  assert len(lines) == 2 and lines[0].startswith("batch 2: 4/10 lines written")
-
-
 def _model_dir(root, method="prompt", initial=None):
   """A MODEL_DIR as prompt_tuning.train leaves it: config.json, exports, best/."""
   ckpt.check_or_write_run_config(str(root), {
@@ -256,16 +214,6 @@ def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
   with pytest.raises(ValueError, match=rf"wide\.npy has shape \[2, {CONFIG.emb_dim + 1}\]; "
                      rf"expected \[P, {CONFIG.emb_dim}\]"):
     infer_lib.load_bank_model({"w": str(wide)}, CONFIG, None)
-
-
-def test_progress_bar_on_a_terminal_counts_lines():
-  stream = io.StringIO()
-  progress = infer_io.Progress(total=6, stream=stream, bar=True)
-  for _ in range(3):
-    progress.records_done(2)
-    progress.batch_done()
-  progress.close()
-  assert "6/6" in stream.getvalue() and "100%" in stream.getvalue()
 
 
 def test_served_prompts_are_placed_as_they_were_trained(caplog):

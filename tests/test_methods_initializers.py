@@ -1,8 +1,6 @@
 """Prompt initializers: ranges, vocabulary sampling, labels, text and files."""
 import io
 import logging
-import sys
-import types
 
 import flax.linen as nn
 import hypothesis
@@ -12,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import configurables
 from prompt_tuning import prompt_files
 from prompt_tuning import params as params_lib
 from prompt_tuning.methods import initializers as inits
@@ -20,30 +17,10 @@ from prompt_tuning.methods.prompt import prompt_tuning
 from prompt_tuning.models.config import preset
 
 from conftest import RELEASED_PROMPTS, SHARED_FIXTURES, T5_VOCAB
-from methods_testlib import one_layer_config, random_params
+from methods_testlib import FakeVocab, ids_of_rows as _ids, one_layer_config
+from methods_testlib import random_params, row_id_table as _row_id_table
 
 RNG = jax.random.PRNGKey(0)
-
-
-def _row_id_table(vocab=6000, width=4):
-  """An embedding table whose row i is all i, so a row names its id."""
-  return jnp.broadcast_to(jnp.arange(vocab, dtype=jnp.float32)[:, None], (vocab, width))
-
-
-def _ids(rows):
-  rows = np.asarray(rows)
-  assert np.all(rows == rows[:, :1]), "rows are not whole embedding rows"
-  return rows[:, 0].astype(int)
-
-
-class FakeVocab:
-  """Maps each word to fixed ids: 'a b' → [1, 2]."""
-
-  def __init__(self, table):
-    self.table = table
-
-  def encode(self, text):
-    return [i for word in text.split() for i in self.table[word]]
 
 
 # ---------------------------------------------------------------- random
@@ -110,42 +87,6 @@ def test_class_labels_needs_labels_or_task():
     inits.class_labels(vocabulary=FakeVocab({}))(RNG, (2, 4), _row_id_table())
   with pytest.raises(ValueError, match="list of labels"):
     inits.class_labels("positive", vocabulary=FakeVocab({}))(RNG, (2, 4), _row_id_table())
-
-
-@pytest.fixture
-def fake_tasks(monkeypatch):
-  """Stand-ins for `tasks` and `seqio` (importing TensorFlow costs ~10 s): one task
-  'toy' with labels and its own inputs/targets vocabularies."""
-  vocabularies = {"inputs": FakeVocab({"hello": [5300]}),
-                  "targets": FakeVocab({"yes": [5201], "no": [5202]})}
-  feature = lambda v: types.SimpleNamespace(vocabulary=v)
-  task = types.SimpleNamespace(
-      output_features={k: feature(v) for k, v in vocabularies.items()})
-  fake_seqio = types.SimpleNamespace(
-      get_mixture_or_task=lambda name: {"toy": task}[name])
-  fake_tasks_module = types.SimpleNamespace(
-      get_label_strings=lambda name: {"toy": ["yes", "no"], "qa": None}[name],
-      vocabulary_path=lambda: str(T5_VOCAB))
-  monkeypatch.setitem(sys.modules, "seqio", fake_seqio)
-  monkeypatch.setitem(sys.modules, "tasks", fake_tasks_module)
-
-
-def test_class_labels_from_a_task_use_its_labels_and_targets_vocabulary(fake_tasks):
-  prompt = configurables.class_labels(task="toy")(RNG, (3, 4), _row_id_table())
-  assert _ids(prompt)[:2].tolist() == [5201, 5202]
-  with pytest.raises(ValueError, match="no class labels"):
-    configurables.class_labels(task="qa")(RNG, (3, 4), _row_id_table())
-
-
-def test_from_text_uses_the_tasks_inputs_vocabulary(fake_tasks):
-  prompt = configurables.from_text("hello", task="toy")(RNG, (2, 4), _row_id_table())
-  assert _ids(prompt)[0] == 5300
-
-
-def test_without_task_or_vocabulary_the_default_vocabulary_is_used(fake_tasks):
-  table = jax.random.normal(RNG, (32128, 4))
-  prompt = configurables.class_labels(["positive"])(RNG, (1, 4), table)
-  np.testing.assert_array_equal(prompt[0], table[1465])
 
 
 def test_from_text_one_token_per_row():

@@ -1,6 +1,8 @@
 """The MODEL_DIR layout and its readers, atomic `.npy` writes, one duration format."""
+import io
 import json
 import logging
+import types
 
 import numpy as np
 import pytest
@@ -87,3 +89,47 @@ def test_write_npy_is_atomic_and_leaves_nothing_on_failure(tmp_path, monkeypatch
                                            (3725, "1:02:05"), (float("inf"), "?")])
 def test_one_duration_format(seconds, text):
   assert summaries.format_duration(seconds) == text
+
+
+def test_one_progress_line_for_training_steps(caplog, monkeypatch):
+  clock = iter([100.0, 110.0, 148.0, 0.0, 0.0])  # start, line, line (30 s excluded)
+  monkeypatch.setattr(summaries, "time", types.SimpleNamespace(time=lambda: next(clock)))
+  caplog.set_level("INFO")
+  progress = summaries.Progress(300, every=100, start=100)
+  assert progress.due(200) and progress.due(300) and not progress.due(250)
+  line = progress.update(200, loss=0.123456)
+  assert line == "step 200/300  loss 0.1235  10.00 steps/s  ETA 0:00:10"
+  progress.exclude(30.0)  # an evaluation: left out of the next rate
+  assert progress.update(300, loss=0.1).endswith("12.50 steps/s  ETA 0:00:00")
+  assert [r.getMessage() for r in caplog.records][0] == line
+  quiet = summaries.Progress(10, enabled=False)
+  caplog.clear()
+  quiet.update(5, loss=1.0)
+  assert not caplog.records
+
+
+def test_one_progress_line_for_inference_batches(caplog):
+  caplog.set_level("INFO")
+  progress = summaries.Progress(10, every=2, unit="lines", bar=False)
+  for _ in range(5):
+    progress.advance(2)
+    progress.tick()
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 2 and lines[0].startswith("lines 4/10  ")
+  assert "lines/s  ETA" in lines[0] and lines[1].startswith("lines 8/10  ")
+  unknown = summaries.Progress(None, unit="lines")
+  assert "ETA ?" in unknown.update(3) and "/" not in unknown.update(4).split()[1]
+
+
+def test_progress_bar_on_a_terminal_replaces_the_lines(caplog):
+  caplog.set_level("INFO")
+  stream = io.StringIO()
+  progress = summaries.Progress(6, unit="lines", stream=stream, bar=True)
+  for _ in range(3):
+    progress.advance(2)
+    progress.tick()
+  progress.close()
+  assert "6/6" in stream.getvalue() and "100%" in stream.getvalue()
+  assert not [r for r in caplog.records if "lines/s" in r.getMessage()]
+  not_a_terminal = summaries.Progress(6, unit="lines", stream=io.StringIO(), bar=None)
+  assert not_a_terminal._bar is None  # pylint: disable=protected-access

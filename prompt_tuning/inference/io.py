@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import sys
-import time
 from typing import IO, Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
@@ -212,47 +210,6 @@ class JsonlWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-class Progress:
-  """A tqdm bar on a terminal, else a log line every `every` batches.
-
-  `batch_done()` after each compiled call; `records_done(n)` as output is written.
-  """
-
-  def __init__(self, total: Optional[int], every: int = 10,
-               stream: Optional[IO[str]] = None, bar: Optional[bool] = None):
-    stream = stream if stream is not None else sys.stderr
-    self.total, self.every = total, max(int(every), 1)
-    self.batches = self.records = 0
-    self.start = time.time()
-    self._bar = None
-    if bar if bar is not None else getattr(stream, "isatty", lambda: False)():
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm(total=total, unit="ex", file=stream, dynamic_ncols=True)
-
-  def records_done(self, n: int) -> None:
-    self.records += n
-    if self._bar is not None and n:
-      self._bar.update(n)
-
-  def batch_done(self) -> None:
-    self.batches += 1
-    if self._bar is not None or self.batches % self.every:
-      return
-    elapsed = time.time() - self.start
-    rate = self.records / max(elapsed, 1e-9)
-    of = f"/{self.total}" if self.total is not None else ""
-    eta = ""
-    if self.total is not None and rate > 0:
-      eta = f", ETA {format_duration((self.total - self.records) / rate)}"
-    logging.info("batch %d: %d%s lines written, %.1f lines/s%s", self.batches,
-                 self.records, of, rate, eta)
-
-  def close(self) -> None:
-    if self._bar is not None:
-      self._bar.close()
-      self._bar = None
 
 
 def summary_line(*, lines: int, predictions: int, errors: int, truncated: int,

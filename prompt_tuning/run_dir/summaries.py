@@ -13,8 +13,9 @@ import json
 import logging
 import math
 import pathlib
+import sys
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import IO, Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -113,37 +114,83 @@ def examples_markdown(inputs: Sequence[str], targets: Sequence[Any],
 
 
 class Progress:
-  """A console line every `every` steps: step, loss, steps/s and ETA."""
+  """The one progress line of every long loop: training steps and inference lines.
 
-  def __init__(self, total_steps: int, every: int = 100, start_step: int = 0,
-               enabled: bool = True):
-    self.total_steps = total_steps
-    self.every = max(1, every)
+    step 120/300  loss 0.1234  3.21 steps/s  ETA 0:00:56
+    lines 40/100  25.0 lines/s  ETA 0:00:02
+
+  The rate is measured since the previous line (`exclude` leaves checkpoints and
+  evaluations out of it). With `bar` a tqdm bar replaces the lines (inference on a
+  terminal; None: when `stream` is a terminal).
+
+  Args:
+    total: the count at the end (None: unknown, no ETA).
+    every: `due(count)` every this many steps; `tick()` logs every this many ticks.
+    start: the count already done (a resumed run's step).
+    unit: what is counted ("step", "lines").
+    enabled: False logs nothing (processes other than 0).
+  """
+
+  def __init__(self, total: Optional[int], every: int = 100, start: int = 0, *,
+               unit: str = "step", enabled: bool = True, bar: Optional[bool] = False,
+               stream: Optional[IO[str]] = None):
+    self.total, self.every, self.unit = total, max(1, int(every)), unit
     self.enabled = enabled
-    self._last_step = start_step
+    self.count = self._last_count = start
     self._last_time = time.time()
+    self._ticks = 0
     self.steps_per_sec: Optional[float] = None
+    stream = stream if stream is not None else sys.stderr
+    if bar is None:
+      bar = getattr(stream, "isatty", lambda: False)()
+    self._bar = None
+    if bar and enabled:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top  (terminals only)
+      self._bar = tqdm(total=total, initial=start, unit=unit, file=stream,
+                       dynamic_ncols=True)
 
   def exclude(self, seconds: float) -> None:
-    """Leaves `seconds` (a checkpoint, an evaluation) out of the next steps/s."""
+    """Leaves `seconds` (a checkpoint, an evaluation) out of the next rate."""
     self._last_time += seconds
 
-  def due(self, step: int) -> bool:
-    return step % self.every == 0 or step == self.total_steps
+  def due(self, count: int) -> bool:
+    return count % self.every == 0 or count == self.total
 
-  def update(self, step: int, loss: float) -> str:
-    """Logs the line for `step` and returns it; also sets `steps_per_sec`."""
+  def advance(self, n: int = 1) -> None:
+    """Counts `n` more (moves the bar; the line waits for `update` or `tick`)."""
+    self.count += n
+    if self._bar is not None and n:
+      self._bar.update(n)
+
+  def tick(self) -> None:
+    """One more unit of work (an inference batch): the line every `every` ticks."""
+    self._ticks += 1
+    if self._bar is None and self._ticks % self.every == 0:
+      self.update(self.count)
+
+  def update(self, count: int, **values: float) -> str:
+    """Moves to `count`, logs the line with `values` and returns it."""
+    if count != self.count:
+      self.advance(count - self.count)
     now = time.time()
-    elapsed = max(now - self._last_time, 1e-9)
-    self.steps_per_sec = (step - self._last_step) / elapsed
-    self._last_step, self._last_time = step, now
-    remaining = max(self.total_steps - step, 0)
-    eta = remaining / self.steps_per_sec if self.steps_per_sec > 0 else float("inf")
-    line = (f"step {step}/{self.total_steps}  loss {loss:.4f}  "
-            f"{self.steps_per_sec:.2f} steps/s  ETA {format_duration(eta)}")
-    if self.enabled:
+    self.steps_per_sec = (count - self._last_count) / max(now - self._last_time, 1e-9)
+    self._last_count, self._last_time = count, now
+    eta = "?"
+    if self.total is not None and self.steps_per_sec > 0:
+      eta = format_duration(max(self.total - count, 0) / self.steps_per_sec)
+    of = f"/{self.total}" if self.total is not None else ""
+    shown = "".join(f"  {k} {v:.4f}" for k, v in values.items())
+    rate = self.unit if self.unit.endswith("s") else self.unit + "s"
+    line = (f"{self.unit} {count}{of}{shown}  {self.steps_per_sec:.2f} {rate}/s  "
+            f"ETA {eta}")
+    if self.enabled and self._bar is None:
       logging.info("%s", line)
     return line
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
 
 
 def format_duration(seconds: float) -> str:

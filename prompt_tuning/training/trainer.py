@@ -644,7 +644,7 @@ def _log_train(step: int, metrics: MetricsBuffer, progress, summaries,
   """The console line and the train summaries of the steps since the last one."""
   metrics.drain()
   mean = metrics.mean()
-  progress.update(step, mean["loss"])
+  progress.update(step, loss=mean["loss"])
   scalars = dict(mean, steps_per_sec=progress.steps_per_sec)
   if learning_rate_fn is not None and "learning_rate" not in scalars:
     scalars["learning_rate"] = float(learning_rate_fn(step - 1))
