@@ -35,9 +35,13 @@ class ModelIO:
 
   def loss_fn(self, model: Any, z_loss: float = 1e-4,
               loss_normalizing_factor: losses.Normalizer = losses.NUM_REAL_TARGET_TOKENS,
-              enable_dropout: bool = True) -> losses.LossFn:
-    cls = losses.CausalLossFn if self.decoder_only else losses.LossFn
-    return cls(model, z_loss, loss_normalizing_factor, enable_dropout)
+              enable_dropout: bool = True, telemetry: bool = False) -> losses.LossFn:
+    """The family's loss; `telemetry` (LoPA gate statistics) is T5-only so far."""
+    if self.decoder_only:
+      return losses.CausalLossFn(model, z_loss, loss_normalizing_factor,
+                                 enable_dropout)
+    return losses.LossFn(model, z_loss, loss_normalizing_factor, enable_dropout,
+                         telemetry=telemetry)
 
   def train_batches(self, mixture_or_task_name: str,
                     task_feature_lengths: Mapping[str, int], batch_size: int,
