@@ -29,6 +29,7 @@ A decoder keeps the library signature once configured, e.g.
   decoding.predict(model, params, batch, DECODE_FN)
 (`sample_decode` also needs `rng=` at call time; `predict(..., rng=...)` passes it).
 """
+import functools
 from typing import Any, Optional, Sequence
 
 import gin
@@ -156,8 +157,9 @@ CONFIGURABLES = {
 
 def _gin_values(overrides):
   """dtype names (`dtype = 'bfloat16'`) and a `rope_scaling` dict, as gin gives them."""
-  if isinstance(overrides.get("dtype"), str):
-    overrides["dtype"] = jnp.dtype(overrides["dtype"]).type
+  for name in ("dtype", "frozen_dtype"):
+    if isinstance(overrides.get(name), str):
+      overrides[name] = jnp.dtype(overrides[name]).type
   if isinstance(overrides.get("rope_scaling"), dict):
     overrides["rope_scaling"] = tuple(sorted(overrides["rope_scaling"].items()))
   return overrides
@@ -203,3 +205,28 @@ def vocabulary_path() -> str:
   """`prompt_tuning/assets/tiny_t5/sentencepiece.model` (100 extra ids on top)."""
   assets.check_present()
   return str(assets.VOCAB_PATH)
+
+
+def decode_fn_for(model_config: Any, decode_fn: Optional[Any]) -> Optional[Any]:
+  """DECODE_FN for `model_config`'s family.
+
+  configs/decoding/*.gin bind the T5 decoders (`decoding.greedy_decode`, …); a
+  decoder-only model gets `models.decoder_decoding`'s decoder of the same name with
+  the same gin bindings, except `eos_id`, which the caller takes from the task's
+  vocabulary (GPT-2's EOS is not T5's 1). None stays None (greedy).
+  """
+  from prompt_tuning.models import decoder_decoding, families  # pylint: disable=g-import-not-at-top
+  if decode_fn is None or not families.is_decoder_only(model_config):
+    return decode_fn
+  name = getattr(decode_fn, "__name__", None)
+  target = {"greedy_decode": decoder_decoding.greedy_decode,
+            "beam_search": decoder_decoding.beam_search,
+            "sample_decode": decoder_decoding.sample_decode}.get(name)
+  if target is None or getattr(decode_fn, "__module__", "") != decoding.__name__:
+    return decode_fn  # the caller's own decoder-only function
+  try:
+    bindings = dict(gin.get_bindings(decode_fn))
+  except (ValueError, KeyError):
+    bindings = {}
+  bindings.pop("eos_id", None)
+  return functools.partial(target, **bindings)

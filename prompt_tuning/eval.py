@@ -220,7 +220,8 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
   evaluator = evaluation.Evaluator(
       model, mesh, shardings, mixture_or_task_name, task_feature_lengths,
       batch_size=batch_size, split=split, max_examples=max_examples,
-      max_decode_length=max_decode_length, decode_fn=decode_fn,
+      max_decode_length=max_decode_length,
+      decode_fn=configurables.decode_fn_for(getattr(model, "config", None), decode_fn),
       axis_rules=configurables.axis_rules(),
       prompt_rows=multitask.task_rows(method))  # a multi-task run: each task its row
   results = evaluator.evaluate(params)

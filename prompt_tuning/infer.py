@@ -36,6 +36,7 @@ import os
 import pathlib
 import sys
 import time
+import types
 from typing import (Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple,
                     Union)
 
@@ -286,8 +287,9 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
       prompt_files.check_model(source, current, allow=allow_model_mismatch)
     except fingerprint.PromptModelMismatch as e:
       raise InferError(f"Prompt {name!r}: {e}") from e
+  prompts_path = f"{families.prompt_scope(config)}/prompts"  # encoder/, model/, …
   params = building.apply_exported(
-      params, {bank_lib.PROMPTS_PATH.replace("/", "."): np.asarray(
+      params, {prompts_path.replace("/", "."): np.asarray(
           bank_params["prompts"])}, "the prompt bank")
   for name in bank.names:
     logging.info("Serving prompt %r [%d, %d] from %s.", name,
@@ -481,11 +483,20 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   vocab = (tasks.task_vocabulary(mixture_or_task_name) if mixture_or_task_name
            else tasks.get_vocabulary())
   mesh = configurables.make_mesh()
-  model, params, bank, frozen = load_bank_model(
-      _prompt_sources(prompt_files), model_config, initial_checkpoint_path,
-      mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine, adapter=adapter,
-      vocabulary=vocab,
-      allow_model_mismatch=bool(cli.macro("ALLOW_PROMPT_MODEL_MISMATCH", False)))
+  allow_mismatch = bool(cli.macro("ALLOW_PROMPT_MODEL_MISMATCH", False))
+  sources = _prompt_sources(prompt_files)
+  run = _decoder_only_run(sources, model_config)
+  if run is not None:  # one GPT-2 / Llama run, served with its own method
+    model, params, bank, frozen = load_decoder_only_run(
+        run, sources, model_config, initial_checkpoint_path, mesh=mesh,
+        checkpoint=checkpoint, seed=seed, adapter=adapter, vocabulary=vocab,
+        allow_model_mismatch=allow_mismatch)
+  else:
+    model, params, bank, frozen = load_bank_model(
+        sources, model_config, initial_checkpoint_path,
+        mesh=mesh, checkpoint=checkpoint, seed=seed, combine=combine, adapter=adapter,
+        vocabulary=vocab, allow_model_mismatch=allow_mismatch)
+  decode_fn = configurables.decode_fn_for(getattr(model, "config", None), decode_fn)
   routes = serving.make_routes(bank, ensembles,
                                resolve_labels(labels, tasks.get_label_strings))
   decodes = any(r.labels is None for r in routes.values())
@@ -609,6 +620,65 @@ def infer(input_file: Optional[str] = None,
       output=output_file)
   print(line, file=sys.stderr, flush=True)
   return summary
+
+
+# ------------------------------------------------------------------------------------
+# Decoder-only models (GPT-2, Llama family): one training run served with its method.
+# ------------------------------------------------------------------------------------
+
+
+def _decoder_only_run(sources: Mapping[str, Any],
+                      model_config: Optional[Any]) -> Optional[str]:
+  """The one MODEL_DIR to serve when the frozen model is decoder-only, else None.
+
+  A decoder-only run (prompt tuning, prefix tuning or LoPA) is served with the
+  method it was trained with (`eval.load_trained`); several sources at once are
+  plain prompt files in one bank (`load_bank_model`).
+  """
+  runs = {n: s for n, s in sources.items() if isinstance(s, (str, os.PathLike)) and
+          layout.is_model_dir(s) and (pathlib.Path(s) / layout.CONFIG_JSON).is_file()}
+  if not runs:
+    return None
+  decoder_only = {n: families.is_decoder_only(
+      model_config if model_config is not None else families.config_from_dict(
+          layout.read_record(s)["model_config"])) for n, s in runs.items()}
+  if not any(decoder_only.values()):
+    return None
+  if len(sources) > 1:
+    raise InferError(f"Serving {len(sources)} sources {list(sources)} with a "
+                     "decoder-only model: serve one MODEL_DIR at a time, or several "
+                     "prompt .npy files in one bank.")
+  return str(next(iter(runs.values())))
+
+
+def load_decoder_only_run(run: str, sources: Mapping[str, Any],
+                          model_config: Optional[Any],
+                          initial_checkpoint_path: Optional[str], *, mesh=None,
+                          checkpoint: Union[str, int] = "best", seed: int = 0,
+                          adapter: Optional[str] = None, vocabulary: Any = None,
+                          allow_model_mismatch: bool = False):
+  """(model, params, a one-name stand-in for a bank, frozen model) of a decoder-only
+  run.
+
+  The run's method is rebuilt from its config.json and its export loaded as
+  `prompt_tuning.eval` does, so LoPA's instance prompts and prefix tuning's
+  prefixes are served exactly as evaluated.
+  """
+  from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  if adapter is not None:
+    raise InferError("--gin.ADAPTER is not supported with decoder-only models yet.")
+  method = eval_lib.resolve_method(None, run)
+  model, params, _, source = eval_lib.load_trained(
+      method, model_config, initial_checkpoint_path, model_dir=run,
+      checkpoint=checkpoint, mesh=mesh, seed=seed, vocabulary=vocabulary,
+      allow_model_mismatch=allow_model_mismatch)
+  logging.info("Serving %s (method %s) on %s.", source, method.name,
+               type(model.config).__name__)
+  # What the server reads of a bank: the served name (no prompt index is fed).
+  bank = types.SimpleNamespace(names=(next(iter(sources)),))
+  frozen = (initial_checkpoint_path or
+            layout.read_record(run).get("initial_checkpoint_path") or "random")
+  return model, params, bank, str(frozen)
 
 
 # ------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from prompt_tuning import building, cli, configurables, partitioning  # pylint: 
 from prompt_tuning import train as train_entry  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  (registers `train`)
 from prompt_tuning import params as params_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.params import flatten, unflatten  # pylint: disable=g-import-not-at-top,wrong-import-position
-from prompt_tuning.training import losses, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prompt_tuning.training import losses, model_io, trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prompt_tuning.models.t5 import DecoderLayer, EncoderLayer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_integer("devices", None, "Simulated devices (default: the real ones).")
@@ -188,13 +188,15 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   boxed = building.abstract_params(model)
   shardings = partitioning.param_shardings(boxed, mesh, axis_rules)
   flat = flatten(_sds(nn.unbox(boxed), shardings))
-  building.cast_frozen(flat, method, model_config.frozen_dtype)
+  frozen_dtype = getattr(model_config, "frozen_dtype", jnp.float32)
+  remat_policy = getattr(model_config, "remat_policy", "none")
+  building.cast_frozen(flat, method, frozen_dtype)
   params = unflatten(flat)
   trainable, frozen = params_lib.split(params, method.trainable)
   trainable_shardings, frozen_shardings = params_lib.split(shardings, method.trainable)
-  loss_fn = losses.LossFn(model, train_config.z_loss,
-                          train_config.loss_normalizing_factor,
-                          train_config.enable_dropout)
+  io = model_io.of(model_config)  # the family's loss and batch features
+  loss_fn = io.loss_fn(model, train_config.z_loss, train_config.loss_normalizing_factor,
+                       train_config.enable_dropout)
   steps_loss = dataclasses.replace(loss_fn, enable_dropout=False)
   steps = trainer.compile_steps(loss_fn, optimizer, mesh, trainable,
                                 trainable_shardings, frozen_shardings,
@@ -206,8 +208,11 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
   batch_sharding = partitioning.batch_sharding(mesh)
   tokens = lambda length: jax.ShapeDtypeStruct((batch_size, length), jnp.int32,
                                                sharding=batch_sharding)
-  batch = {"encoder_input_tokens": tokens(enc), "decoder_input_tokens": tokens(dec),
-           "decoder_target_tokens": tokens(dec), "decoder_loss_weights": tokens(dec)}
+  if io.decoder_only:  # inputs and targets in one sequence (data_decoder)
+    batch = {k: tokens(enc + dec) for k in losses.CausalLossFn.features}
+  else:
+    batch = {"encoder_input_tokens": tokens(enc), "decoder_input_tokens": tokens(dec),
+             "decoder_target_tokens": tokens(dec), "decoder_loss_weights": tokens(dec)}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
   compiled = steps.lower(state, frozen, batch, rng).compile()
   memory = compiled.memory_analysis()
@@ -231,10 +236,14 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
                          for a, where in saved if "from the argument" not in where)
   residuals = _compiled_output_bytes(_residual_outputs(loss_fn),
                                      [trainable, frozen, micro_batch], mesh, axis_rules)
-  prompt_length = _encoder_length(model, enc) - enc
-  layers = _layer_residuals(model_config, rows, enc + prompt_length, dec, mesh,
-                            axis_rules)
-  layer = max(layers.values()) if model_config.remat_policy != "none" else 0
+  if io.decoder_only:  # no remat in these families yet: nothing is recomputed
+    prompt_length = _decoder_only_prompt_length(model, enc + dec)
+    layers = {"decoder": 0}
+  else:
+    prompt_length = _encoder_length(model, enc) - enc
+    layers = _layer_residuals(model_config, rows, enc + prompt_length, dec, mesh,
+                              axis_rules)
+  layer = max(layers.values()) if remat_policy != "none" else 0
 
   frozen_bytes = shard_bytes(frozen, frozen_shardings)
   trainable_bytes = shard_bytes(trainable, trainable_shardings)
@@ -247,9 +256,9 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
       "devices": int(mesh.size), "mesh": dict(mesh.shape),
       "batch_size": batch_size, "num_microbatches": micro,
       "feature_lengths": dict(feature_lengths), "prompt_length": prompt_length,
-      "remat_policy": model_config.remat_policy,
+      "remat_policy": remat_policy,
       "scan_layers": bool(getattr(model_config, "scan_layers", False)),
-      "frozen_dtype": jnp.dtype(model_config.frozen_dtype).name,
+      "frozen_dtype": jnp.dtype(frozen_dtype).name,
       "activation_dtype": jnp.dtype(model_config.dtype).name,
       "axis_rules": [list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])]
                      for r in axis_rules],
@@ -279,8 +288,25 @@ def _encoder_length(model, enc: int) -> int:
   return int(out[0].shape[1])
 
 
+def _decoder_only_prompt_length(model, length: int) -> int:
+  """P: positions a decoder-only model's prompt adds to `length` tokens."""
+  out = jax.eval_shape(lambda r: model.init_with_output(
+      r, jnp.ones((1, length), jnp.int32))[0], jax.random.PRNGKey(0))
+  return int(out.shape[1]) - length
+
+
 def _model_name(config) -> str:
+  from prompt_tuning.models import decoder_config  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models.config import PRESETS  # pylint: disable=g-import-not-at-top
+  presets = {decoder_config.GPT2Config: decoder_config.GPT2_PRESETS,
+             decoder_config.LlamaConfig: decoder_config.LLAMA_PRESETS}.get(type(config))
+  if presets is not None:
+    for name, preset in presets.items():
+      if all(getattr(preset, f.name) == getattr(config, f.name)
+             for f in dataclasses.fields(preset)
+             if f.name not in ("dtype", "frozen_dtype", "dropout_rate")):
+        return name
+    return "custom"
   for name, preset in PRESETS.items():
     if all(getattr(preset, f) == getattr(config, f) for f in
            ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim",

@@ -37,6 +37,7 @@ from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.training import evaluation, global_stream, losses, trainer
 from prompt_tuning.training import early_stopping, objectives, rank_eval
 from prompt_tuning.methods import multitask
+from prompt_tuning.training import model_io
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -152,10 +153,12 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
       write_fingerprint(config, method, model_config, initial_checkpoint_path,
                         params, write=host0)
     model = method.build(model_config)
-    loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
-                            config.enable_dropout, telemetry=True)
+    io = model_io.of(model_config)  # the family's batches, loss and decoder
+    loss_fn = io.loss_fn(model, config.z_loss, config.loss_normalizing_factor,
+                         config.enable_dropout, telemetry=True)
     loss_fn = with_objectives(loss_fn, objective, wayward, label_ids, method,
                               model_config, params, config)
+    decode_fn = configurables.decode_fn_for(model_config, decode_fn)
     evaluator = evaluation.Evaluator(  # reads its examples at the first evaluation
         model, mesh, shardings, config.mixture_or_task_name,
         config.task_feature_lengths,
@@ -165,7 +168,7 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         use_cached=config.use_cached, decode_fn=decode_fn, rank=rank,
         axis_rules=axis_rules, prompt_rows=multitask.task_rows(method))
     if batches_fn is None:
-      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh,
+      batches_fn = functools.partial(_task_batches, config=config, mesh=mesh, io=io,
                                      prompt_names=multitask.task_names(method))
     built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)
     return trainer.train(config, method, optimizer, built, batches_fn, evaluator,
@@ -274,17 +277,18 @@ def with_objectives(loss_fn: losses.LossFn,
 
 
 def _task_batches(start_batch: int, *, config: trainer.TrainConfig,
-                  mesh: Mesh, prompt_names: Optional[Sequence[str]] = None
-                  ) -> Iterator[Any]:
+                  mesh: Mesh, io: Optional[model_io.ModelIO] = None,
+                  prompt_names: Optional[Sequence[str]] = None) -> Iterator[Any]:
   """This process's rows of the configured task's global stream from `start_batch`
   on (a function of the global step only: see `training/global_stream.py`);
   `prompt_names` (a multi-task prompt's rows) adds each example's `prompt_index`."""
-  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
-  global_batches = data.train_batches(
+  io = io or model_io.ModelIO(decoder_only=False)
+  routed = {} if prompt_names is None else {"prompt_names": prompt_names}
+  global_batches = io.train_batches(
       config.mixture_or_task_name, config.task_feature_lengths, config.batch_size,
       split=config.train_split, seed=config.seed, shard_index=0, num_shards=1,
       start_batch=start_batch, use_cached=config.use_cached, shuffle=config.shuffle,
-      prompt_names=prompt_names)
+      **routed)
   return global_stream.rows_of(global_batches,
                                global_stream.process_rows(config.batch_size, mesh))
 

@@ -108,3 +108,22 @@ def test_plan_reexecs_with_the_requested_device_count(monkeypatch):
   assert len(calls) == 1  # already re-executed: no loop
   with pytest.raises(ValueError):
     plan.reexec_with_devices(["plan", "--devices=many"])
+
+
+def test_decoder_only_plan_counts_parameters_and_the_one_sequence_batch():
+  """A Llama-family gin plans: frozen bytes = the parameter count (halved in
+  bfloat16), the batch is one sequence of inputs + targets, P from the model."""
+  import decoder_testlib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.decoder_config import llama_preset  # pylint: disable=g-import-not-at-top
+  config = llama_preset("tiny", hidden_size=24, num_attention_heads=6,
+                        num_key_value_heads=2, vocab_size=97)
+  result = _plan(config, memory_gb=1.0)
+  b = result["bytes_per_device"]
+  assert result["model"] == "custom" and result["prompt_length"] == 4
+  assert b["trainable"] == 4 * 24 * 4
+  assert b["frozen"] == (decoder_testlib.parameter_count(config) - 0) * 4
+  assert b["batch"] == 4 * 2 * (8 + 4) * 4  # 4 features [2, 12] int32
+  assert b["saved_residuals"] > 0 and b["recompute"] == 0 and result["fits"] is True
+  bf16 = _plan(config.replace(frozen_dtype="bfloat16"))["bytes_per_device"]
+  assert bf16["frozen"] * 2 == b["frozen"]
+  assert _plan(llama_preset("tiny"))["model"] == "tiny"

@@ -29,15 +29,16 @@ class ConfigMismatchError(CheckpointError):
     mismatches: `(field, config_value, checkpoint_value)` for every disagreeing field.
   """
 
-  def __init__(self, path: str, mismatches: Sequence[Tuple[str, object, object]]):
+  def __init__(self, path: str, mismatches: Sequence[Tuple[str, object, object]],
+               config_name: str = "T5Config"):
     self.mismatches = list(mismatches)
     lines = "\n".join(f"  {field}: config has {mine!r}, checkpoint has {theirs!r}"
                       for field, mine, theirs in self.mismatches)
     super().__init__(
-        f"T5Config is inconsistent with the checkpoint at {path}:\n{lines}\n"
+        f"{config_name} is inconsistent with the checkpoint at {path}:\n{lines}\n"
         "Fix: pass config=None to take these sizes from the checkpoint, or bind the "
-        "T5Config fields (e.g. the model preset in your gin file) to the checkpoint's "
-        "values.")
+        f"{config_name} fields (e.g. the model preset in your gin file) to the "
+        "checkpoint's values.")
 
 
 class ParameterMismatchError(CheckpointError):

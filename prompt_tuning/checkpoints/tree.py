@@ -162,7 +162,7 @@ def resolve_config(path: str, found: Mapping[str, Any],
   mismatches = [(field, getattr(config, field), value)
                 for field, value in found.items() if getattr(config, field) != value]
   if mismatches:
-    raise ConfigMismatchError(path, mismatches)
+    raise ConfigMismatchError(path, mismatches, type(config).__name__)
   return config
 
 

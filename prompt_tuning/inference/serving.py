@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from prompt_tuning.models import decoding
+from prompt_tuning.models import decoder_decoding, decoding, families
 from prompt_tuning.inference import ensemble, ranking
 from prompt_tuning import partitioning
 from prompt_tuning.inference.io import Request
@@ -160,7 +160,10 @@ class PromptServer:
     self.routes = dict(routes)
     self.input_length, self.max_decode_length = input_length, max_decode_length
     self.batch_size, self.add_eos = batch_size, add_eos
-    self.decode_fn = decode_fn or decoding.greedy_decode
+    # A decoder-only model (GPT-2, Llama) continues `[bos] + input` (`_causal_rows`).
+    self.decoder_only = families.is_decoder_only(getattr(model, "config", None))
+    self.decode_fn = decode_fn or (decoder_decoding.greedy_decode if self.decoder_only
+                                   else decoding.greedy_decode)
     self.eos_id = int(getattr(vocab, "eos_id", 1))
     self._rng = jax.random.PRNGKey(seed)
     self._takes_rng = _accepts(self.decode_fn, "rng")
@@ -177,6 +180,9 @@ class PromptServer:
     self._label_columns = {
         name: np.asarray([self.label_strings.index(s) for s in r.labels])
         for name, r in self.routes.items() if r.labels}
+    if self.decoder_only and self.label_strings:
+      raise ValueError("Rank classification (LABELS) is implemented for T5 models "
+                       "only; decode with a decoder-only model (drop LABELS).")
 
   @property
   def names(self) -> List[str]:
@@ -262,9 +268,11 @@ class PromptServer:
     """One compiled call (per kind) on B rows; dummy rows pad a short batch."""
     tokens = np.zeros((self.batch_size, self.input_length), np.int32)
     index = np.zeros((self.batch_size,), np.int32)
+    lengths = np.zeros((self.batch_size,), np.int32)
     for i, (_, _, ids, row) in enumerate(rows):
       tokens[i, :len(ids)] = ids
       index[i] = row
+      lengths[i] = len(ids)
     tokens_in, index_in = tokens, index
     if self._sharding is not None:
       tokens_in = jax.device_put(tokens, self._sharding)
@@ -274,6 +282,8 @@ class PromptServer:
       kwargs = {"max_decode_length": self.max_decode_length, "prompt_index": index_in}
       if self._takes_rng:
         kwargs["rng"] = jax.random.fold_in(self._rng, self.stats.batches)
+      if self.decoder_only:
+        tokens_in, kwargs = self._causal_rows(tokens, lengths, kwargs)
       out = self.decode_fn(self.model, self.params, tokens_in, **kwargs)
       decoded = np.asarray(out[0] if isinstance(out, tuple) else out)
     if any(entry.route.labels for entry, *_ in rows):
@@ -289,6 +299,22 @@ class PromptServer:
     self.stats.batches += 1
     if self.on_batch is not None:
       self.on_batch()
+
+  def _causal_rows(self, tokens: np.ndarray, lengths: np.ndarray,
+                   kwargs: Dict[str, Any]):
+    """A decoder-only model's input: `[bos] + input` `[B, T + 1]` with its mask
+    (`data_decoder`'s `decoder_prompt_tokens`, BOS 0; id 0 may be a real token, so
+    the mask comes from the lengths), the vocabulary's EOS, and `prompt_index` only
+    for a prompt bank."""
+    full = np.concatenate([np.zeros((len(tokens), 1), np.int32), tokens], axis=1)
+    mask = np.arange(full.shape[1])[None, :] <= lengths[:, None]
+    if getattr(getattr(self.model, "prompt", None), "num_prompts", None) is None:
+      kwargs.pop("prompt_index")
+    kwargs.update(attention_mask=mask, eos_id=self.eos_id)
+    if self._sharding is not None:
+      full = jax.device_put(full, self._sharding)
+      kwargs["attention_mask"] = jax.device_put(mask, self._sharding)
+    return full, kwargs
 
   def _record(self, entry: _Pending) -> Dict[str, Any]:
     request = entry.request

@@ -230,5 +230,7 @@ def with_bank(params: Params, bank_params: Mapping[str, Array]) -> Params:
 
 
 def bank_method(bank: PromptBank) -> Method:
-  """A `Method` serving (or jointly training) the bank: trainable `encoder/prompt/…`."""
-  return Method(name="bank", prompt=bank, trainable=(r"encoder/prompt/.*",))
+  """A `Method` serving (or jointly training) the bank: trainable `encoder/prompt/…`
+  (`model/prompt/…`, `transformer/prompt/…` on the decoder-only families)."""
+  return Method(name="bank", prompt=bank,
+                trainable=(r"(encoder|model|transformer)/prompt/.*",))

@@ -25,9 +25,12 @@ def module_path(module: nn.Module) -> str:
 
 
 def targeted_dense(context: Any, targets: Sequence[str]) -> bool:
-  """True for a call of a frozen `Dense` whose path fully matches a target regex."""
+  """True for a call of a frozen projection whose path fully matches a target regex:
+  T5's `Dense`, the decoder-only `Linear`, GPT-2's fused `c_attn` (any module with
+  `kernel_axes`: input axis first, then the output axes)."""
   module = context.module
-  return (isinstance(module, Dense) and context.method_name == "__call__" and
+  adaptable = isinstance(module, Dense) or getattr(module, "kernel_axes", None)
+  return (bool(adaptable) and context.method_name == "__call__" and
           any(re.fullmatch(t, module_path(module)) for t in targets))
 
 

@@ -14,6 +14,10 @@ The scales live beside their kernels (`…/attention/key/ia3_scale`,
 `…/mlp/wo/ia3_scale`) and shard with them. `merge` multiplies them into the
 kernels (columns of key/value, rows of wo): a plain T5 tree with the same logits.
 PEFT's IA3 for T5 uses exactly these modules (`k`, `v`, feed-forward `wo`).
+
+On the decoder-only families the defaults are PEFT's as well: GPT-2's fused
+`attn/c_attn` output (q, k and v: a `[3, H]` scale) and the input of `mlp/c_proj`;
+Llama's `self_attn/{k_proj,v_proj}` outputs and the input of `mlp/down_proj`.
 """
 from __future__ import annotations
 
@@ -29,8 +33,10 @@ from prompt_tuning.methods.base import Method
 from prompt_tuning.params import Params, flatten, unflatten
 from prompt_tuning.models.layers import param
 
-OUTPUT_TARGETS = (r".*attention/(key|value)",)
-INPUT_TARGETS = (r".*/mlp/wo",)
+OUTPUT_TARGETS = (r".*attention/(key|value)",  # T5
+                  r".*/attn/c_attn",  # GPT-2
+                  r".*/self_attn/(k_proj|v_proj)")  # Llama family
+INPUT_TARGETS = (r".*/mlp/wo", r".*/mlp/c_proj", r".*/mlp/down_proj")
 TRAINABLE = (r".*/ia3_scale",)
 
 
@@ -40,6 +46,7 @@ class Ia3Hook:
   `input_targets` by learned vectors initialized to ones."""
   output_targets: Tuple[str, ...] = OUTPUT_TARGETS
   input_targets: Tuple[str, ...] = INPUT_TARGETS
+  supports_decoder_only = True
 
   def is_input_target(self, module_path: str) -> bool:
     return any(re.fullmatch(t, module_path) for t in self.input_targets)
@@ -53,9 +60,10 @@ class Ia3Hook:
                     (dense.kernel_axes[0],))
       return next_fun(x * scale.astype(x.dtype), *args[1:], **kwargs)
     if hooks.targeted_dense(context, self.output_targets):
-      y = next_fun(*args, **kwargs)  # [..., out]
-      scale = param(dense, "ia3_scale", nn.initializers.ones, (y.shape[-1],),
-                    (dense.kernel_axes[1],))
+      y = next_fun(*args, **kwargs)  # [..., *out]: one axis, or (3, H) for c_attn
+      out_axes = tuple(dense.kernel_axes[1:])
+      scale = param(dense, "ia3_scale", nn.initializers.ones,
+                    y.shape[y.ndim - len(out_axes):], out_axes)
       return y * scale.astype(y.dtype)
     return next_fun(*args, **kwargs)
 
@@ -71,17 +79,18 @@ def merge(params: Params, input_targets: Sequence[str] = INPUT_TARGETS) -> Param
   for module, kernel in hooks.kernel_paths(params, "ia3_scale").items():
     scale = jnp.asarray(flat.pop(f"{module}/ia3_scale"), jnp.float32)
     w = flat[kernel]
-    if hook.is_input_target(module):
-      merged = jnp.asarray(w, jnp.float32) * scale[:, None]
-    else:
-      merged = jnp.asarray(w, jnp.float32) * scale[None, :]
+    if hook.is_input_target(module):  # rows: [in] against [in, *out]
+      merged = jnp.asarray(w, jnp.float32) * scale.reshape(
+          (-1,) + (1,) * (w.ndim - 1))
+    else:  # columns: [*out] against [in, *out]
+      merged = jnp.asarray(w, jnp.float32) * scale[None]
     flat[kernel] = merged.astype(w.dtype)
   return unflatten(flat)
 
 
 def ia3(output_targets: Sequence[str] = OUTPUT_TARGETS,
         input_targets: Sequence[str] = INPUT_TARGETS) -> Method:
-  """IA3 of a frozen T5: trains `…/ia3_scale` vectors (about 0.01% of T5 base).
+  """IA3 of a frozen model: trains `…/ia3_scale` vectors (about 0.01% of T5 base).
 
   Args:
     output_targets: Dense module paths whose outputs are rescaled (default every

@@ -104,7 +104,7 @@ class LopaPrompt(nn.Module):
     """Each example's prompt Z `[B, P', H]` (x [B, T, H], mask [B, T], features
     [B, H]); a prompt bank places it (`methods/lopa_bank.py`)."""
     batch, _, width = x.shape
-    if self.features == "embeddings" or features is None:
+    if features is None:  # pool the input embeddings here
       if self.features == "encoder":
         raise ValueError("LoPA with features='encoder' needs the pooled encoder output; "
                          "use it inside Transformer (which sets `features`) or choose "

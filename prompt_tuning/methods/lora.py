@@ -13,8 +13,12 @@ A of an output kernel likewise (`lora_rank` is replicated).
 
 Targets are regexes over module paths; the default, the paper's setting, is every
 attention's query and value projection (encoder self-, decoder self- and
-cross-attention, as PEFT's `target_modules=['q', 'v']` for T5). `merge` folds the
-update into the kernels and gives a plain T5 parameter tree with the same logits.
+cross-attention, as PEFT's `target_modules=['q', 'v']` for T5). On the decoder-only
+families the defaults are PEFT's too: GPT-2's fused `attn/c_attn` (B is then
+`[r, 3, H]`: q, k and v), Llama's `self_attn/{q_proj,v_proj}`; any of `c_attn`,
+`c_proj`, `c_fc` / `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
+`down_proj` can be targeted. `merge` folds the update into the kernels and gives a
+plain parameter tree of the frozen model with the same logits.
 """
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ from prompt_tuning.params import Params, flatten, unflatten
 from prompt_tuning.models.layers import Dropout, param
 
 Array = jax.Array
-DEFAULT_TARGETS = (r".*attention/(query|value)",)
+DEFAULT_TARGETS = (r".*attention/(query|value)",  # T5
+                   r".*/attn/c_attn",  # GPT-2 (q, k, v fused)
+                   r".*/self_attn/(q_proj|v_proj)")  # Llama family
 TRAINABLE = (r".*/lora_[ab]",)
 RANK_AXIS = "lora_rank"
 
@@ -44,6 +50,7 @@ class LoraHook:
   rank: int
   alpha: float
   dropout_rate: float = 0.0
+  supports_decoder_only = True
 
   @property
   def scale(self) -> float:
@@ -54,18 +61,20 @@ class LoraHook:
       return next_fun(*args, **kwargs)
     dense = context.module
     x = args[0]  # [..., in]
-    y = next_fun(*args, **kwargs)  # [..., out]
-    in_axis, out_axis = dense.kernel_axes
+    y = next_fun(*args, **kwargs)  # [..., *out]: one axis, or (3, H) for c_attn
+    in_axis, *out_axes = dense.kernel_axes
+    out_shape = y.shape[y.ndim - len(out_axes):]
     bound = 1.0 / math.sqrt(x.shape[-1])
     a = param(dense, "lora_a",
               lambda rng, shape, dtype: jax.random.uniform(rng, shape, dtype, -bound,
                                                            bound),
               (x.shape[-1], self.rank), (in_axis, RANK_AXIS))
-    b = param(dense, "lora_b", nn.initializers.zeros, (self.rank, y.shape[-1]),
-              (RANK_AXIS, out_axis))
+    b = param(dense, "lora_b", nn.initializers.zeros, (self.rank,) + out_shape,
+              (RANK_AXIS,) + tuple(out_axes))
     h = Dropout(self.dropout_rate, name="lora_dropout")(x, deterministic=deterministic)
     dtype = dense.dtype
-    delta = jnp.dot(jnp.dot(h.astype(dtype), a.astype(dtype)), b.astype(dtype))
+    delta = jnp.tensordot(jnp.dot(h.astype(dtype), a.astype(dtype)), b.astype(dtype),
+                          axes=1)
     return y + (self.scale * delta).astype(y.dtype)
 
 
@@ -80,14 +89,15 @@ def merge(params: Params, scale: float) -> Params:
     a = flat.pop(f"{module}/lora_a")
     b = flat.pop(f"{module}/lora_b")
     w = flat[kernel]
-    flat[kernel] = (jnp.asarray(w, jnp.float32) + scale * (
-        jnp.asarray(a, jnp.float32) @ jnp.asarray(b, jnp.float32))).astype(w.dtype)
+    flat[kernel] = (jnp.asarray(w, jnp.float32) + scale * jnp.tensordot(
+        jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), axes=1)
+                    ).astype(w.dtype)
   return unflatten(flat)
 
 
 def lora(rank: int = 8, alpha: float = 8.0, dropout_rate: float = 0.0,
          targets: Sequence[str] = DEFAULT_TARGETS) -> Method:
-  """LoRA of a frozen T5: trains `.../lora_a` `[in, r]` and `.../lora_b` `[r, out]`.
+  """LoRA of a frozen model: trains `.../lora_a` `[in, r]` and `.../lora_b` `[r, out]`.
 
   Args:
     rank: r.

@@ -19,6 +19,11 @@ Method hooks (as for T5, see `prompt_tuning/models/t5.py`):
     the un-prompted input (LoPA).
   * `prefix`: a module living at `prefix/…` returning `{'decoder': (keys, values)}`,
     each `[L, P, K, D]`, prepended to every layer's self-attention keys/values.
+  * `adapter`: a Flax method interceptor active while the backbone runs (LoRA, IA3:
+    `prompt_tuning/methods/hooks.py`); it adapts the frozen projections (`Linear`,
+    GPT-2's fused `c_attn`) whose paths it targets, e.g. `model/layers_0/self_attn/
+    q_proj`, creating its parameters beside their kernels. A hook must declare
+    `supports_decoder_only = True` (`families.build` checks).
 
 Positions. Prompt and prefix vectors occupy positions, as in PEFT and transformers
 with `past_key_values`: the prompt takes positions 0…P-1 before the input, and a
@@ -36,6 +41,8 @@ beam search can reorder them.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Optional, Tuple
 
 import flax.linen as nn
@@ -170,33 +177,61 @@ class CausalLM(nn.Module):
     prefixes = self.prefix(deterministic=deterministic)
     return prefixes["decoder"] if isinstance(prefixes, dict) else prefixes
 
-  def _features(self, tokens: Array, mask: Array) -> Optional[Array]:
-    if self.prompt is None or not getattr(self.prompt, "needs_encoder_features",
-                                          False):
+  def _adapting(self, deterministic: bool):
+    """The context in which the `adapter` hook intercepts module calls."""
+    if getattr(self, "adapter", None) is None:
+      return contextlib.nullcontext()
+    return nn.intercept_methods(functools.partial(self.adapter,
+                                                  deterministic=deterministic))
+
+  def _features(self, tokens: Array, mask: Array,
+                feature_mask: Optional[Array] = None) -> Optional[Array]:
+    """LoPA's pooled input `[B, H]` over `feature_mask` (default: `mask`).
+
+    Teacher-forced batches hold inputs and targets in one sequence; the loss passes
+    a `feature_mask` of the input positions, so the features never see the targets
+    and equal those of the prefill (which holds the input only).
+    """
+    if self.prompt is None:
       return None
-    plain, plain_mask = self.backbone(tokens, mask, use_prompt=False,
-                                      deterministic=True)
-    return jax.lax.stop_gradient(masked_mean(plain, plain_mask))  # [B, H]
+    pool = mask if feature_mask is None else feature_mask.astype(bool) & mask
+    if getattr(self.prompt, "needs_encoder_features", False):
+      with self._adapting(True):
+        plain, _ = self.backbone(tokens, mask, use_prompt=False, deterministic=True)
+    elif feature_mask is not None and getattr(self.prompt, "features",
+                                              None) == "embeddings":
+      plain = self.backbone.embed(tokens)
+    else:
+      return None
+    return jax.lax.stop_gradient(masked_mean(plain, pool))  # [B, H]
 
   def hidden_states(self, tokens: Array, attention_mask: Optional[Array] = None,
                     enable_dropout: bool = False, prompt_index: Optional[Array] = None,
                     mode: str = "train", cache_length: Optional[int] = None,
-                    new_tokens: Optional[int] = None) -> Tuple[Array, Array]:
+                    new_tokens: Optional[int] = None,
+                    feature_mask: Optional[Array] = None) -> Tuple[Array, Array]:
     """Final hidden states [B, T', H] and their mask [B, T'] (after the prompt)."""
     deterministic = not enable_dropout
     mask = tokens > 0 if attention_mask is None else attention_mask.astype(bool)
-    features = self._features(tokens, mask) if mode != "step" else None
-    return self.backbone(tokens, mask, prefixes=self._prefixes(deterministic),
-                         features=features, prompt_index=prompt_index, mode=mode,
-                         cache_length=cache_length, new_tokens=new_tokens,
-                         deterministic=deterministic)
+    features = (self._features(tokens, mask, feature_mask) if mode != "step"
+                else None)
+    prefixes = self._prefixes(deterministic)
+    with self._adapting(deterministic):
+      return self.backbone(tokens, mask, prefixes=prefixes, features=features,
+                           prompt_index=prompt_index, mode=mode,
+                           cache_length=cache_length, new_tokens=new_tokens,
+                           deterministic=deterministic)
 
   def __call__(self, tokens: Array, attention_mask: Optional[Array] = None,
                enable_dropout: bool = False,
-               prompt_index: Optional[Array] = None) -> Array:
-    """Teacher-forced logits [B, T', V] float32 (T' = T + prompt length)."""
+               prompt_index: Optional[Array] = None,
+               feature_mask: Optional[Array] = None) -> Array:
+    """Teacher-forced logits [B, T', V] float32 (T' = T + prompt length).
+
+    `feature_mask [B, T]`: the input positions LoPA pools (default: all real ones).
+    """
     hidden, _ = self.hidden_states(tokens, attention_mask, enable_dropout,
-                                   prompt_index)
+                                   prompt_index, feature_mask=feature_mask)
     return self.logits(hidden)
 
   def prefill(self, tokens: Array, attention_mask: Optional[Array] = None, *,

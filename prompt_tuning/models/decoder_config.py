@@ -29,6 +29,7 @@ class _ConfigMixin:
   def to_dict(self) -> Dict[str, Any]:
     out = dataclasses.asdict(self)
     out["dtype"] = jnp.dtype(self.dtype).name
+    out["frozen_dtype"] = jnp.dtype(self.frozen_dtype).name
     out["family"] = self.family
     return out
 
@@ -44,8 +45,9 @@ class _ConfigMixin:
     if unknown:
       raise ValueError(f"Unknown {cls.__name__} fields {sorted(unknown)}; known "
                        f"fields are {sorted(known)}.")
-    if isinstance(values.get("dtype"), str):
-      values["dtype"] = jnp.dtype(values["dtype"]).type
+    for name in ("dtype", "frozen_dtype"):  # config.json records names
+      if isinstance(values.get(name), str):
+        values[name] = jnp.dtype(values[name]).type
     if isinstance(values.get("rope_scaling"), dict):
       values["rope_scaling"] = tuple(sorted(values["rope_scaling"].items()))
     return cls(**values)
@@ -64,7 +66,9 @@ class GPT2Config(_ConfigMixin):
     layer_norm_epsilon: LayerNorm epsilon.
     dropout_rate: residual, embedding and attention dropout while training.
     scale_attn_by_inverse_layer_idx: also divide layer i's attention logits by i + 1.
-    dtype: activation dtype; parameters stay float32.
+    dtype: activation dtype; trained parameters stay float32.
+    frozen_dtype: dtype the frozen parameters are loaded and kept in (e.g. bfloat16
+      halves their memory; `prompt_tuning.building`).
   """
   vocab_size: int = 50257
   n_positions: int = 1024
@@ -76,6 +80,7 @@ class GPT2Config(_ConfigMixin):
   dropout_rate: float = 0.1
   scale_attn_by_inverse_layer_idx: bool = False
   dtype: Any = jnp.float32
+  frozen_dtype: Any = jnp.float32
 
   family = "gpt2"
 
@@ -132,7 +137,9 @@ class LlamaConfig(_ConfigMixin):
       positions including itself (Mistral v0.1).
     tie_word_embeddings: the output layer is the token embedding (no `lm_head`).
     dropout_rate: attention dropout while training (0 in all released models).
-    dtype: activation dtype; parameters stay float32.
+    dtype: activation dtype; trained parameters stay float32.
+    frozen_dtype: dtype the frozen parameters are loaded and kept in (e.g. bfloat16
+      halves their memory; `prompt_tuning.building`).
   """
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -151,6 +158,7 @@ class LlamaConfig(_ConfigMixin):
   tie_word_embeddings: bool = False
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  frozen_dtype: Any = jnp.float32
 
   family = "llama"
 

@@ -45,17 +45,18 @@ def build(config: ModelConfig, prompt: Optional[nn.Module] = None,
           adapter: Optional[nn.Module] = None) -> nn.Module:
   """The frozen network of `config`'s family with the given method hooks.
 
-  `adapter` (LoRA, IA3, per-layer prompts: kernels adapted in place) exists for the
-  T5 family only so far; a decoder-only config with an adapter is refused.
+  `adapter` (kernels adapted in place): LoRA and IA3 on every family; per-layer
+  prompts rewrite T5 encoder layers only, so a decoder-only config refuses an
+  adapter that does not declare `supports_decoder_only`.
   """
   network = _network(config)
   if adapter is None:
     return network(config, prompt=prompt, prefix=prefix)
-  if is_decoder_only(config):
+  if is_decoder_only(config) and not getattr(adapter, "supports_decoder_only", False):
     raise ValueError(
-        f"The adapter method ({type(adapter).__name__}: LoRA, IA3 or per-layer prompts) "
-        f"is implemented for T5 models only, not for {type(config).__name__}; use "
-        "prompt tuning, prefix tuning, LoPA or model tuning with this model.")
+        f"The adapter method {type(adapter).__name__} (per-layer prompts) is "
+        f"implemented for T5 models only, not for {type(config).__name__}; use "
+        "prompt tuning, prefix tuning, LoPA, LoRA, IA3 or model tuning with this model.")
   return network(config, prompt=prompt, prefix=prefix, adapter=adapter)
 
 

@@ -17,7 +17,7 @@ transpose. The method hooks, positions and cache are those of
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -63,12 +63,13 @@ class _FusedQkv(nn.Module):
   """HF's `c_attn`: one `[H, 3, N·D]` kernel and `[3, N·D]` bias for q, k, v."""
   width: int
   dtype: jnp.dtype = jnp.float32
+  kernel_axes = ("embed", "qkv", "joined_kv")  # read by the adapter hooks
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """x [B, T, H] → [B, T, 3, N·D]."""
     kernel = param(self, "kernel", _INIT, (x.shape[-1], 3, self.width),
-                   ("embed", "qkv", "joined_kv"))
+                   self.kernel_axes)
     bias = param(self, "bias", nn.initializers.zeros, (3, self.width),
                  ("qkv", "joined_kv"))
     y = jnp.einsum("bth,hcf->btcf", x.astype(self.dtype), kernel.astype(self.dtype))
@@ -157,6 +158,7 @@ class GPT2LMHeadModel(CausalLM):
   config: GPT2Config
   prompt: Optional[nn.Module] = None
   prefix: Optional[nn.Module] = None
+  adapter: Optional[Callable[..., Any]] = None
 
   def setup(self):
     # The prompt must live at `transformer/prompt/…`: hand the backbone a detached

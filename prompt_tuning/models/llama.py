@@ -19,7 +19,7 @@ prompt lives at `model/prompt/…`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -122,6 +122,7 @@ class LlamaForCausalLM(CausalLM):
   config: LlamaConfig
   prompt: Optional[nn.Module] = None
   prefix: Optional[nn.Module] = None
+  adapter: Optional[Callable[..., Any]] = None
 
   def setup(self):
     prompt = self.prompt.clone(parent=None) if self.prompt is not None else None

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from prompt_tuning.training import losses, rank_eval
+from prompt_tuning.training import losses, model_io, rank_eval
 from prompt_tuning import partitioning
 
 Params = Dict[str, Any]
@@ -148,6 +148,7 @@ class Evaluator:
     self.z_loss = z_loss
     self.prompt_rows = None if prompt_rows is None else dict(prompt_rows)
     self.examples = None  # read by `prepare` (the first `evaluate`)
+    self.io = model_io.of_model(model)  # the family's features, loss and decoder
     self._step = None
 
   def prepare(self) -> None:
@@ -170,7 +171,7 @@ class Evaluator:
       if split not in task.splits:
         logging.warning("Task %s has no %r split; not evaluated.", task.name, split)
         continue
-      self.examples[task.name] = data_lib.eval_examples(
+      self.examples[task.name] = self.io.eval_examples(
           task, task_feature_lengths, split, max_examples, use_cached)
       examples = self.examples[task.name]
       logging.info("Evaluation: %d examples of %s/%s.", len(examples.features),
@@ -185,7 +186,7 @@ class Evaluator:
       self.examples = None
       raise ValueError(f"Nothing to evaluate: no task of {mixture_or_task_name!r} "
                        f"has a {split!r} split.")
-    step = functools.partial(eval_step, loss_fn=losses.LossFn(
+    step = functools.partial(eval_step, loss_fn=self.io.loss_fn(
         model, z_loss=z_loss, loss_normalizing_factor=None, enable_dropout=False))
     if mesh is not None:
       if batch_size % mesh.shape[partitioning.DATA] or batch_size % jax.process_count():
@@ -204,18 +205,10 @@ class Evaluator:
     return partitioning.host_batch_to_global(host_rows(batch, self.batch_size),
                                              self.mesh)
 
-  def _generate(self, params: Params, tokens: jax.Array,
-                prompt_index: Optional[jax.Array] = None) -> np.ndarray:
-    decode_fn = self.decode_fn
-    if decode_fn is None:
-      from prompt_tuning.models import decoding  # pylint: disable=g-import-not-at-top
-      decode_fn = decoding.greedy_decode
-    routed = {} if prompt_index is None else {"prompt_index": prompt_index}
-    out = decode_fn(self.model, params, tokens,
-                    max_decode_length=self.max_decode_length, **routed)
-    if isinstance(out, tuple):  # beam search: (tokens, scores)
-      out = out[0]
-    return to_host(out)
+  def _generate(self, params: Params, batch: Batch, eos_id: int) -> np.ndarray:
+    return to_host(self.io.decode(self.decode_fn, self.model, params, batch,
+                                  self.max_decode_length, eos_id,
+                                  prompt_index=batch.get(losses.PROMPT_INDEX)))
 
   def evaluate_task(self, params: Params, name: str) -> TaskResult:
     examples = self.examples[name]
@@ -231,8 +224,9 @@ class Evaluator:
       label_ids = rank_eval.label_tokens(vocab, rank_labels,
                                          int(getattr(vocab, "eos_id", 1)))
     n = len(examples.features)
-    for i, batch in enumerate(self._data.padded_batches(examples.features,
-                                                      self.batch_size)):
+    vocab = task.output_features["targets"].vocabulary
+    for i, batch in enumerate(self.io.padded_batches(examples.features,
+                                                     self.batch_size)):
       real = min(self.batch_size, n - i * self.batch_size)
       if self.prompt_rows is not None:  # every row of this task's batches: its prompt
         batch[losses.PROMPT_INDEX] = np.full((self.batch_size,),
@@ -243,9 +237,7 @@ class Evaluator:
         sums[k] += float(out[k])
       scores.extend(out["log_likelihood"][:real].tolist())
       if decode:
-        tokens.extend(self._generate(
-            params, global_batch["encoder_input_tokens"],
-            global_batch.get(losses.PROMPT_INDEX))[:real])
+        tokens.extend(self._generate(params, global_batch, vocab.eos_id)[:real])
       if rank_labels:
         ranked.extend(to_host(rank_eval.rank_batch(
             self.model, params, global_batch["encoder_input_tokens"], label_ids,
@@ -255,7 +247,6 @@ class Evaluator:
         "z_loss": sums["z_loss_sum"] / max(sums["weight_sum"], 1.0),
         "num_examples": n, "num_truncated": examples.num_truncated}
     targets = examples.targets
-    vocab = task.output_features["targets"].vocabulary
     predictions = []
     if decode:
       for ids, raw in zip(tokens, examples.raw):

@@ -122,6 +122,9 @@ class LossFn:
   loss_normalizing_factor: Normalizer = NUM_REAL_TARGET_TOKENS
   enable_dropout: bool = True
   telemetry: bool = False
+  # The batch features a call reads (the microbatch split keeps only these).
+  features = ("encoder_input_tokens", "decoder_input_tokens",
+              "decoder_target_tokens", "decoder_loss_weights")
 
   def __call__(self, params: Any, batch: Dict[str, Array], rng: Optional[Array] = None
                ) -> Tuple[Array, Dict[str, Array]]:
@@ -144,6 +147,52 @@ class LossFn:
     aux = {"z_loss": jnp.sum(z_term * weights) / norm,
            "weight_sum": jnp.sum(weights),
            "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1), **sown}
+    return jnp.sum(total * weights) / norm, aux
+
+
+def input_positions(weights: Array, real: Array) -> Array:
+  """[B, T] bool: a decoder-only row's input positions, i.e. every real position up
+  to and including the first one with a loss weight (whose token is the input's
+  last; see `data_decoder`). These are the tokens a prefill holds."""
+  weights = weights.astype(jnp.float32)
+  before = jnp.cumsum(weights, axis=1) - weights  # weighted positions before t
+  return real & (before == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLossFn(LossFn):
+  """`LossFn` for decoder-only models (GPT-2, Llama): inputs and targets are one
+  sequence (`prompt_tuning.data_decoder`), the loss is on the target positions.
+
+  Batch: `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
+  `decoder_segment_ids`, each `[B, T]`. Padding is where the segment id is 0 (id 0
+  is a real token in GPT-2's vocabulary). The model returns `[B, P + T, V]` when a
+  soft prompt of P vectors is prepended; those P positions predict nothing and are
+  dropped before the loss (prefix tuning adds none). LoPA pools the input positions
+  only (`input_positions`), as the prefill does at decoding time.
+
+  Returns what `LossFn` returns.
+  """
+  features = ("decoder_input_tokens", "decoder_target_tokens",
+              "decoder_loss_weights", "decoder_segment_ids")
+
+  def __call__(self, params: Any, batch: Dict[str, Array], rng: Optional[Array] = None
+               ) -> Tuple[Array, Dict[str, Array]]:
+    dropout = self.enable_dropout and rng is not None
+    real = batch["decoder_segment_ids"] > 0
+    weights = batch["decoder_loss_weights"].astype(jnp.float32)
+    tokens = batch["decoder_input_tokens"]
+    logits = self.model.apply({"params": params}, tokens, real,
+                              enable_dropout=dropout,
+                              feature_mask=input_positions(weights, real),
+                              rngs={"dropout": rng} if dropout else None)
+    logits = logits[:, logits.shape[1] - tokens.shape[1]:]  # drop the prompt's P
+    total, z_term = token_cross_entropy(logits, batch["decoder_target_tokens"],
+                                        self.z_loss)
+    norm = normalizer_value(weights, self.loss_normalizing_factor)
+    aux = {"z_loss": jnp.sum(z_term * weights) / norm,
+           "weight_sum": jnp.sum(weights),
+           "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1)}
     return jnp.sum(total * weights) / norm, aux
 
 

@@ -230,8 +230,8 @@ def _accumulated_grads(trainable: Params, frozen: Params, batch: Batch,
                           "weight_sum": aux["weight_sum"]}
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
-  routed = MODEL_FEATURES + ((losses.PROMPT_INDEX,) if losses.PROMPT_INDEX in batch
-                             else ())
+  routed = tuple(getattr(loss_fn, "features", MODEL_FEATURES)) + (
+      (losses.PROMPT_INDEX,) if losses.PROMPT_INDEX in batch else ())
   parts = split_microbatches({k: batch[k] for k in routed}, num_microbatches)
 
   def accumulate(carry, inputs):
