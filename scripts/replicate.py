@@ -35,7 +35,6 @@ timing.jsonl (wall time of every run). --write_docs replaces the text between
 `<!-- replicate:begin -->` and `<!-- replicate:end -->` in README.md and
 docs/RESEARCH.md with the tables.
 """
-from __future__ import annotations
 
 import argparse
 import dataclasses
@@ -115,7 +114,7 @@ class Profile:
 PROFILES = {
     "full": Profile(methods=tuple(LR_KEYS), grid_size=4, max_widenings=4, steps=600,
                     max_steps=2400, eval_period=100, seeds=3,
-                    sizes=("0.3m", "1.3m", "5m", "20m"),
+                    sizes=("0.1m", "0.3m", "1.3m", "5m"),  # + 20m: --sizes
                     pretrain_args=("--span_steps", "1500", "--lm_steps", "1500"),
                     budget_target=6144),
     # Seconds per run: the whole pipeline on 2-value grids, a few steps.
@@ -193,8 +192,12 @@ def pretrained(ctx: Context, size: str, objective: str) -> pathlib.Path:
     cmd = [sys.executable, str(REPO / "scripts" / "pretrain_tiny.py")] + flags
     print(f"pretraining {size} {kind}: {' '.join(cmd)} (log {log})", flush=True)
     start = time.time()
+    # The child imports this checkout's package, as this process does.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     with open(log, "ab") as f:
-      status = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(REPO))
+      status = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(REPO),
+                               env=env)
     ctx.record(f"pretrain/{size}_{kind}", time.time() - start)
     if status:
       raise RuntimeError(f"Pretraining {size} {kind} failed (exit {status}); see "
@@ -580,14 +583,21 @@ def write_docs(text: str, paths: Sequence[str]) -> List[str]:
   return written
 
 
+# Profile fields that only choose which runs exist (their names say the rest).
+SUBSET_FIELDS = ("methods", "sizes")
+
+
 def check_profile(out: pathlib.Path, name: str, profile: Profile) -> None:
-  """One output directory holds one profile (run names do not carry it)."""
+  """One output directory holds one profile: run names carry the method, size, rate,
+  steps and seed, not the evaluation period, batch or pretraining steps. Subsets of
+  methods and sizes (--methods, --sizes) may differ between invocations."""
   path = out / "profile.json"
   value = {"name": name, **dataclasses.asdict(profile)}
   value = json.loads(json.dumps(value))
   if path.exists():
     old = json.loads(path.read_text())
-    if old != value:
+    if ({k: v for k, v in old.items() if k not in SUBSET_FIELDS} !=
+        {k: v for k, v in value.items() if k not in SUBSET_FIELDS}):
       raise errors.UserError(f"{out} holds a replication with another profile "
                              f"({old['name']}); use another --output_dir.")
   else:

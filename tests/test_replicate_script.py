@@ -76,8 +76,7 @@ def test_rerun_reuses_every_run_and_refuses_another_profile(replication):
   assert after == before  # nothing trained, evaluated or pretrained again
   assert again["baselines"][0]["mean"] == summary["baselines"][0]["mean"]
   with pytest.raises(errors.UserError, match="another profile"):
-    script.main(["--output_dir", str(out), "--profile", "smoke",
-                 "--methods", "lora"])
+    script.main(["--output_dir", str(out), "--profile", "full"])
 
 
 def test_write_docs_between_markers(replication, tmp_path):

@@ -70,7 +70,8 @@ def test_flattened():
 def test_closest_budget_in_log_ratio():
   counts = {"a": 1000, "b": 5000, "c": 7000}
   assert rep.closest(counts, 6144) == "c"
-  assert rep.closest(counts, 2300) == "a"  # 2.3x vs 2.17x
+  assert rep.closest(counts, 2100) == "a"  # 2.1x vs 2.38x
+  assert rep.closest(counts, 2300) == "b"  # 2.17x, though 1000 is nearer linearly
   with pytest.raises(ValueError):
     rep.closest({}, 10)
 
