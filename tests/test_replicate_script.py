@@ -38,6 +38,7 @@ def test_summary_has_every_number_of_the_tables(replication):
   assert all(s is not None for s in [base["seconds"], base["grid_seconds"]])
   (budget,) = summary["budget"]
   assert budget["setting"] == "length 48" and budget["trained_parameters"] == 6144
+  assert budget["trained_parameters_in_run"] == 6144  # read from the run's state
   objectives = {o["objective"]: o for o in summary["objectives"]}
   assert set(objectives) == {"span_only", "span_sentinel", "lm_adapted"}
   assert objectives["span_sentinel"]["task"].endswith("_1_sentinel")
