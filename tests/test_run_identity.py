@@ -117,6 +117,20 @@ def test_a_restart_that_changes_the_run_is_refused_before_writing(trained, chang
   assert _snapshot(model_dir) == before  # config.gin, config.json, run.lock untouched
 
 
+def test_a_restart_on_another_process_count_resumes(tmp_path):
+  """The data stream depends on the global step only (test_global_stream), so a
+  record from a 2-process start does not stop a 1-process resume."""
+  root = tmp_path
+  _write_data(root)
+  model_dir = root / "run"
+  assert _train_run(root, model_dir).run_in_process().step == 2
+  path = model_dir / "config.json"
+  record = json.loads(path.read_text())
+  path.write_text(json.dumps(dict(record, process_count=2)))
+  assert _train_run(root, model_dir, "TRAIN_STEPS = 4").run_in_process().step == 4
+  assert json.loads(path.read_text())["process_count"] == 2  # the start's, as recorded
+
+
 def test_resuming_with_a_different_local_data_file_is_refused(trained, tmp_path):
   root, model_dir = trained
   other = tmp_path / "other"

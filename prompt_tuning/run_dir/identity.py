@@ -10,7 +10,9 @@ in MODEL_DIR is written:
   model_config, initial_checkpoint_path, task, task_feature_lengths, batch_size,
   seed, trainable, prompt_combine (where the prompt goes),
   data_fingerprints {task: {split: {"path", "sha256", "bytes"}}} for local files,
-  process_count  (the data stream is sharded by process)
+  process_count  (informational: the data stream is a function of the global step
+                  only, training/global_stream.py, so a run may resume on another
+                  number of processes)
 
 Specs come from gin (the entry points' business: `prompt_tuning/gin_specs.py` reads
 them and rebuilds a method from one); this module only compares plain values.
@@ -29,7 +31,7 @@ from prompt_tuning.errors import UserError
 IDENTITY_FIELDS = ("initial_checkpoint_path", "model_config", "method", "trainable",
                    "task", "task_feature_lengths", "batch_size", "seed",
                    "method_spec", "optimizer_spec", "prompt_combine",
-                   "data_fingerprints", "process_count")
+                   "data_fingerprints")
 # Arguments of a method factory that only matter before training (how the
 # parameters start), not for rebuilding a trained method.
 INIT_ONLY_ARGUMENTS = ("initializer",)
