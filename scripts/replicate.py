@@ -139,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--methods", default=None,
                  help="comma-separated subset of the profile's methods")
   p.add_argument("--sizes", default=None, help="comma-separated subset of sizes")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="seeds per setting (default: the profile's)")
   p.add_argument("--experiments", default="baselines,budget,objectives,scaling")
   p.add_argument("--write_docs", action="store_true",
                  help="also replace the tables between the markers in --docs")
@@ -589,13 +591,14 @@ def write_docs(text: str, paths: Sequence[str]) -> List[str]:
 
 
 # Profile fields that only choose which runs exist (their names say the rest).
-SUBSET_FIELDS = ("methods", "sizes")
+SUBSET_FIELDS = ("methods", "sizes", "seeds")
 
 
 def check_profile(out: pathlib.Path, name: str, profile: Profile) -> None:
   """One output directory holds one profile: run names carry the method, size, rate,
   steps and seed, not the evaluation period, batch or pretraining steps. Subsets of
-  methods and sizes (--methods, --sizes) may differ between invocations."""
+  methods, sizes and seeds (--methods, --sizes, --seeds) may differ between
+  invocations."""
   path = out / "profile.json"
   value = {"name": name, **dataclasses.asdict(profile)}
   value = json.loads(json.dumps(value))
@@ -624,6 +627,8 @@ def main(argv=None) -> Dict[str, Any]:
         s for s in args.sizes.split(",") if s))
     for s in profile.sizes:
       sizes.check(s, "lm_adapted")
+  if args.seeds is not None:
+    profile = dataclasses.replace(profile, seeds=args.seeds)
   experiments = [e for e in args.experiments.split(",") if e]
   out = pathlib.Path(args.output_dir)
   out.mkdir(parents=True, exist_ok=True)

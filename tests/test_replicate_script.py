@@ -11,7 +11,7 @@ from prompt_tuning import errors
 from prompt_tuning.tiny import assets
 
 ARGS = ["--profile", "smoke", "--methods", "prompt_tuning", "--sizes", "1.3m",
-        "--experiments", "baselines,budget,objectives,scaling"]
+        "--seeds", "1", "--experiments", "baselines,budget,objectives,scaling"]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def test_summary_has_every_number_of_the_tables(replication):
   assert len(grid) >= 2 and grid == sorted(grid) and base["best_lr"] in grid
   assert set(base["lr_scores"]) == {str(x) for x in grid}
   assert base["lr_interior"] == (grid[0] < base["best_lr"] < grid[-1])
-  assert base["steps"] in (2, 4) and base["seeds"] == [0, 1]
-  assert len(base["values"]) == 2 and base["mean"] is not None
+  assert base["steps"] in (2, 4) and base["seeds"] == [0]
+  assert len(base["values"]) == 1 and base["std"] == 0.0
   assert base["curves"][str(base["steps"])]  # the recorded validation curve
   assert all(s is not None for s in [base["seconds"], base["grid_seconds"]])
   (budget,) = summary["budget"]
