@@ -278,6 +278,8 @@ def run_all(ctx: Context, sweep) -> List[Dict[str, Any]]:
     start = time.time()
     try:
       run.run.run_in_process()
+    except errors.Preempted:  # SIGTERM: the run saved its checkpoint; stop here
+      raise
     except Exception as e:  # pylint: disable=broad-except
       print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
       ctx.failed.append(run.name)

@@ -91,3 +91,28 @@ def test_write_docs_between_markers(replication, tmp_path):
   bare.write_text("no markers\n")
   with pytest.raises(errors.UserError, match="markers"):
     script.write_docs("x", [str(bare)])
+
+
+def test_a_preempted_run_stops_the_replication_a_failed_one_does_not(tmp_path):
+  import types  # pylint: disable=g-import-not-at-top
+  script = load_script("replicate")
+  ctx = script.Context(script.PROFILES["smoke"], tmp_path, tmp_path / "cache")
+
+  def fake_run(name, error):
+    def run_in_process():
+      raise error
+    call = types.SimpleNamespace(run_in_process=run_in_process,
+                                 command=lambda: f"train {name}")
+    return types.SimpleNamespace(name=name, run=call, method="prompt_tuning",
+                                 seed=0, extra=(), model_dir=tmp_path / name)
+
+  def fake_sweep(*runs):
+    return types.SimpleNamespace(runs=list(runs), status=lambda run: "missing",
+                                 task_of=lambda run: "task")
+
+  (result,) = script.run_all(ctx, fake_sweep(fake_run("a", ValueError("diverged"))))
+  assert ctx.failed == ["a"] and result["failed"] and result["best"] is None
+  assert script._score(result) == 0.0  # the worst rate, not a missing one
+  with pytest.raises(errors.Preempted):
+    script.run_all(ctx, fake_sweep(fake_run("b", errors.Preempted("SIGTERM"))))
+  assert "b" not in ctx.failed and "b" in ctx.timing()
