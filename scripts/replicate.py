@@ -692,4 +692,7 @@ def trained_parameters(ctx: Context, run_name: str) -> Optional[int]:
 
 
 if __name__ == "__main__":
+  import signal  # pylint: disable=g-import-not-at-top
+  # A background shell starts jobs with SIGINT ignored; `kill -INT` should stop us.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   errors.run_reporting("scripts/replicate.py", main, sys.argv[1:])
