@@ -44,12 +44,20 @@ class WorkerError(RuntimeError):
 class Worker:
   """Runner-side handle of one contender process."""
 
-  def __init__(self, target: str, kwargs: Dict[str, Any], name: Optional[str] = None):
+  def __init__(self, target: str, kwargs: Dict[str, Any], name: Optional[str] = None,
+               env: Optional[Dict[str, Optional[str]]] = None):
+    """`env` overrides the worker environment after `_ENV` (None removes a name,
+    e.g. `{'JAX_PLATFORMS': None}` lets JAX pick an accelerator)."""
     from benchmarks.common import REPO  # pylint: disable=g-import-not-at-top
     self.name = name or target
     self.target = target
     self._stderr = tempfile.TemporaryFile(mode="w+")
-    env = dict(os.environ, **_ENV)
+    overrides, env = dict(env or {}), dict(os.environ, **_ENV)
+    for key, value in overrides.items():
+      if value is None:
+        env.pop(key, None)
+      else:
+        env[key] = value
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
     self._proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.worker", target, json.dumps(kwargs)],

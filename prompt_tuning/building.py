@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from prompt_tuning import checkpoints, host_memory, partitioning
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
-from prompt_tuning.models import families
+from prompt_tuning.models import families, scan
 from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.models.config import T5Config
 
@@ -109,15 +109,21 @@ def build_params(method: Method, model_config: T5Config,
   if mesh is not None:
     shardings = partitioning.param_shardings(
         abstract, mesh, axis_rules if axis_rules is not None else partitioning.rules())
+  scanned = getattr(config, "scan_layers", False)
   if opened is not None and mesh is not None:
     # Each process reads only the shards its devices hold (checkpoints/sharded.py).
-    loaded = checkpoints.load_sharded(opened, flatten(shardings))
+    wanted = flatten(shardings)
+    loaded = checkpoints.load_sharded(
+        opened, unstacked_shardings(wanted, config) if scanned else wanted)
   elif opened is not None:
     loaded = flatten(checkpoints.materialize(
         opened.location, opened.source, opened.config,
         describe_missing=opened.describe_missing))
   del opened
   cast_frozen(loaded, method, getattr(config, "frozen_dtype", jnp.float32))
+  if scanned and loaded:
+    loaded = stack_loaded(loaded, config,
+                          flatten(shardings) if shardings is not None else None)
   missing = [p for p in expected if p not in loaded]
   if initial_checkpoint_path:
     logging.info("Initializing %d parameters not in the checkpoint: %s", len(missing),
@@ -142,6 +148,39 @@ def build_params(method: Method, model_config: T5Config,
   del params, flat, loaded
   host_memory.release_freed()  # the host copies just freed (docs/BENCHMARKS.md)
   return config, placed, shardings
+
+
+def _num_layers(config: T5Config) -> Dict[str, int]:
+  return {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
+
+
+def unstacked_shardings(stacked: Mapping[str, Any], config: T5Config
+                        ) -> Dict[str, Any]:
+  """Shardings by checkpoint path for a scanned model's `{path: NamedSharding}`:
+  layer i of `encoder/layers/x` (spec `(layers, *rest)`) gets `rest`."""
+  out = {}
+  for path, sharding in stacked.items():
+    stack_name = path.split("/", 1)[0]
+    if not path.startswith(f"{stack_name}/layers/") or stack_name not in scan.STACKS:
+      out[path] = sharding
+      continue
+    rest = jax.sharding.PartitionSpec(*tuple(sharding.spec)[1:])
+    layer = jax.sharding.NamedSharding(sharding.mesh, rest)
+    for i in range(_num_layers(config)[stack_name]):
+      out[path.replace("/layers/", f"/layers_{i}/", 1)] = layer
+  return out
+
+
+def stack_loaded(flat: Dict[str, Any], config: T5Config,
+                 shardings: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+  """Checkpoint layers (`encoder/layers_i/…`) stacked for `scan_layers`, on the
+  devices with the stacked sharding when `shardings` are given (one tensor at a
+  time, so the devices hold at most one extra stacked tensor)."""
+  def stack_fn(arrays, path):
+    if shardings is None:
+      return np.stack([np.asarray(a) for a in arrays])
+    return jax.jit(lambda *a: jnp.stack(a), out_shardings=shardings[path])(*arrays)
+  return scan.stack(flat, _num_layers(config), stack_fn)
 
 
 def cast_frozen(flat: Dict[str, Any], method: Method, dtype: Any) -> Dict[str, Any]:
@@ -203,21 +242,31 @@ def apply_exported(params: Params, arrays: Mapping[str, np.ndarray],
   """Replaces parameters with exported `.npy` arrays named by dotted paths.
 
   `encoder.prompt.prompt` sets `encoder/prompt/prompt`; dtypes are cast to the
-  parameter's. Errors name the file and the expected shape.
+  parameter's. Errors name the file and the expected shape. Exports name layers
+  as T5X does (`encoder.layers_3.…`); in a scanned model (`T5Config.scan_layers`)
+  such an array sets that layer's slice of the stacked `encoder/layers/…`.
   """
   flat = flatten(params)
   for name, value in arrays.items():
     path = name.replace(".", "/")
+    layer = None
+    if path not in flat and scan.stacked_path(path) in flat:
+      layer, path = scan.layer_index(path), scan.stacked_path(path)
     if path not in flat:
       raise ExportMismatchError(f"{source}: {name}.npy names parameter {path}, which the model "
                        f"does not have. Method parameters: "
                        f"{[p for p in flat if 'prompt' in p or 'prefix' in p][:20]}")
-    if tuple(np.shape(flat[path])) != tuple(value.shape):
-      raise ExportMismatchError(f"{source}: {name}.npy has shape {tuple(value.shape)}, expected "
-                       f"{tuple(np.shape(flat[path]))} for {path}.")
     current = flat[path]
+    shape = tuple(np.shape(current))[1:] if layer is not None else tuple(np.shape(current))
+    if shape != tuple(value.shape):
+      raise ExportMismatchError(f"{source}: {name}.npy has shape {tuple(value.shape)}, expected "
+                       f"{shape} for {name.replace('.', '/')}.")
     sharding = getattr(current, "sharding", None)
     value = np.asarray(value, dtype=current.dtype)
+    if layer is not None:  # one layer of a stacked parameter
+      whole = np.array(current)
+      whole[layer] = value
+      value = whole
     flat[path] = (jax.make_array_from_callback(value.shape, sharding,
                                                lambda idx, v=value: v[idx])
                   if isinstance(current, jax.Array) else value)

@@ -14,6 +14,8 @@ points import it through `cli`. The selector names are what `configs/*.gin` use:
   optim.adamw_lora optim.adafactor_ia3  optim.adamw_p_tuning_v2  optim.adamw_bitfit
   optim.frozen     optim.linear_schedule          optim.trainable_regexes
   decoding.greedy_decode  decoding.beam_search  decoding.sample_decode
+  objectives.perceptron  objectives.valid_label  objectives.wayward  (train.objective,
+    train.wayward: training/objectives.py)
   T5Config  t5_preset  partitioning.make_mesh  partitioning.rules  TrainConfig
   GPT2Config  gpt2_preset  LlamaConfig  llama_preset   (decoder-only MODEL_CONFIGs;
     the model family is the type of MODEL_CONFIG, see prompt_tuning.models.families)
@@ -39,7 +41,7 @@ from prompt_tuning.models import config as config_lib
 from prompt_tuning.models import decoder_config
 from prompt_tuning.models import decoding
 from prompt_tuning.tiny import assets
-from prompt_tuning.training import optim, trainer
+from prompt_tuning.training import objectives, optim, trainer
 
 
 def class_labels(labels: Optional[Sequence[str]] = None, vocabulary: Any = None,
@@ -122,6 +124,7 @@ _REGISTRATIONS = {
               optim.linear_schedule,
               optim.trainable_regexes],
     "decoding": [decoding.greedy_decode, decoding.beam_search, decoding.sample_decode],
+    "objectives": [objectives.perceptron, objectives.valid_label, objectives.wayward],
 }
 
 # name → the registered (gin-wrapped) callable, e.g. CONFIGURABLES['methods.lopa'].

@@ -36,7 +36,7 @@ from prompt_tuning.run_dir import summaries as summaries_lib
 from prompt_tuning.errors import UserError
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.methods.base import Method
-from prompt_tuning.models import families
+from prompt_tuning.models import families, scan
 from prompt_tuning.models.config import T5Config
 
 EVAL_MACROS = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
@@ -83,6 +83,9 @@ def load_trained(method: Method, model_config: Optional[T5Config],
   if model_config is None:
     raise EvalError("No model config: set MODEL_CONFIG (include a models/*.gin file) "
                      "or pass a MODEL_DIR that has config.json.")
+  # A run trained with scan_layers evaluates unscanned: same exports, and decoding
+  # needs the per-layer cache.
+  model_config = scan.unscanned(model_config)
   has_npy = export is not None and any(export.glob("*.npy"))
   run_method = method.inference_method() if has_npy else method
   config, params, shardings = building.build_params(
@@ -216,7 +219,8 @@ def evaluate(mixture_or_task_name: str = gin.REQUIRED,
   evaluator = evaluation.Evaluator(
       model, mesh, shardings, mixture_or_task_name, task_feature_lengths,
       batch_size=batch_size, split=split, max_examples=max_examples,
-      max_decode_length=max_decode_length, decode_fn=decode_fn)
+      max_decode_length=max_decode_length, decode_fn=decode_fn,
+      axis_rules=configurables.axis_rules())
   results = evaluator.evaluate(params)
   table = format_table(results)
   if jax.process_index() == 0:

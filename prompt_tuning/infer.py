@@ -17,7 +17,9 @@ file, the examples of MIXTURE_OR_TASK_NAME's INFER_SPLIT are served.
 
 Prompt sources (each `name: path`): a `.npy` `[P, H]` file, a training MODEL_DIR
 (its `best/` export, or INFER_CHECKPOINT = 'latest' / a step), or any directory
-holding `encoder.prompt.prompt.npy`. MODEL_DIR and PROMPT_FILE (as for
+holding `encoder.prompt.prompt.npy`; prefix-tuning and LoPA MODEL_DIRs join the
+same batches (`methods/prefix_bank.py`, `methods/lopa_bank.py`). MODEL_DIR and
+PROMPT_FILE (as for
 prompt_tuning.eval) add one prompt each. A MODEL_DIR also supplies the frozen
 checkpoint and model config it was trained with, unless given. ADAPTER (a PEFT
 LoRA / IA3 adapter directory) is merged into the frozen weights at load.
@@ -42,7 +44,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from prompt_tuning import cli, configurables, building, fingerprint
+from prompt_tuning import cli, configurables, building, fingerprint, gin_specs
 from prompt_tuning import prompt_files
 from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.errors import UserError
@@ -51,10 +53,12 @@ from prompt_tuning.inference import io as infer_io, serving
 from prompt_tuning.methods import bank as bank_lib
 from prompt_tuning.methods import ia3 as ia3_lib
 from prompt_tuning.methods import lora as lora_lib
+from prompt_tuning.methods import lopa as lopa_lib
+from prompt_tuning.methods import lopa_bank as lopa_bank_lib
 from prompt_tuning.methods import prefix_bank as prefix_bank_lib
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
-from prompt_tuning.models import families
+from prompt_tuning.models import families, scan
 from prompt_tuning.params import flatten, with_params
 from prompt_tuning.models.config import T5Config
 
@@ -67,7 +71,7 @@ flags.DEFINE_multi_string("prompt", [], "NAME=PATH of a prompt to serve (a .npy 
                           "file or a MODEL_DIR); repeatable; adds to PROMPT_FILES.")
 
 INFER_MACROS = ("TASK_FEATURE_LENGTHS",)
-SERVED_METHODS = (None, "prompt", "prefix")
+SERVED_METHODS = (None, "prompt", "prefix", "lopa")
 Labels = Union[None, str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
 
@@ -89,9 +93,9 @@ def served_record(source: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
   record = layout.read_record(path)
   if record.get("method") not in SERVED_METHODS:
     raise InferError(f"{path} was trained with method {record.get('method')!r}; "
-                     "prompt_tuning.infer serves prompt-tuning prompts and prefix-"
-                     "tuning prefixes (one mixed bank). Evaluate other methods with "
-                     "prompt_tuning.eval.")
+                     "prompt_tuning.infer serves prompt-tuning prompts, prefix-"
+                     "tuning prefixes and LoPA runs (one mixed bank). Evaluate other "
+                     "methods with prompt_tuning.eval.")
   return record
 
 
@@ -116,7 +120,8 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
   if model_config is None and records:
     model_config = families.config_from_dict(
         next(iter(records.values()))["model_config"])
-  return initial_checkpoint_path, model_config
+  # Served unscanned (cached decoding); exports do not depend on scan_layers.
+  return initial_checkpoint_path, scan.unscanned(model_config)
 
 
 def prompt_combine(records: Mapping[str, Dict[str, Any]],
@@ -208,7 +213,7 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
     raise InferError("No prompts to serve: set --gin.PROMPT_FILES=\"{'name': "
                      "'/path/prompt.npy'}\", --prompt=NAME=PATH, PROMPT_FILE or "
                      "MODEL_DIR.")
-  records, sources, prefix_sources = {}, {}, {}
+  records, sources, prefix_sources, lopa_sources = {}, {}, {}, {}
   for name, source in prompts.items():
     if isinstance(source, (str, os.PathLike)):
       record = served_record(source)
@@ -216,16 +221,22 @@ def load_bank_model(prompts: Mapping[str, Union[str, os.PathLike, np.ndarray]],
         records[str(source)] = record
       if record is not None and record.get("method") == "prefix":
         prefix_sources[name] = layout.export_dir(str(source), checkpoint)
+      elif record is not None and record.get("method") == "lopa":
+        lopa_sources[name] = (layout.export_dir(str(source), checkpoint),
+                              lopa_entry(source, record))
       else:
         sources[name] = prompt_files.prompt_path(source, checkpoint)
     else:
       sources[name] = source
-  if prefix_sources:
+  if prefix_sources or lopa_sources:
     if adapter is not None:
-      raise InferError("--gin.ADAPTER cannot be combined with prefix-tuning MODEL_DIRs "
-                       f"({', '.join(map(str, prefix_sources.values()))}) yet; serve "
-                       "the adapter with plain prompts only.")
-    return _load_mixed_model(sources, prefix_sources, records, model_config,
+      dirs = [str(d) for d in prefix_sources.values()]
+      dirs += [str(d) for d, _ in lopa_sources.values()]
+      raise InferError("--gin.ADAPTER cannot be combined with prefix-tuning or LoPA "
+                       f"MODEL_DIRs ({', '.join(dirs)}) yet; serve the adapter with "
+                       "plain prompts only.")
+    return _load_mixed_model(sources, prefix_sources, lopa_sources, records,
+                             model_config,
                              initial_checkpoint_path, mesh=mesh, seed=seed,
                              combine=combine, vocabulary=vocabulary,
                              allow_model_mismatch=allow_model_mismatch)
@@ -285,11 +296,31 @@ def _check_prompt_files(sources: Mapping[str, Any],
       check_prompt_file(source, None, width)
 
 
-def _load_mixed_model(sources, prefix_sources, records, model_config,
+def lopa_entry(source, record: Mapping[str, Any]) -> lopa_bank_lib.LopaEntry:
+  """The LoPA settings of a served run, rebuilt from its recorded method spec."""
+  spec = record.get("method_spec")
+  if not spec:
+    raise InferError(f"{source} is a LoPA run whose config.json records no "
+                     "method_spec (its rank, hidden width, features and variant); "
+                     "retrain it with this version, or evaluate it with "
+                     "prompt_tuning.eval --gin.METHOD=...")
+  try:
+    method = gin_specs.rebuild_method(spec)
+  except (ValueError, TypeError) as e:
+    raise InferError(f"{source}: cannot rebuild its LoPA method from config.json: "
+                     f"{e}") from e
+  if not isinstance(method.prompt, lopa_lib.LopaPrompt):
+    raise InferError(f"{source} records method 'lopa' but its method_spec builds "
+                     f"{type(method.prompt).__name__}; the config.json is damaged.")
+  return lopa_bank_lib.LopaEntry.of(method.prompt)
+
+
+def _load_mixed_model(sources, prefix_sources, lopa_sources, records, model_config,
                       initial_checkpoint_path, *, mesh, seed, combine, vocabulary,
                       allow_model_mismatch):
-  """`load_bank_model` when some sources are prefix-tuning MODEL_DIRs: plain prompts
-  and folded prefixes share one index (`methods/prefix_bank.mixed_banks`)."""
+  """`load_bank_model` when some sources are prefix-tuning or LoPA MODEL_DIRs: plain
+  prompts, folded prefixes and LoPA entries share one index
+  (`methods/lopa_bank.mixed_banks`)."""
   initial_checkpoint_path, model_config = frozen_model_source(
       records, initial_checkpoint_path, model_config)
   if model_config is None and not initial_checkpoint_path:
@@ -310,6 +341,7 @@ def _load_mixed_model(sources, prefix_sources, records, model_config,
   checks = [(e, s, f"prompt/{combine}")
             for e, s in sources.items() if not isinstance(s, np.ndarray)]
   checks += [(e, s, "prefix") for e, s in prefix_sources.items()]
+  checks += [(e, s, f"lopa/{combine}") for e, (s, _) in lopa_sources.items()]
   for entry, source, placement in checks:
     current = fingerprint.of_params(params, vocabulary, placement, name=name,
                                     embedding_path=families.embedding_path(config))
@@ -318,14 +350,22 @@ def _load_mixed_model(sources, prefix_sources, records, model_config,
     except fingerprint.PromptModelMismatch as e:
       raise InferError(f"Prompt {entry!r}: {e}") from e
   try:
-    prompt_bank, prefix_bank, params = prefix_bank_lib.mixed_banks(
-        params, config, prompts,
-        {e: layout.read_arrays(d) for e, d in prefix_sources.items()}, combine)
+    if lopa_sources:
+      prompt_bank, prefix_bank, params = lopa_bank_lib.mixed_banks(
+          params, config, prompts,
+          {e: layout.read_arrays(d) for e, d in prefix_sources.items()},
+          {e: (entry, layout.read_arrays(d))
+           for e, (d, entry) in lopa_sources.items()}, combine)
+    else:
+      prompt_bank, prefix_bank, params = prefix_bank_lib.mixed_banks(
+          params, config, prompts,
+          {e: layout.read_arrays(d) for e, d in prefix_sources.items()}, combine)
   except ValueError as e:
     raise InferError(str(e)) from e
   for entry in prompt_bank.names:
-    logging.info("Serving %r from %s.", entry,
-                 prefix_sources.get(entry, sources.get(entry, "an array")))
+    origin = lopa_sources[entry][0] if entry in lopa_sources else None
+    logging.info("Serving %r from %s.", entry, origin or prefix_sources.get(
+        entry, sources.get(entry, "an array")))
   model = Method(name="bank", prompt=prompt_bank, prefix=prefix_bank).build(config)
   return model, params, prompt_bank, str(name)
 
@@ -447,7 +487,7 @@ def _prepare(*, input_file, output_file, prompt_files, task_feature_lengths,
   server = serving.PromptServer(
       model, params, bank, vocab, routes=routes, input_length=lengths["inputs"],
       max_decode_length=int(lengths.get("targets", 1)), batch_size=batch_size,
-      decode_fn=decode_fn, seed=seed, mesh=mesh)
+      decode_fn=decode_fn, seed=seed, mesh=mesh, axis_rules=configurables.axis_rules())
   return server, requests, total
 
 

@@ -248,6 +248,7 @@ def plan(model_config, method, optimizer, train_config, feature_lengths: Dict[st
       "batch_size": batch_size, "num_microbatches": micro,
       "feature_lengths": dict(feature_lengths), "prompt_length": prompt_length,
       "remat_policy": model_config.remat_policy,
+      "scan_layers": bool(getattr(model_config, "scan_layers", False)),
       "frozen_dtype": jnp.dtype(model_config.frozen_dtype).name,
       "activation_dtype": jnp.dtype(model_config.dtype).name,
       "axis_rules": [list(r) if not isinstance(r[1], tuple) else [r[0], list(r[1])]

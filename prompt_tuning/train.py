@@ -33,6 +33,9 @@ from prompt_tuning.run_dir import identity as run_identity
 from prompt_tuning.run_dir import layout, train_state
 from prompt_tuning.run_dir import lock as run_lock
 from prompt_tuning.training import evaluation, global_stream, losses, trainer
+from prompt_tuning.training import early_stopping, objectives, rank_eval
+from prompt_tuning import params as params_lib
+from prompt_tuning.models import families
 from prompt_tuning.methods.base import Method
 from prompt_tuning.prompt_files import check_prompt_file
 from prompt_tuning.models.config import T5Config
@@ -47,16 +50,22 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = gin.REQUIRED,
           learning_rate_fn: Optional[Callable[[int], float]] = None,
           decode_fn: Optional[Callable[..., Any]] = None,
-          gin_config: Optional[str] = None) -> trainer.TrainResult:
+          gin_config: Optional[str] = None,
+          objective: Optional[objectives.ObjectiveSpec] = None,
+          wayward: Optional[objectives.WaywardSpec] = None) -> trainer.TrainResult:
   """Builds the mesh and runs `build_and_train` (gin: `train.<arg>`).
 
   `optim.trainable_regexes.regexes`, when bound, replaces the method's trainable
-  regexes (e.g. to also train the decoder's final layer norm).
+  regexes (e.g. to also train the decoder's final layer norm). `objective`
+  (`@objectives.perceptron()` / `@objectives.valid_label()`) and `wayward`
+  (`@objectives.wayward()`) replace or regularize the token cross-entropy
+  (`training/objectives.py`).
   """
   check_method_prompt_file(method, model_config)  # before any frozen weight is read
   method = dataclasses.replace(method,
                                trainable=configurables.trainable_regexes(method))
   identity = identity_from_gin(config)
+  identity.update(objectives_record(objective, wayward))
   # A restart that changes the run is refused before anything is written.
   record = dict(trainer.run_record(config, method, model_config,
                                    initial_checkpoint_path), **identity)
@@ -66,7 +75,8 @@ def train(config: trainer.TrainConfig = gin.REQUIRED,
       initial_checkpoint_path=initial_checkpoint_path,
       mesh=configurables.make_mesh(), axis_rules=configurables.axis_rules(),
       learning_rate_fn=learning_rate_fn or _bound_learning_rate(),
-      decode_fn=decode_fn, gin_config=gin_config, identity=identity)
+      decode_fn=decode_fn, gin_config=gin_config, identity=identity,
+      objective=objective, wayward=wayward)
 
 
 def build_and_train(config: trainer.TrainConfig, *, method: Method,
@@ -78,7 +88,10 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
                     learning_rate_fn: Optional[Callable[[int], float]] = None,
                     decode_fn: Optional[Callable[..., Any]] = None,
                     gin_config: Optional[str] = None,
-                    identity: Optional[Dict[str, Any]] = None) -> trainer.TrainResult:
+                    identity: Optional[Dict[str, Any]] = None,
+                    objective: Optional[objectives.ObjectiveSpec] = None,
+                    wayward: Optional[objectives.WaywardSpec] = None
+                    ) -> trainer.TrainResult:
   """Builds what the loop needs and runs `trainer.train`, holding MODEL_DIR's lock.
 
   Args:
@@ -95,6 +108,8 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
     decode_fn: decoder for evaluation (`DECODE_FN`; default greedy).
     gin_config: the operative gin config, saved as `MODEL_DIR/config.gin`.
     identity: more of the run's identity for config.json (`identity_from_gin`).
+    objective / wayward: a classification objective and wayward regularization
+      (`training/objectives.py`; None: token cross-entropy alone).
 
   Raises:
     lock.ModelDirLockedError: another run is using MODEL_DIR (a run that died is
@@ -118,6 +133,9 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
     logging.info("Mesh %s over %d devices on %d hosts; %d examples per host and step.",
                  dict(mesh.shape), mesh.size, jax.process_count(), host_batch_size)
 
+    rank = rank_settings(config)  # every task's labels, before anything is loaded
+    early_stopping.check(config.early_stopping_patience, config.eval_period, True)
+    label_ids = objective_labels(config, objective, wayward)  # before loading
     record = dict(trainer.run_record(config, method, model_config,
                                      initial_checkpoint_path), **(identity or {}))
     train_state.check_or_write_run_config(config.model_dir, record, write=host0)
@@ -131,19 +149,123 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         axis_rules=axis_rules)
     model = method.build(model_config)
     loss_fn = losses.LossFn(model, config.z_loss, config.loss_normalizing_factor,
-                            config.enable_dropout)
+                            config.enable_dropout, telemetry=True)
+    loss_fn = with_objectives(loss_fn, objective, wayward, label_ids, method,
+                              model_config, params, config)
     evaluator = evaluation.Evaluator(  # reads its examples at the first evaluation
         model, mesh, shardings, config.mixture_or_task_name,
         config.task_feature_lengths,
         batch_size=config.eval_batch_size or config.batch_size,
         split=config.eval_split, max_examples=config.max_eval_examples,
         max_decode_length=config.max_decode_length, z_loss=config.z_loss,
-        use_cached=config.use_cached, decode_fn=decode_fn)
+        use_cached=config.use_cached, decode_fn=decode_fn, rank=rank,
+        axis_rules=axis_rules)
     if batches_fn is None:
       batches_fn = functools.partial(_task_batches, config=config, mesh=mesh)
     built = trainer.Built(loss_fn, params, shardings, mesh, axis_rules)
     return trainer.train(config, method, optimizer, built, batches_fn, evaluator,
                          learning_rate_fn)
+
+
+def rank_settings(config: trainer.TrainConfig) -> Optional[rank_eval.RankSettings]:
+  """The label strings of every evaluated task when `rank_classification` is on."""
+  if not config.rank_classification:
+    return None
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+  import tasks  # pylint: disable=g-import-not-at-top
+  labels = {}
+  for task in data.tasks_of(config.mixture_or_task_name):
+    strings = tasks.get_label_strings(task.name)
+    if not strings:
+      raise errors.UserError(
+          f"TrainConfig.rank_classification: task {task.name!r} has no label "
+          "strings (a generation task?); register them with "
+          "tasks.register_labels, or set --gin.TrainConfig.rank_classification=False.")
+    labels[task.name] = strings
+  return rank_eval.RankSettings(labels, config.rank_normalization)
+
+
+def objectives_record(objective: Optional[objectives.ObjectiveSpec],
+                      wayward: Optional[objectives.WaywardSpec]) -> Dict[str, Any]:
+  """config.json fields of the training objective (none for plain cross-entropy)."""
+  out = {}
+  if objective is not None:
+    out["objective"] = dataclasses.asdict(objective)
+  if wayward is not None:
+    out["wayward"] = dataclasses.asdict(wayward)
+  return out
+
+
+def objective_labels(config: trainer.TrainConfig,
+                     objective: Optional[objectives.ObjectiveSpec],
+                     wayward: Optional[objectives.WaywardSpec]):
+  """The `[C, L]` label ids of a classification objective (None without one);
+  refuses settings the objectives cannot run with, before anything is loaded."""
+  if (objective is not None or wayward is not None) and (
+      config.num_microbatches or 1) > 1:
+    raise errors.UserError(
+        "train.objective / train.wayward do not support NUM_MICROBATCHES > 1 yet; "
+        "drop one of them.")
+  if objective is None:
+    return None
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+  import tasks  # pylint: disable=g-import-not-at-top
+  found = {}
+  for task in data.tasks_of(config.mixture_or_task_name):
+    strings = tasks.get_label_strings(task.name)
+    if not strings:
+      raise errors.UserError(
+          f"train.objective = {objective.objective}: task {task.name!r} has no label "
+          "strings (a generation task?); register them with tasks.register_labels, "
+          "or train with the token cross-entropy (drop train.objective).")
+    found[tuple(strings)] = task
+  if len(found) > 1:
+    raise errors.UserError(
+        f"train.objective = {objective.objective} ranks one label set, but the tasks "
+        f"of {config.mixture_or_task_name!r} have different labels "
+        f"{[list(k) for k in found]}; train them separately.")
+  strings, task = next(iter(found.items()))
+  vocab = task.output_features["targets"].vocabulary
+  ids = rank_eval.label_tokens(vocab, strings, int(getattr(vocab, "eos_id", 1)))
+  width = int(config.task_feature_lengths.get("targets", ids.shape[1]))
+  if ids.shape[1] > width:
+    raise errors.UserError(
+        f"The labels {list(strings)} need {ids.shape[1]} target tokens (with EOS) "
+        f"but TASK_FEATURE_LENGTHS['targets'] is {width}; raise it.")
+  return tuple(tuple(int(i) for i in row) for row in ids)
+
+
+def with_objectives(loss_fn: losses.LossFn,
+                    objective: Optional[objectives.ObjectiveSpec],
+                    wayward: Optional[objectives.WaywardSpec], label_ids,
+                    method: Method, model_config: T5Config, params: Any,
+                    config: trainer.TrainConfig) -> Any:
+  """`loss_fn` wrapped by the chosen objective and wayward regularization."""
+  if objective is not None:
+    loss_fn = objectives.ClassificationLoss(loss_fn, label_ids, objective)
+  if wayward is None:
+    return loss_fn
+  prompt_path = f"{families.prompt_scope(model_config)}/prompt"
+  try:
+    prompt = params_lib.get_param(params, prompt_path)
+  except KeyError:
+    prompt = None
+  if prompt is None or len(prompt.shape) != 2:
+    raise errors.UserError(
+        f"train.wayward regularizes a [P, H] prompt at {prompt_path}; method "
+        f"{method.name!r} has none there. Use it with prompt tuning (or LoPA's Z_S).")
+  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
+  task = data.tasks_of(config.mixture_or_task_name)[0]
+  ids = list(task.output_features["inputs"].vocabulary.encode(wayward.text))
+  if not ids:
+    raise errors.UserError(f"objectives.wayward.text {wayward.text!r} has no tokens.")
+  length = int(prompt.shape[0])
+  tiled = (ids * (length // len(ids) + 1))[:length]  # repeated or cut to P
+  if len(ids) != length:
+    std_logging.info("Wayward text prompt of %d tokens %s to the prompt length %d.",
+                     len(ids), "repeated" if len(ids) < length else "cut", length)
+  return objectives.WaywardLoss(loss_fn, tuple(int(i) for i in tiled), wayward.gamma,
+                                prompt_path, families.embedding_path(model_config))
 
 
 def _task_batches(start_batch: int, *, config: trainer.TrainConfig,

@@ -186,9 +186,9 @@ def test_model_dir_sources_give_their_exports_and_frozen_model(tmp_path):
   assert prompt_files.prompt_path(run).parent.name == "best"
   assert prompt_files.prompt_path(run, "latest").parent.name == "checkpoint_4"
   assert prompt_files.prompt_path(run, 2).parent.name == "checkpoint_2"
-  other = tmp_path / "lopa_run"
-  _model_dir(other, method="lopa")
-  with pytest.raises(infer_lib.InferError, match="method 'lopa'"):
+  other = tmp_path / "lora_run"  # (LoPA runs are served: tests/test_lopa_bank.py)
+  _model_dir(other, method="lora")
+  with pytest.raises(infer_lib.InferError, match="method 'lora'"):
     infer_lib.served_record(other)
   config = CONFIG.to_dict()
   records = {"x": {"initial_checkpoint_path": "/ck/a", "model_config": config},

@@ -107,3 +107,30 @@ def test_slice_reads_of_transposed_safetensors_and_zarr_match_numpy(tmp_path):
         index = tree.normalize_index(box, tensor.shape)
         np.testing.assert_array_equal(tensor.read_slice(index), values[name][index],
                                       err_msg=f"{path} {name} {box}")
+
+
+def test_native_and_torch_bin_slice_reads_read_only_the_box(tmp_path):
+  """Native (orbax OCDBT zarr) and PyTorch `.bin` (memory-mapped) read slices too."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  _, params = checkpoints.load(T5X_TINY_CHECKPOINT, FIXTURE_CONFIG)
+  values = flatten(params)
+  native_dir = checkpoints.save(tmp_path / "native", params, FIXTURE_CONFIG,
+                                chunk_bytes=32 * 1024)  # the embedding: 16 chunks
+  bin_dir = checkpoints.save_huggingface(tmp_path / "bin", params, FIXTURE_CONFIG)
+  tensors = load_file(str(bin_dir / "model.safetensors"))
+  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()},
+             str(bin_dir / "pytorch_model.bin"))
+  (bin_dir / "model.safetensors").unlink()
+  name = "token_embedder/embedding"  # [vocab, H]
+  for path in (native_dir, bin_dir):
+    source = checkpoints.open_checkpoint(path, FIXTURE_CONFIG).source
+    tensor = source[name]
+    assert tensor.read_slice is not None, path
+    index = tree.normalize_index((slice(100, 164), slice(None)), tensor.shape)
+    tree.ReadCounter.reset()
+    np.testing.assert_array_equal(tensor.read_slice(index), values[name][index])
+    read = tree.ReadCounter.reset()
+    assert 0 < read < values[name].nbytes / 4, (path, read)
+    box = tree.normalize_index((slice(2, 3), slice(5, 9)), tensor.shape)
+    np.testing.assert_array_equal(tensor.read_slice(box), values[name][box])

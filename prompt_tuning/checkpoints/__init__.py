@@ -28,7 +28,8 @@ On a mesh, each process reads only its devices' slices of each tensor:
   opened = checkpoints.open_checkpoint(path, config)   # metadata only
   arrays = checkpoints.load_sharded(opened, shardings)  # {path: global jax.Array}
 
-(`checkpoints/sharded.py`; zarr and safetensors read slices from storage.)
+(`checkpoints/sharded.py`; T5X and native zarr, safetensors and memory-mapped
+`.bin` files read slices from storage.)
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ from etils import epath
 from prompt_tuning.checkpoints.errors import CheckpointError, MissingDependencyError
 from prompt_tuning.checkpoints.tree import (Index, LazyTensor, Params, ReadCounter,
                                             Source)
+from prompt_tuning.models import scan
 from prompt_tuning.models.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -277,22 +278,23 @@ def _torch_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray], st
         "them needs torch (`pip install torch`, or the project's `test` extra). "
         "Alternatively convert the directory to model.safetensors.") from e
   def load(file):
+    """(state dict, whether its tensors are memory-mapped from the file)."""
     try:
       try:
         return torch.load(str(file), map_location="cpu", weights_only=True,
-                          mmap=True)
+                          mmap=True), True
       except RuntimeError as e:  # legacy (non-zip) files cannot be memory-mapped
         if "mmap" not in str(e) and "zip" not in str(e):
           raise
         with file.open("rb") as f:
-          return torch.load(f, map_location="cpu", weights_only=True)
+          return torch.load(f, map_location="cpu", weights_only=True), False
     except Exception as e:  # pickle.UnpicklingError for non-tensor content
       raise CheckpointError(f"{file} could not be read with torch.load(weights_only="
                             f"True), which accepts plain tensors only: {e}") from e
 
   tensors = {}
   for file in files:
-    state = load(file)
+    state, mapped = load(file)
     if not isinstance(state, dict):
       raise CheckpointError(f"{file} holds a {type(state).__name__}, not a state "
                             "dict of tensors.")
@@ -305,9 +307,19 @@ def _torch_tensors(files) -> Dict[str, Tuple[tuple, Callable[[], np.ndarray], st
         return tensor.numpy()
       return read
 
+    def slice_reader(name, state=state):
+      def read_slice(index):
+        # A memory-mapped tensor: slicing touches only the file pages of the box.
+        part = state[name][tuple(index)]
+        out = np.array(part.float().numpy() if part.dtype != torch.float32
+                       else part.numpy(), copy=True)
+        ReadCounter.add(out.nbytes)
+        return out
+      return read_slice
+
     for name, tensor in state.items():
       tensors[name] = (tuple(tensor.shape), reader(name), f"{file.name}:{name}",
-                       None)
+                       slice_reader(name) if mapped else None)
   return tensors
 
 
@@ -465,7 +477,7 @@ def save_huggingface(path, params: Params, config: T5Config) -> epath.Path:
     raise CheckpointError(f"save_huggingface writes local directories only, not "
                           f"{path}.")
   path.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(k): v for k, v in _flatten_params(params).items()}
+  flat = scan.unstack({"/".join(k): v for k, v in _flatten_params(params).items()})
   tensors = {}
   for ours, (hf_name, transpose) in name_map(config).items():
     array = np.asarray(flat[ours], dtype=np.float32)

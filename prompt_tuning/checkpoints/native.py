@@ -9,6 +9,7 @@ checked against the config from orbax's metadata before any array is read.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, Tuple
 
 import jax
@@ -17,8 +18,10 @@ from etils import epath
 
 from prompt_tuning.checkpoints.errors import CheckpointError
 from prompt_tuning.checkpoints.tree import (ARCHITECTURE_FIELDS, LazyTensor, Params,
-                                            Source)
+                                            ReadCounter, Source, chunk_bytes)
+from prompt_tuning.models import scan
 from prompt_tuning.models.config import T5Config
+from prompt_tuning.params import flatten, unflatten
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -91,19 +94,61 @@ def read_source(path) -> Source:
       return restored.pop(name)
     return read
 
-  return {name: LazyTensor(shape, reader(name), f"{params_dir}:{name}")
+  slice_reader = _ocdbt_slice_reader(params_dir)
+  return {name: LazyTensor(shape, reader(name), f"{params_dir}:{name}",
+                           slice_reader(name) if slice_reader else None)
           for name, shape in shapes.items()}
 
 
-def save(path, params: Params, config: T5Config, overwrite: bool = False
-         ) -> epath.Path:
+def _ocdbt_slice_reader(params_dir: epath.Path):
+  """`name -> read_slice` over the checkpoint's tensorstore arrays (zarr in an
+  OCDBT store, orbax's default layout), or None for another layout (then a
+  sharded read restores the whole tree)."""
+  if not (params_dir / "manifest.ocdbt").exists():
+    return None
+  base = str(params_dir)
+  base = base if "://" in base else "file://" + os.path.abspath(base)
+
+  def for_name(name: str):
+    key = name.replace("/", ".")
+
+    def read_slice(index):
+      import tensorstore as ts  # pylint: disable=g-import-not-at-top
+      store = None
+      for driver in ("zarr", "zarr3"):
+        try:
+          store = ts.open({"driver": driver, "kvstore": {
+              "driver": "ocdbt", "base": base, "path": key}}, open=True,
+                          read=True).result()
+          break
+        except ValueError:
+          continue
+      if store is None:
+        raise CheckpointError(f"{params_dir}: cannot open tensor {key} with "
+                              "tensorstore (zarr or zarr3 in OCDBT).")
+      out = np.asarray(store[tuple(index)].read().result(), dtype=np.float32)
+      ReadCounter.add(chunk_bytes(store, index))
+      return out
+    return read_slice
+  return for_name
+
+
+# Storage chunks of the arrays: per-host reads (`checkpoints/sharded.py`) fetch whole
+# chunks, so a process reading its shard of a large tensor reads about its share.
+CHUNK_BYTES = 16 * 2**20
+
+
+def save(path, params: Params, config: T5Config, overwrite: bool = False,
+         chunk_bytes: int = CHUNK_BYTES) -> epath.Path:
   """Writes `params` (T5X layout) and `config` as a native checkpoint directory.
 
   Args:
     path: the directory to create (local or any orbax-supported path).
-    params: nested dict of arrays; saved as float32.
+    params: nested dict of arrays; saved as float32, a scanned model's stacked
+      layers (`T5Config.scan_layers`) under the T5X layer paths.
     config: written to `config.json` with `T5Config.to_dict()`.
     overwrite: replace an existing checkpoint at `path`.
+    chunk_bytes: largest storage chunk of an array (the unit of a slice read).
 
   Returns:
     The directory.
@@ -116,8 +161,11 @@ def save(path, params: Params, config: T5Config, overwrite: bool = False
                             "overwrite=True to replace it.")
     params_dir.rmtree()
   path.mkdir(parents=True, exist_ok=True)
-  _, checkpointer = _checkpointer()
-  as_f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32), params)
-  checkpointer.save(params_dir, as_f32)
+  ocp, checkpointer = _checkpointer()
+  as_f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype=np.float32),
+                                  unflatten(scan.unstack(flatten(params))))
+  save_args = jax.tree_util.tree_map(
+      lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), as_f32)
+  checkpointer.save(params_dir, as_f32, save_args=save_args)
   (path / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2))
   return path

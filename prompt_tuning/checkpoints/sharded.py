@@ -11,12 +11,16 @@ dimension) is read once, and boxes that tile one larger box are read as one. So 
 `n` processes a tensor sharded over a mesh axis spanning all of them costs each
 process about `1/n` of its bytes (plus whole zarr chunks at the shard edges), and
 host memory never holds the whole model. `tests/test_sharded_reads.py` counts the
-bytes with `tree.ReadCounter`. Formats that can only read whole tensors (native
-orbax, PyTorch `.bin`) fall back to a whole read sliced in memory, one tensor at a
-time.
+bytes with `tree.ReadCounter`. Native (orbax) checkpoints read slices of their
+zarr arrays in the OCDBT store with tensorstore, as T5X; PyTorch `.bin` files in
+the zip format are memory-mapped, so slicing a tensor touches only the file pages
+of the box. What cannot slice (a legacy non-zip `.bin`, an orbax layout without
+OCDBT) falls back to a whole read sliced in memory, one tensor at a time, and
+says so once when several processes share the model (each then reads all of it).
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable, Dict, Mapping, Optional
 
 import jax
@@ -87,6 +91,14 @@ def read_sharded(location: str, source: Source, config: T5Config,
     ParameterMismatchError: before anything is read, as `tree.materialize`.
   """
   expected = check_source(location, source, config, describe_missing)
+  whole = [name for name in expected if source[name].read_slice is None]
+  if whole and jax.process_count() > 1:
+    logging.warning(
+        "%s: %d of %d tensors can only be read whole (e.g. %s), so each of the %d "
+        "processes reads them all. Convert the checkpoint to safetensors once: "
+        "python -c \"from prompt_tuning import checkpoints as c; cfg, p = "
+        "c.load('%s'); c.save_huggingface('OUT', p, cfg)\"", location, len(whole),
+        len(expected), source[whole[0]].source, jax.process_count(), location)
   out = {}
   for name, shape in expected.items():
     out[name] = _global_array(source.pop(name), shape, shardings[name])

@@ -37,7 +37,7 @@ import numpy as np
 from etils import epath
 
 from prompt_tuning.checkpoints.errors import CheckpointError, CheckpointNotFoundError
-from prompt_tuning.checkpoints.tree import Index, LazyTensor, ReadCounter, Source
+from prompt_tuning.checkpoints.tree import LazyTensor, ReadCounter, Source, chunk_bytes
 
 MSGPACK_FILE = "checkpoint"
 _STEP_DIR = re.compile(r"checkpoint_(\d+)")
@@ -274,16 +274,6 @@ def _damaged(tensor: str, spec: Dict[str, Any], error: Exception) -> DamagedChun
   return DamagedChunkError(tensor, chunk, file, problem, text.splitlines()[0])
 
 
-def _chunk_bytes(store, index: Index) -> int:
-  """Decompressed bytes of the zarr chunks a read of `index` touches."""
-  chunk = store.chunk_layout.read_chunk.shape or store.shape
-  elements = 1
-  for box, size, step in zip(index, store.shape, chunk):
-    first, last = box.start // step, -(-box.stop // step)
-    elements *= min((last - first) * step, size) if box.stop > box.start else 0
-  return elements * store.dtype.numpy_dtype.itemsize
-
-
 def _read_spec(spec: Dict[str, Any], declared_dtype: Optional[str],
                tensor: str = "", index: Any = ()) -> np.ndarray:
   """Reads `array[index]` (the whole tensor by default) of one zarr array."""
@@ -293,7 +283,7 @@ def _read_spec(spec: Dict[str, Any], declared_dtype: Optional[str],
       array = store.read().result()
     else:  # only the chunks overlapping `index` are fetched and decoded
       array = store[index].read().result()
-      ReadCounter.add(_chunk_bytes(store, index))
+      ReadCounter.add(chunk_bytes(store, index))
   except Exception as e:  # ValueError from tensorstore: missing / undecodable chunk
     raise _damaged(tensor or str(spec["kvstore"].get("path")), spec, e) from e
   if declared_dtype in ("<u2", "uint16") or array.dtype == np.uint16:

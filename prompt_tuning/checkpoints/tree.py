@@ -90,6 +90,17 @@ def normalize_index(index: Sequence[Any], shape: Shape) -> Index:
   return tuple(out)
 
 
+def chunk_bytes(store, index: Index) -> int:
+  """Decompressed bytes of the chunks a tensorstore read of `index` touches (zarr
+  reads whole chunks): what `ReadCounter` counts for T5X and native slice reads."""
+  chunk = store.chunk_layout.read_chunk.shape or store.shape
+  elements = 1
+  for box, size, step in zip(index, store.shape, chunk):
+    first, last = box.start // step, -(-box.stop // step)
+    elements *= min((last - first) * step, size) if box.stop > box.start else 0
+  return elements * store.dtype.numpy_dtype.itemsize
+
+
 def read_region(tensor: LazyTensor, index: Index) -> np.ndarray:
   """`tensor[index]`, reading only that region when the format allows it."""
   index = normalize_index(index, tensor.shape)
@@ -107,7 +118,10 @@ Source = Dict[str, LazyTensor]  # '/'-joined T5X parameter path → tensor
 def expected_shapes(config: families.ModelConfig) -> Dict[str, Shape]:
   """`{path: shape}` of the frozen network's `init(...)['params']` (T5 or a
   decoder-only family, see `models.families`), computed abstractly
-  (`jax.eval_shape`, no memory), in sorted path order."""
+  (`jax.eval_shape`, no memory), in sorted path order. Checkpoints hold the
+  unstacked layer paths (`encoder/layers_i/…`) whatever `scan_layers` says."""
+  if getattr(config, "scan_layers", False):
+    config = config.replace(scan_layers=False)
   model = families.build(config.replace(dtype=jnp.float32))
   abstract = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), *families.init_inputs(config))[

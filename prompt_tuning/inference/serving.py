@@ -133,7 +133,8 @@ class PromptServer:
                max_decode_length: int, batch_size: int,
                decode_fn: Optional[Callable[..., Any]] = None, add_eos: bool = True,
                seed: int = 0, mesh=None,
-               on_batch: Optional[Callable[[], None]] = None):
+               on_batch: Optional[Callable[[], None]] = None,
+               axis_rules: Optional[partitioning.Rules] = None):
     """
     Args:
       model: `Transformer(config, prompt=bank)`.
@@ -149,6 +150,8 @@ class PromptServer:
       seed: sampling key (`fold_in(key, batch number)`).
       mesh: shard each batch over the `data` axis when B divides evenly.
       on_batch: called after every compiled batch (progress).
+      axis_rules: with a mesh, activations are constrained by this rule table
+        (default `partitioning.rules()`), as in training.
     """
     if input_length < 2 or batch_size < 1:
       raise ValueError(f"Need input_length >= 2 and batch_size >= 1; got "
@@ -165,6 +168,7 @@ class PromptServer:
     if mesh is not None and batch_size % mesh.shape[partitioning.DATA] == 0:
       self._sharding = partitioning.batch_sharding(mesh)
     self.on_batch = on_batch
+    self._mesh, self._axis_rules = mesh, axis_rules
     self.stats = Stats()
     # Every label string of every route, scored together: [K_all, L_label].
     self.label_strings = list(dict.fromkeys(
@@ -248,6 +252,13 @@ class PromptServer:
       yield self._record(pending.popleft())
 
   def _run(self, rows: Sequence[Tuple[_Pending, int, np.ndarray, int]]) -> None:
+    """`_run_rows` with the activations partitioned by the training rules."""
+    if self._mesh is None:
+      return self._run_rows(rows)
+    with partitioning.activation_partitioning(self._mesh, self._axis_rules):
+      return self._run_rows(rows)
+
+  def _run_rows(self, rows: Sequence[Tuple[_Pending, int, np.ndarray, int]]) -> None:
     """One compiled call (per kind) on B rows; dummy rows pad a short batch."""
     tokens = np.zeros((self.batch_size, self.input_length), np.int32)
     index = np.zeros((self.batch_size,), np.int32)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from prompt_tuning.models import families
+from prompt_tuning.models import families, scan
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.params import Params, flatten, matches, unflatten
 
@@ -76,5 +76,6 @@ class Method:
     """What to write as `.npy` files after training (name → array)."""
     if self.export is not None:
       return self.export(params)
-    return {k.replace("/", "."): np.asarray(v) for k, v in flatten(params).items()
-            if self.is_trainable(k)}
+    trained = {k: v for k, v in flatten(params).items() if self.is_trainable(k)}
+    # A scanned model's stacked layers export under the T5X layer paths.
+    return {k.replace("/", "."): np.asarray(v) for k, v in scan.unstack(trained).items()}

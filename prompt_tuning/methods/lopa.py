@@ -39,6 +39,10 @@ from prompt_tuning.models.layers import Dropout, param
 Array = jax.Array
 FEATURES = ("encoder", "embeddings")
 VARIANTS = ("gate", "add", "max", "concat")
+# Telemetry: a gate below GATE_EDGE or above 1 - GATE_EDGE is saturated. The gate
+# variant sows the saturated shares (`gate_near_0`, `gate_near_1`) into the
+# `intermediates` collection; they cost nothing unless that collection is mutable.
+GATE_EDGE = 0.05
 
 
 class Head(nn.Module):
@@ -81,12 +85,24 @@ class LopaPrompt(nn.Module):
   def needs_encoder_features(self) -> bool:
     return self.features == "encoder"
 
-  @nn.compact
+  @property
+  def out_length(self) -> int:
+    """P', the number of prompt vectors it adds (2P for 'concat')."""
+    return 2 * self.length if self.variant == "concat" else self.length
+
   def __call__(self, x: Array, mask: Array, features: Optional[Array] = None,
                prompt_index: Optional[Array] = None,
                deterministic: bool = True) -> Tuple[Array, Array]:
     """x [B, T, H], mask [B, T], features [B, H] → ([B, T+P', H], [B, T+P'])."""
     del prompt_index
+    prompt = self.vectors(x, mask, features, deterministic)
+    return prompt_lib.combine(self.combine, prompt, x, mask)
+
+  @nn.compact
+  def vectors(self, x: Array, mask: Array, features: Optional[Array] = None,
+              deterministic: bool = True) -> Array:
+    """Each example's prompt Z `[B, P', H]` (x [B, T, H], mask [B, T], features
+    [B, H]); a prompt bank places it (`methods/lopa_bank.py`)."""
     batch, _, width = x.shape
     if self.features == "embeddings" or features is None:
       if self.features == "encoder":
@@ -108,14 +124,17 @@ class LopaPrompt(nn.Module):
     instance = jnp.einsum("bpr,bhr->bph", u, v)  # Z_I [B, P, H]
     shared = jnp.broadcast_to(shared[None], instance.shape)
     if self.variant == "gate":
-      prompt = shared * jax.nn.sigmoid(instance)
+      gate = jax.nn.sigmoid(instance)  # [B, P, H]
+      self.sow("intermediates", "gate_near_0", jnp.mean(gate < GATE_EDGE))
+      self.sow("intermediates", "gate_near_1", jnp.mean(gate > 1 - GATE_EDGE))
+      prompt = shared * gate
     elif self.variant == "add":
       prompt = shared + instance
     elif self.variant == "max":
       prompt = jnp.maximum(shared, instance)
     else:  # concat
       prompt = jnp.concatenate([shared, instance], axis=1)
-    return prompt_lib.combine(self.combine, prompt, x, mask)
+    return prompt
 
 
 def lopa(length: int = 10, rank: int = 4, hidden_dim: int = 256,

@@ -46,9 +46,9 @@ import numpy as np
 
 from prompt_tuning.methods import initializers as inits
 from prompt_tuning.methods.base import Method
-from prompt_tuning.models import families
-from prompt_tuning.params import (Params, flatten, get_param, with_params,
-                                  without_params)
+from prompt_tuning.models import families, scan
+from prompt_tuning.params import (Params, flatten, get_param, unflatten,
+                                  with_params, without_params)
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.layers import Dense, Dropout, param
 from prompt_tuning.models.t5 import Transformer
@@ -246,9 +246,11 @@ def word_activations(params: Params, config: T5Config, tokens: Sequence[int],
   `cross` takes the decoder's cross-attention projections of the encoder output.
   Returns `{stack: (keys, values)}`, each `[L, P, N, D]` float32.
   """
-  model = Transformer(config)
+  # Captured per layer by the T5X paths, so a scanned model runs unscanned here.
+  model = Transformer(config.replace(scan_layers=False))
   ids = jnp.asarray(np.asarray(tokens, np.int32)[None])  # [1, P]
-  frozen = {k: v for k, v in params.items() if k != "prefix"}
+  frozen = unflatten(scan.unstack(flatten(
+      {k: v for k, v in params.items() if k != "prefix"})))
   is_kv = lambda module, method: (isinstance(module, Dense) and method == "__call__"
                                   and module.name in ("key", "value"))
 

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 T5_VOCAB_SIZE = 32128  # 32,000 SentencePiece pieces + 100 extra ids, padded to 128.
 MT5_VOCAB_SIZE = 250112
 REMAT_POLICIES = ("none", "minimal", "full")
-_LATER_DEFAULTS = {"remat_policy": "none", "frozen_dtype": "float32"}
+_LATER_DEFAULTS = {"remat_policy": "none", "frozen_dtype": "float32",
+                   "scan_layers": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,12 @@ class T5Config:
     frozen_dtype: dtype the frozen parameters are loaded, placed and kept in
       (`bfloat16` halves their memory on host and device); trainable parameters
       and optimizer state stay float32 whatever this says.
+    scan_layers: run each stack's layers with `nn.scan` (T5X / flaxformer
+      `scan_layers`): one compiled layer per stack, parameters stacked on a
+      leading `layers` axis (`encoder/layers/…` `[L, …]`, see `models/scan.py`).
+      Checkpoints and exports keep the unstacked T5X paths (stacked on load).
+      Composes with `remat_policy`; the adapter hook (LoRA, IA3, deep prompts)
+      and cached decoding are refused with it (eval and infer run unscanned).
   """
   vocab_size: int = T5_VOCAB_SIZE
   emb_dim: int = 512
@@ -56,6 +63,7 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   remat_policy: str = "none"
   frozen_dtype: Any = jnp.float32
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:

@@ -144,6 +144,68 @@ class DecoderLayer(nn.Module):
     return constrain(x + dropout(y, deterministic=deterministic), RESIDUAL)
 
 
+# ------------------------------------------------------------------------------------
+# Scanned stacks (`T5Config.scan_layers`): the layer's parameters stacked on a leading
+# `layers` axis, per-layer prefixes sliced by the scan. See `models/scan.py`.
+# ------------------------------------------------------------------------------------
+
+
+def _scan_prefix(prefixes: Optional[Prefixes], stack: str):
+  """A stack's prefixes split for `nn.scan`: (scanned `(keys, values)` each
+  `[L, P, N, D]` or `[L, B, P, N, D]`, broadcast `visible` tuple)."""
+  if not prefixes or stack not in prefixes:
+    return None, ()
+  keys, values, *visible = prefixes[stack]
+  layer_first = lambda a: jnp.moveaxis(a, 1, 0) if a.ndim == 5 else a
+  return (layer_first(keys), layer_first(values)), tuple(visible)
+
+
+def _batch_prefix(kv, visible, batch: int):
+  """One layer's scanned slice `(keys, values)` ([P, N, D] or [B, P, N, D]) as the
+  `[B, P, N, D]` prefix the attention takes (None when the stack has none)."""
+  if kv is None:
+    return None
+  expand = lambda a: a if a.ndim == 4 else jnp.broadcast_to(a[None], (batch,) + a.shape)
+  return (expand(kv[0]), expand(kv[1]), *visible)
+
+
+class _ScannedEncoderLayer(EncoderLayer):
+  """`EncoderLayer` in `nn.scan`'s `(carry, xs) -> (carry, ys)` form."""
+
+  def __call__(self, x, prefix_kv, mask, bias, visible, deterministic=True):
+    prefix = _batch_prefix(prefix_kv, visible, x.shape[0])
+    return super().__call__(x, mask, bias, prefix, deterministic), None
+
+
+class _ScannedDecoderLayer(DecoderLayer):
+  """`DecoderLayer` (teacher forced, no cache) in `nn.scan`'s form."""
+
+  def __call__(self, x, prefix_kv, cross_kv, encoded, self_mask, cross_mask, bias,
+               visible, cross_visible, deterministic=True):
+    batch = x.shape[0]
+    return super().__call__(x, encoded, self_mask, cross_mask, bias,
+                            _batch_prefix(prefix_kv, visible, batch), deterministic,
+                            False, None,
+                            _batch_prefix(cross_kv, cross_visible, batch)), None
+
+
+def scanned_stack(layer_cls, config: T5Config, length: int, static_argnum: int,
+                  num_scanned: int, num_broadcast: int, name: str = "layers"):
+  """`length` copies of `layer_cls` run by `nn.scan` (remat inside, as flaxformer).
+
+  `layer_cls.__call__(self, carry, *scanned, *broadcast, deterministic)`:
+  `num_scanned` arguments sliced on their leading axis, `num_broadcast` the same
+  for every layer; `static_argnum` is `deterministic`'s position (self = 0).
+  Parameters get a leading `[L]` axis named `layers`.
+  """
+  layer = remat_layer(layer_cls, config.remat_policy, static_argnums=(static_argnum,))
+  scanned = nn.scan(layer, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
+                    in_axes=(0,) * num_scanned + (nn.broadcast,) * (num_broadcast + 1),
+                    length=length, metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(config, name=name)
+
+
 class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
@@ -155,8 +217,13 @@ class Encoder(nn.Module):
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, bidirectional=True, dtype=cfg.dtype)
     # (self, x, mask, bias, prefix, deterministic): `deterministic` is static.
-    layer = remat_layer(EncoderLayer, cfg.remat_policy, static_argnums=(5,))
-    self.layers = [layer(cfg) for _ in range(cfg.num_encoder_layers)]
+    if cfg.scan_layers:
+      # (self, x, prefix_kv | mask, bias, visible, deterministic)
+      self.layers = scanned_stack(_ScannedEncoderLayer, cfg, cfg.num_encoder_layers,
+                                  static_argnum=6, num_scanned=1, num_broadcast=3)
+    else:
+      layer = remat_layer(EncoderLayer, cfg.remat_policy, static_argnums=(5,))
+      self.layers = [layer(cfg) for _ in range(cfg.num_encoder_layers)]
     self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
@@ -178,9 +245,13 @@ class Encoder(nn.Module):
     length = x.shape[1]
     bias = self.relpos_bias(length, length)  # [1, N, T', T']
     attention_mask = mask[:, None, None, :]  # keys only; padded queries are ignored
-    for i, layer in enumerate(self.layers):
-      x = layer(x, attention_mask, bias, _layer_prefix(prefixes, "encoder", i,
-                                                       x.shape[0]), deterministic)
+    if self.config.scan_layers:
+      kv, visible = _scan_prefix(prefixes, "encoder")
+      x, _ = self.layers(x, kv, attention_mask, bias, visible, deterministic)
+    else:
+      for i, layer in enumerate(self.layers):
+        x = layer(x, attention_mask, bias, _layer_prefix(prefixes, "encoder", i,
+                                                         x.shape[0]), deterministic)
     x = self.encoder_norm(x)
     return self.dropout(x, deterministic=deterministic), mask
 
@@ -196,8 +267,14 @@ class Decoder(nn.Module):
         cfg.num_heads, bidirectional=False, dtype=cfg.dtype)
     # (self, x, encoded, self_mask, cross_mask, bias, prefix, deterministic, decode,
     #  max_decode_length): the last three are static.
-    layer = remat_layer(DecoderLayer, cfg.remat_policy, static_argnums=(7, 8, 9))
-    self.layers = [layer(cfg) for _ in range(cfg.num_decoder_layers)]
+    if cfg.scan_layers:
+      # (self, x, prefix_kv, cross_kv | encoded, self_mask, cross_mask, bias,
+      #  visible, cross_visible, deterministic)
+      self.layers = scanned_stack(_ScannedDecoderLayer, cfg, cfg.num_decoder_layers,
+                                  static_argnum=10, num_scanned=2, num_broadcast=6)
+    else:
+      layer = remat_layer(DecoderLayer, cfg.remat_policy, static_argnums=(7, 8, 9))
+      self.layers = [layer(cfg) for _ in range(cfg.num_decoder_layers)]
     self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.dropout = Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), cfg.dtype)
@@ -212,6 +289,10 @@ class Decoder(nn.Module):
     and `max_decode_length` (the cache length) sizes the position bias.
     """
     batch, length = tokens.shape
+    if decode and self.config.scan_layers:
+      raise ValueError("Cached decoding is not supported with T5Config.scan_layers="
+                       "True; decode with scan_layers=False (same checkpoints and "
+                       "exports): --gin.t5_preset.scan_layers=False.")
     x = self.dropout(self.shared_embedding(tokens), deterministic=deterministic)
     if decode:
       bias_length = max_decode_length or length
@@ -222,11 +303,17 @@ class Decoder(nn.Module):
       causal = jnp.tril(jnp.ones((length, length), dtype=bool))
       self_mask = jnp.broadcast_to(causal, (batch, 1, length, length))
     cross_mask = encoder_mask[:, None, None, :]
-    for i, layer in enumerate(self.layers):
-      x = layer(x, encoded, self_mask, cross_mask, bias,
-                _layer_prefix(prefixes, "decoder", i, batch), deterministic, decode,
-                max_decode_length if decode else None,
-                _layer_prefix(prefixes, "cross", i, batch))
+    if self.config.scan_layers:
+      kv, visible = _scan_prefix(prefixes, "decoder")
+      cross_kv, cross_visible = _scan_prefix(prefixes, "cross")
+      x, _ = self.layers(x, kv, cross_kv, encoded, self_mask, cross_mask, bias,
+                         visible, cross_visible, deterministic)
+    else:
+      for i, layer in enumerate(self.layers):
+        x = layer(x, encoded, self_mask, cross_mask, bias,
+                  _layer_prefix(prefixes, "decoder", i, batch), deterministic, decode,
+                  max_decode_length if decode else None,
+                  _layer_prefix(prefixes, "cross", i, batch))
     x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
     logits = self.logits_dense(x).astype(jnp.float32)
     return constrain(logits, ("batch", "length", "vocab"))  # [B, T, V]
@@ -245,6 +332,10 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.config
+    if cfg.scan_layers and self.adapter is not None:
+      raise ValueError("T5Config.scan_layers=True does not support methods that enter "
+                       "through the adapter hook (LoRA, IA3, deep prompts); train them "
+                       "with --gin.t5_preset.scan_layers=False.")
     self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype)
     # The prompt module must live at `encoder/prompt/…` (as in T5X prompt tuning).
     # Flax adopts a module passed as a field into the module that holds the field,

@@ -34,6 +34,7 @@ STEP_PREFIX = "checkpoint"
 COMPLETE_JSON = "complete.json"  # written last: the final export and evaluation exist
 STATE_DIR = "state"
 METRICS_JSONL = "metrics.jsonl"
+TELEMETRY_TASK = "telemetry"  # metrics.jsonl lines of training telemetry, not evaluations
 LOCK_FILE = "run.lock"
 
 PathLike = Union[str, os.PathLike]
@@ -101,6 +102,15 @@ def is_complete(model_dir: PathLike, step: int) -> bool:
   path = pathlib.Path(model_dir) / COMPLETE_JSON
   try:
     return json.loads(path.read_text()).get("step") == int(step)
+  except (OSError, ValueError):
+    return False
+
+
+def stopped_early(model_dir: PathLike) -> bool:
+  """True when `complete.json` says early stopping ended the run."""
+  try:
+    return bool(json.loads((pathlib.Path(model_dir) / COMPLETE_JSON).read_text()).get(
+        "early_stopped"))
   except (OSError, ValueError):
     return False
 
@@ -225,4 +235,5 @@ def evaluations(model_dir: PathLike, task: Optional[str] = None
                 ) -> List[Dict[str, Any]]:
   """Evaluation lines (`{"step", "task", <metrics>}`), optionally of one task."""
   return [r for r in metrics_lines(model_dir)
-          if r.get("task") != "best" and (task is None or r.get("task") == task)]
+          if r.get("task") not in ("best", TELEMETRY_TASK)
+          and (task is None or r.get("task") == task)]

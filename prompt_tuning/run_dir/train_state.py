@@ -298,11 +298,15 @@ def export_step(model_dir: str, step: int, arrays: Mapping[str, np.ndarray],
   return path
 
 
-def mark_complete(model_dir: str, step: int) -> None:
+def mark_complete(model_dir: str, step: int, early_stopped: bool = False) -> None:
   """Records that the run finished at `step`: final checkpoint, export and
   evaluation (with best/) all written. Written last, atomically (read by
-  `layout.is_complete`)."""
-  write_text(pathlib.Path(model_dir) / COMPLETE_JSON, json.dumps({"step": int(step)}))
+  `layout.is_complete`); `early_stopped` marks a run that early stopping ended
+  before `train_steps`."""
+  record = {"step": int(step)}
+  if early_stopped:
+    record["early_stopped"] = True
+  write_text(pathlib.Path(model_dir) / COMPLETE_JSON, json.dumps(record))
 
 
 def export_best(model_dir: str, arrays: Mapping[str, np.ndarray],

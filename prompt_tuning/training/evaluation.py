@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from prompt_tuning.training import losses
+from prompt_tuning.training import losses, rank_eval
 from prompt_tuning import partitioning
 
 Params = Dict[str, Any]
@@ -121,11 +121,18 @@ class Evaluator:
                max_examples: Optional[int] = None,
                max_decode_length: Optional[int] = None, z_loss: float = 1e-4,
                use_cached: bool = False, decode: bool = True,
-               decode_fn: Optional[Callable] = None):
+               decode_fn: Optional[Callable] = None,
+               rank: Optional[rank_eval.RankSettings] = None,
+               axis_rules: Optional[partitioning.Rules] = None):
     """See the module docstring; `decode_fn(model, params, tokens [B, T],
     max_decode_length=L) -> [B, L]` (configs/decoding, `DECODE_FN`) defaults to
-    `decoding.greedy_decode`."""
+    `decoding.greedy_decode`. `rank` adds rank-classification metrics for the
+    tasks it has labels for (`training/rank_eval.py`). With a mesh, activations
+    are constrained by `axis_rules` (default `partitioning.rules()`), as in
+    training."""
+    self.rank = rank
     self.model = model
+    self.axis_rules = axis_rules
     self.mesh = mesh
     self.batch_size = batch_size
     self.max_decode_length = max_decode_length or int(task_feature_lengths["targets"])
@@ -208,7 +215,12 @@ class Evaluator:
     score_fns = list(getattr(task, "score_metric_fns", []) or [])
     decode = self.decode and bool(metric_fns)
     sums = {"loss_sum": 0.0, "z_loss_sum": 0.0, "weight_sum": 0.0}
-    scores, tokens = [], []
+    scores, tokens, ranked = [], [], []
+    rank_labels = self.rank.labels.get(name) if self.rank is not None else None
+    if rank_labels:
+      vocab = task.output_features["targets"].vocabulary
+      label_ids = rank_eval.label_tokens(vocab, rank_labels,
+                                         int(getattr(vocab, "eos_id", 1)))
     n = len(examples.features)
     for i, batch in enumerate(self._data.padded_batches(examples.features,
                                                       self.batch_size)):
@@ -221,6 +233,10 @@ class Evaluator:
       if decode:
         tokens.extend(self._generate(params,
                                      global_batch["encoder_input_tokens"])[:real])
+      if rank_labels:
+        ranked.extend(to_host(rank_eval.rank_batch(
+            self.model, params, global_batch["encoder_input_tokens"], label_ids,
+            self.rank, global_batch.get("prompt_index")))[:real].tolist())
     metrics: Dict[str, Any] = {
         "loss": sums["loss_sum"] / max(sums["weight_sum"], 1.0),
         "z_loss": sums["z_loss_sum"] / max(sums["weight_sum"], 1.0),
@@ -234,6 +250,10 @@ class Evaluator:
         predictions.append(task.postprocess_fn(text, example=raw, is_target=False))
       for fn in metric_fns:
         metrics.update({k: _metric_value(v) for k, v in fn(targets, predictions).items()})
+    if rank_labels:
+      metrics.update(rank_eval.metrics(ranked, rank_labels, examples.raw, targets,
+                                       task.postprocess_fn, metric_fns,
+                                       _metric_value))
     for fn in score_fns:
       metrics.update({k: _metric_value(v) for k, v in fn(targets, scores).items()})
     inputs = [_text(raw.get("inputs_pretokenized", "")) for raw in examples.raw]
@@ -241,7 +261,10 @@ class Evaluator:
 
   def evaluate(self, params: Params) -> Dict[str, TaskResult]:
     self.prepare()
-    return {name: self.evaluate_task(params, name) for name in self.examples}
+    if self.mesh is None:
+      return {name: self.evaluate_task(params, name) for name in self.examples}
+    with partitioning.activation_partitioning(self.mesh, self.axis_rules):
+      return {name: self.evaluate_task(params, name) for name in self.examples}
 
 
 def _text(value: Any) -> str:

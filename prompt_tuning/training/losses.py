@@ -16,10 +16,13 @@ that is differentiated and reported, as in T5X.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+
+from prompt_tuning.training import telemetry as telemetry_lib
 
 Array = jax.Array
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
@@ -105,6 +108,9 @@ class LossFn:
     `weight_sum` (weighted target tokens) and `log_likelihood [B]` (each example's
     summed target log-probabilities, z-loss excluded).
 
+  With `telemetry=True`, `aux` also holds what the model sows for training
+  telemetry (`training/telemetry.py`: LoPA's `gate_near_0`, `gate_near_1`).
+
   Frozen and hashable: a static argument of jitted steps, so runs with equal
   settings share one compiled program.
   """
@@ -112,20 +118,28 @@ class LossFn:
   z_loss: float = 1e-4
   loss_normalizing_factor: Normalizer = NUM_REAL_TARGET_TOKENS
   enable_dropout: bool = True
+  telemetry: bool = False
 
   def __call__(self, params: Any, batch: Dict[str, Array], rng: Optional[Array] = None
                ) -> Tuple[Array, Dict[str, Array]]:
     dropout = self.enable_dropout and rng is not None
-    logits = self.model.apply({"params": params}, batch["encoder_input_tokens"],
-                              batch["decoder_input_tokens"], enable_dropout=dropout,
-                              rngs={"dropout": rng} if dropout else None)
+    sown = {}
+    apply = functools.partial(
+        self.model.apply, {"params": params}, batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"], enable_dropout=dropout,
+        rngs={"dropout": rng} if dropout else None)
+    if self.telemetry:
+      logits, mutated = apply(mutable=["intermediates"])
+      sown = telemetry_lib.collected_gates(mutated.get("intermediates", {}))
+    else:
+      logits = apply()
     weights = batch["decoder_loss_weights"].astype(jnp.float32)
     total, z_term = token_cross_entropy(logits, batch["decoder_target_tokens"],
                                         self.z_loss)
     norm = normalizer_value(weights, self.loss_normalizing_factor)
     aux = {"z_loss": jnp.sum(z_term * weights) / norm,
            "weight_sum": jnp.sum(weights),
-           "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1)}
+           "log_likelihood": -jnp.sum((total - z_term) * weights, axis=-1), **sown}
     return jnp.sum(total * weights) / norm, aux
 
 

@@ -33,7 +33,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from prompt_tuning.run_dir import layout
-from prompt_tuning.training import evaluation, losses
+from prompt_tuning.training import early_stopping, evaluation, losses, telemetry
+from prompt_tuning.training import objectives
 from prompt_tuning import host_memory, partitioning
 from prompt_tuning.training import opt_state_sharding
 from prompt_tuning.run_dir import train_state as ckpt
@@ -42,6 +43,7 @@ from prompt_tuning import params as params_lib
 from prompt_tuning.errors import UserError
 from prompt_tuning.methods.base import Method
 from prompt_tuning.params import flatten
+from prompt_tuning.models import families
 from prompt_tuning.models.config import T5Config
 
 Params = Dict[str, Any]
@@ -83,6 +85,12 @@ class TrainConfig:
       gin: `NUM_MICROBATCHES`); the update equals the whole batch's. None or 1:
       no split. Must divide `batch_size`, and each microbatch must divide the
       `data` axis.
+    rank_classification: also evaluate by rank classification over each task's
+      label strings (`training/rank_eval.py`: `rank_accuracy`, `rank/<metric>`,
+      selectable as `best_metric`); `rank_normalization` compares multi-token
+      labels ('sum', 'mean', 'length_penalty').
+    early_stopping_patience: stop after this many evaluations in a row without a
+      new best `best_metric` (`training/early_stopping.py`); None: never.
   """
   model_dir: str
   mixture_or_task_name: str
@@ -107,6 +115,9 @@ class TrainConfig:
   use_cached: bool = False
   shuffle: bool = True
   num_microbatches: Optional[int] = None
+  rank_classification: bool = False
+  rank_normalization: str = "sum"
+  early_stopping_patience: Optional[int] = None
 
 
 # ====================================================================================
@@ -192,6 +203,8 @@ def train_step(state: TrainState, frozen: Params, batch: Batch, rng: jax.Array, 
   trainable = optax.apply_updates(state.trainable, updates)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "z_loss": aux["z_loss"], "weight_sum": aux["weight_sum"]}
+  metrics.update({k: aux[k] for k in telemetry.GATE_KEYS + objectives.AUX_METRICS
+                  if k in aux})
   if "truncated" in batch:  # examples cut to TASK_FEATURE_LENGTHS (data.py)
     metrics["truncated_examples"] = jnp.sum(batch["truncated"])
   lr = _learning_rate(opt_state)
@@ -388,6 +401,7 @@ class TrainResult:
   losses: Dict[int, float]
   preempted: bool = False
   best: Optional[Dict[str, Any]] = None
+  stopped_early: bool = False
 
 
 @dataclasses.dataclass
@@ -470,6 +484,8 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
     train_state.CheckpointWriteError: a checkpoint could not be written.
   """
   host0 = jax.process_index() == 0
+  early_stopping.check(config.early_stopping_patience, config.eval_period,
+                       evaluator is not None)
   trainable, frozen = _split_trainable(method, built.params)
   trainable_shardings, frozen_shardings = params_lib.split(built.shardings,
                                                            method.trainable)
@@ -481,19 +497,21 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
   state, consumed, truncated, resumed = _resume(
       checkpointer, steps.init_state(trainable), config.model_dir)
   step = int(jax.device_get(state.step))
-  if resumed and step == config.train_steps and layout.is_complete(
-      config.model_dir, step):
+  if resumed and (step == config.train_steps or layout.stopped_early(
+      config.model_dir)) and layout.is_complete(config.model_dir, step):
     logging.info("The run in %s is already complete at step %d; nothing to do.",
                  config.model_dir, step)
     checkpointer.close()
     return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                       losses={}, best=layout.read_best_record(config.model_dir))
+                       losses={}, best=layout.read_best_record(config.model_dir),
+                     stopped_early=layout.stopped_early(config.model_dir))
   if resumed and host0 and not layout.has_export(config.model_dir, step):
     # Killed (or a full disk) between the checkpoint and its export.
     logging.warning("Rewriting the missing export of checkpoint_%d.", step)
     ckpt.export_step(config.model_dir, step, _exported(method, state.trainable, frozen),
                      keep=config.keep_checkpoints)
   finishing = resumed and step == config.train_steps  # killed after its last save
+  watch = _Telemetry(built, trainable, frozen)  # before the first step donates it
   batches = batches_fn(consumed) if step < config.train_steps else iter(())
   summaries = summaries_lib.Summaries(config.model_dir, enabled=host0)
   best = layout.read_best_record(config.model_dir)
@@ -501,7 +519,7 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
   progress = summaries_lib.Progress(config.train_steps, config.log_period, step,
                                     enabled=host0)
   preemption = _Preemption()
-  preempted = False
+  preempted = stopped = False
   with preemption.installed():
     while step < config.train_steps:
       try:
@@ -516,8 +534,9 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
       consumed += 1
       metrics.add(step, step_metrics)
       if progress.due(step) or step == config.train_steps:
-        _log_train(step, metrics, progress, summaries, learning_rate_fn,
-                   truncation="truncated" in batch)
+        scalars = _log_train(step, metrics, progress, summaries, learning_rate_fn,
+                             truncation="truncated" in batch)
+        watch.log(step, state.trainable, scalars, summaries)
 
       preempted = preemption.reached(step)
       last = step == config.train_steps
@@ -537,18 +556,26 @@ def train(config: TrainConfig, method: Method, optimizer: optax.GradientTransfor
       if eval_due:
         best = _evaluate(step, state, frozen, method, evaluator, best, config,
                          summaries)
+        stopped = early_stopping.due(step, best, config.early_stopping_patience,
+                                     config.eval_period)
+        if stopped:  # ends like the last step: its state and export are saved
+          if not save_due:
+            _save(step, state, frozen, method, checkpointer, consumed,
+                  metrics.truncated_examples, config)
+          break
       progress.exclude(time.time() - paused)
 
   metrics.drain()
   if finishing and evaluator is not None and config.eval_period >= 0:
     logging.info("Finishing the run at step %d: its final evaluation.", step)
     best = _evaluate(step, state, frozen, method, evaluator, best, config, summaries)
-  if step == config.train_steps and not preempted and host0:
-    ckpt.mark_complete(config.model_dir, step)
+  if (step == config.train_steps or stopped) and not preempted and host0:
+    ckpt.mark_complete(config.model_dir, step, early_stopped=stopped)
   checkpointer.close()
   summaries.close()
   return TrainResult(step=step, trainable=evaluation.to_host(state.trainable),
-                     losses=metrics.losses, preempted=preempted, best=best)
+                     losses=metrics.losses, preempted=preempted, best=best,
+                     stopped_early=stopped)
 
 
 # ------------------------------------------------------------------------------------
@@ -650,6 +677,30 @@ def _log_train(step: int, metrics: MetricsBuffer, progress, summaries,
     scalars["truncated_examples"] = metrics.truncated_examples
     metrics.report_truncation(step)
   summaries.scalars(step, scalars, split="train")
+  return scalars
+
+
+class _Telemetry:
+  """Prompt telemetry at every train log line (`training/telemetry.py`)."""
+
+  def __init__(self, built: "Built", trainable: Params, frozen: Params):
+    # The initial prompts as the run's seed built them (copied to the host: the
+    # train step donates the state that holds them).
+    self.initial = evaluation.to_host(telemetry.prompt_arrays(trainable))
+    config = getattr(getattr(built.loss_fn, "model", None), "config", None)
+    try:
+      self.embedding = flatten(frozen).get(families.embedding_path(config))
+    except (KeyError, TypeError, ValueError):  # not a known family: no prompt norms
+      self.embedding = None
+
+  def log(self, step: int, trainable: Params, scalars: Mapping[str, float],
+          summaries) -> None:
+    values = telemetry.prompt_stats(trainable, self.initial, self.embedding)
+    values.update({k: scalars[k] for k in telemetry.GATE_KEYS if k in scalars})
+    if values:
+      summaries.scalars(step, {f"telemetry/{k}": v for k, v in values.items()},
+                        split="train")
+      summaries.record(step, telemetry.TASK, values)
 
 
 def _save(step: int, state: TrainState, frozen: Params, method: Method,
