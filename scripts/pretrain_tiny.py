@@ -18,6 +18,31 @@ The documented full run (about 15-20 minutes of CPU time on 2 cores):
   JAX_PLATFORMS=cpu python scripts/pretrain_tiny.py \
       --output_dir prompt_tuning/assets/tiny_t5
 
+Other sizes and objectives (`prompt_tuning/tiny/sizes.py`; `scripts/replicate.py`
+pretrains the ones it needs this way):
+
+  JAX_PLATFORMS=cpu python scripts/pretrain_tiny.py --size 5m --objective span_only \
+      --vocab_file prompt_tuning/assets/tiny_t5/sentencepiece.model
+
+  --size       0.1m | 0.3m | 1.3m (the bundled one) | 5m | 20m: architectures
+               (explicit --emb_dim/--num_layers/... flags override a field).
+  --objective  lm_adapted (default): span corruption, then LM adaptation.
+               span_only: stage 1 only (span corruption + multitask), no stage 2.
+               span_sentinel: trained exactly as span_only. Lester et al. (2021,
+               section 3.2) use "the same model, but prepend all downstream targets
+               with a sentinel"; the sentinel is a property of the downstream task
+               (its `_1_sentinel` twin), so it is recorded in the manifest only.
+  --output_dir defaults to the cache, ~/.cache/prompt_tuning/tiny/
+               <size>_<objective>_s<seed> ($PROMPT_TUNING_CACHE replaces
+               ~/.cache/prompt_tuning), never git.
+  --vocab_file reuse a SentencePiece model (the bundled one, so the tiny tasks
+               tokenize the same way) instead of training a vocabulary.
+
+Pretraining saves its state every --checkpoint_every steps to <output_dir>/resume/
+and a rerun with the same settings continues from there (the batch streams are
+replayed to the same position), so an interrupted pretraining loses at most
+--checkpoint_every steps.
+
 Everything is seeded (data order, corruption noise, initialization) and runs
 single-process, so re-running it gives the same held-out loss up to floating-point
 reduction order on another CPU (see `REPRODUCIBILITY_TOLERANCE`).
@@ -26,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import json
 import os
 import pathlib
@@ -49,7 +75,7 @@ from prompt_tuning import errors
 from prompt_tuning.training import losses, trainer
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.models.t5 import Transformer
-from prompt_tuning.tiny import assets, corpus, pretraining, spm
+from prompt_tuning.tiny import assets, corpus, pretraining, sizes, spm
 
 REPRODUCIBILITY_TOLERANCE = 0.02  # absolute, on the mean held-out loss (nats/token)
 EVAL_BATCHES = 8  # per objective, of `--batch_size` examples
@@ -58,25 +84,47 @@ EVAL_EXAMPLES_PER_TASK = 256
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = cli.script_parser("scripts/pretrain_tiny.py", __doc__)
-  p.add_argument("--output_dir", default=str(assets.ASSET_DIR))
+  p.add_argument("--output_dir", default=None,
+                 help="default: the cache, sizes.model_dir(size, objective, seed)")
+  p.add_argument("--size", default=sizes.BUNDLED_SIZE, choices=list(sizes.SIZES))
+  p.add_argument("--objective", default=sizes.BUNDLED_OBJECTIVE,
+                 choices=list(sizes.OBJECTIVES))
+  p.add_argument("--vocab_file", default=None,
+                 help="copy this SentencePiece model instead of training one")
+  p.add_argument("--checkpoint_every", type=int, default=250,
+                 help="steps between resumable state saves (0: never)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--span_steps", type=int, default=1500,
                  help="steps of stage 1 (span corruption + multitask)")
-  p.add_argument("--lm_steps", type=int, default=1500,
-                 help="steps of stage 2 (LM adaptation + multitask)")
+  p.add_argument("--lm_steps", type=int, default=None,
+                 help="steps of stage 2 (LM adaptation + multitask); default 1500 "
+                 "for lm_adapted, 0 (and nothing else allowed) for span_*")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--learning_rate", type=float, default=2e-3)
   p.add_argument("--warmup_steps", type=int, default=200)
   p.add_argument("--sentencepiece_size", type=int, default=spm.DEFAULT_SIZE)
   p.add_argument("--vocab_documents", type=int, default=4000,
                  help="documents (and as many task examples) to train the vocab on")
-  p.add_argument("--emb_dim", type=int, default=128)
-  p.add_argument("--num_heads", type=int, default=4)
-  p.add_argument("--head_dim", type=int, default=32)
-  p.add_argument("--mlp_dim", type=int, default=512)
-  p.add_argument("--num_layers", type=int, default=2)
+  p.add_argument("--emb_dim", type=int, default=None, help="default: --size's")
+  p.add_argument("--num_heads", type=int, default=None)
+  p.add_argument("--head_dim", type=int, default=None)
+  p.add_argument("--mlp_dim", type=int, default=None)
+  p.add_argument("--num_layers", type=int, default=None)
   p.add_argument("--log_every", type=int, default=100)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for field, value in sizes.SIZES[args.size].items():
+    if getattr(args, field) is None:
+      setattr(args, field, value)
+  if args.lm_steps is None:
+    args.lm_steps = 1500 if args.objective == "lm_adapted" else 0
+  elif args.lm_steps and args.objective != "lm_adapted":
+    p.error(f"--objective {args.objective} has no LM-adaptation stage; drop "
+            f"--lm_steps {args.lm_steps} or use --objective lm_adapted.")
+  if args.output_dir is None:
+    args.output_dir = str(sizes.model_dir(args.size, args.objective, args.seed))
+  if args.vocab_file and not pathlib.Path(args.vocab_file).exists():
+    p.error(f"--vocab_file {args.vocab_file} does not exist.")
+  return args
 
 
 # ----------------------------------------------------------------------------------
@@ -138,6 +186,62 @@ def schedule(step: int, span_steps: int) -> str:
 
 
 # ----------------------------------------------------------------------------------
+# Resuming.
+# ----------------------------------------------------------------------------------
+RESUME_DIR = "resume"
+DESCRIPTIONS = {
+    "lm_adapted": ("Tiny LM-adapted T5.1.1: span corruption then LM adaptation, "
+                   "each mixed 1:1 with a prefixed multitask mixture, on a generated "
+                   "toy language."),
+    "span_only": ("Tiny T5.1.1 pretrained with span corruption only (mixed 1:1 with "
+                  "a prefixed multitask mixture), no LM adaptation."),
+    "span_sentinel": ("Tiny T5.1.1 pretrained with span corruption only, as "
+                      "span_only; its downstream tasks put a sentinel before every "
+                      "target (Lester et al. 2021, section 3.2)."),
+}
+
+
+def resume_identity(args, config: T5Config) -> Dict:
+  """Everything that decides the training trajectory; a saved state is reused only
+  when it matches exactly."""
+  return {"config": config.to_dict(), "seed": args.seed,
+          "span_steps": args.span_steps, "lm_steps": args.lm_steps,
+          "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+          "warmup_steps": args.warmup_steps}
+
+
+def save_resume(out_dir: pathlib.Path, identity: Dict, step: int, params,
+                opt_state) -> None:
+  """Writes <out_dir>/resume/{state.msgpack,meta.json} atomically (rename)."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  target = out_dir / RESUME_DIR
+  tmp = out_dir / (RESUME_DIR + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  (tmp / "state.msgpack").write_bytes(
+      serialization.to_bytes({"params": params, "opt_state": opt_state}))
+  (tmp / "meta.json").write_text(json.dumps({"step": step, "identity": identity},
+                                            default=str))
+  shutil.rmtree(target, ignore_errors=True)
+  tmp.rename(target)
+
+
+def load_resume(out_dir: pathlib.Path, identity: Dict, params, opt_state):
+  """(step, params, opt_state) of a matching saved state, else (0, given ones)."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  target = out_dir / RESUME_DIR
+  if not (target / "meta.json").exists():
+    return 0, params, opt_state
+  meta = json.loads((target / "meta.json").read_text())
+  if meta["identity"] != json.loads(json.dumps(identity, default=str)):
+    print(f"ignoring {target}: saved with other settings", flush=True)
+    return 0, params, opt_state
+  state = serialization.from_bytes({"params": params, "opt_state": opt_state},
+                                   (target / "state.msgpack").read_bytes())
+  return int(meta["step"]), state["params"], state["opt_state"]
+
+
+# ----------------------------------------------------------------------------------
 # Evaluation.
 # ----------------------------------------------------------------------------------
 def heldout_losses(params, eval_loss, tokenizer, seed: int, batch_size: int
@@ -190,8 +294,12 @@ def main(argv=None) -> Dict:
 
   # 0. Vocabulary.
   vocab_path = out_dir / assets.VOCAB_FILE
-  spm.train(corpus.vocabulary_text(args.seed, args.vocab_documents), str(vocab_path),
-            args.sentencepiece_size)
+  if args.vocab_file:
+    if pathlib.Path(args.vocab_file).resolve() != vocab_path.resolve():
+      shutil.copyfile(args.vocab_file, vocab_path)
+  else:
+    spm.train(corpus.vocabulary_text(args.seed, args.vocab_documents),
+              str(vocab_path), args.sentencepiece_size)
   tokenizer = pretraining.Tokenizer(str(vocab_path))
   config = model_config(args, tokenizer.vocab_size)
   print(f"vocabulary: {tokenizer.pieces} pieces + {pretraining.EXTRA_IDS} extra ids "
@@ -215,8 +323,15 @@ def main(argv=None) -> Dict:
       o: pretraining.stream(o, tokenizer, args.seed, "train", args.batch_size)
       for o in pretraining.OBJECTIVES}
   running: Dict[str, list] = {o: [] for o in pretraining.OBJECTIVES}
+  identity = resume_identity(args, config)
+  first, params, opt_state = load_resume(out_dir, identity, params, opt_state)
+  if first:
+    for step in range(first):  # replay the streams to where the state left them
+      next(streams[schedule(step, args.span_steps)])
+    print(f"resumed at step {first}/{total_steps} from {out_dir / RESUME_DIR}",
+          flush=True)
   tick = time.time()
-  for step in range(total_steps):
+  for step in range(first, total_steps):
     objective = schedule(step, args.span_steps)
     params, opt_state, loss = train_step(params, opt_state, next(streams[objective]))
     running[objective].append(loss)
@@ -227,6 +342,9 @@ def main(argv=None) -> Dict:
             + f" ({(time.time() - tick) / args.log_every:.2f}s/step)", flush=True)
       running = {o: [] for o in pretraining.OBJECTIVES}
       tick = time.time()
+    if (args.checkpoint_every and (step + 1) % args.checkpoint_every == 0
+        and step + 1 < total_steps):
+      save_resume(out_dir, identity, step + 1, params, opt_state)
   train_seconds = time.time() - start
 
   # Held-out evaluation.
@@ -239,10 +357,12 @@ def main(argv=None) -> Dict:
 
   # Save.
   checkpoints.save(out_dir / assets.CHECKPOINT_DIR, params, config, overwrite=True)
+  shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)  # finished: not needed
   manifest = {
-      "description": ("Tiny LM-adapted T5.1.1 bundled with prompt-tuning: span "
-                      "corruption then LM adaptation, each mixed 1:1 with a "
-                      "prefixed multitask mixture, on a generated toy language."),
+      "description": DESCRIPTIONS[args.objective],
+      "size": args.size,
+      "objective": args.objective,
+      "downstream_target_sentinel": args.objective == "span_sentinel",
       "command": command,
       "seed": args.seed,
       "steps": {"span_corruption_stage": args.span_steps,

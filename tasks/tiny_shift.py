@@ -40,6 +40,7 @@ from tasks import labels as labels_lib
 from tasks import metrics
 from tasks import postprocessors
 from tasks import preprocessors as prep
+from tasks import registry
 from tasks import tiny
 
 TASKS = ("sentiment", "topic", "count")
@@ -164,6 +165,9 @@ def register() -> None:
             metric_fns=metric_fns))
         labels_lib.register_labels(name, labels,
                                    None if taskless else corpus.task_prefix(task))
+    # The pretraining-objective ablation's "span corruption + sentinel" (Lester et
+    # al. 2021, section 3.2): <extra_id_0> after the inputs and before the targets.
+    registry.add_sentinel_twin(task_name(task, "source"))
     for taskless in (False, True):  # every domain, for one evaluation call
       name = mixture_name(task, taskless)
       if name in seqio.MixtureRegistry.names():

@@ -87,3 +87,53 @@ def test_training_lowers_the_loss_and_is_deterministic(run, tmp_path):
   _, eval_loss, _ = script.make_steps(model, optax.sgd(0.0))
   before = script.heldout_losses(init, eval_loss, tokenizer, 0, 8)
   assert before["mean"] > manifest["heldout_loss"]["mean"] + 0.05
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_model(
+    run, tmp_path, monkeypatch, capsys):
+  """A crash right after the state saved at step 4 of 8, then a rerun that continues
+  from it (after ignoring a state saved with other settings) and ends where the
+  uninterrupted run did."""
+  script, _, manifest = run
+  args = ["--output_dir", str(tmp_path)] + SHORT + ["--checkpoint_every", "4"]
+  (tmp_path / script.RESUME_DIR).mkdir(parents=True)
+  (tmp_path / script.RESUME_DIR / "meta.json").write_text(
+      json.dumps({"step": 3, "identity": {"other": "settings"}}))
+  save = script.save_resume
+
+  def save_then_crash(*args, **kwargs):
+    save(*args, **kwargs)
+    raise KeyboardInterrupt("stopped")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(script, "save_resume", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+      script.main(args)
+  assert "ignoring" in capsys.readouterr().out
+  meta = json.loads((tmp_path / script.RESUME_DIR / "meta.json").read_text())
+  assert meta["step"] == 4 and not (tmp_path / assets.MANIFEST_FILE).exists()
+  again = script.main(args)
+  assert "resumed at step 4/8" in capsys.readouterr().out
+  assert again["heldout_loss"] == pytest.approx(manifest["heldout_loss"], abs=1e-4)
+  assert not (tmp_path / script.RESUME_DIR).exists()
+  assert not any(name.startswith(script.RESUME_DIR) for name in again["files"])
+
+
+def test_span_objectives_have_no_lm_stage():
+  script = _script()
+  args = script.parse_args(["--objective", "span_sentinel"])
+  assert (args.span_steps, args.lm_steps) == (1500, 0)
+  assert script.parse_args([]).lm_steps == 1500
+  assert script.schedule(1498, args.span_steps) == "span_corruption"
+  with pytest.raises(SystemExit):
+    script.parse_args(["--objective", "span_only", "--lm_steps", "3"])
+
+
+def test_default_output_dir_is_the_cache(monkeypatch, tmp_path):
+  from prompt_tuning.tiny import sizes  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(sizes.CACHE_ENV, str(tmp_path))
+  args = _script().parse_args(["--size", "5m", "--objective", "span_only",
+                               "--seed", "2"])
+  assert args.output_dir == str(tmp_path / "tiny" / "5m_span_only_s2")
+  assert (args.emb_dim, args.mlp_dim) == (256, 1024)
+  assert _script().parse_args(["--size", "5m", "--emb_dim", "96"]).emb_dim == 96

@@ -93,3 +93,24 @@ def test_seqio_and_pretraining_tokenize_alike():
     text = example["inputs_pretokenized"].decode()
     assert tokenizer.encode(text) == list(example["inputs"][:-1])
   assert tokenizer.sentinel_start == tiny.VOCABULARY.vocab_size - 1
+
+
+def test_count_sentinel_twin_uses_the_pretraining_sentinel():
+  """The objective ablation's "span corruption + sentinel" task: <extra_id_0> (the
+  id span corruption used for its first span) ends the inputs and leads the
+  targets; predictions are scored without it."""
+  from prompt_tuning.tiny import pretraining  # pylint: disable=g-import-not-at-top
+  from tasks import tiny_shift  # pylint: disable=g-import-not-at-top
+  tiny_shift.register()
+  base_name = tiny_shift.task_name("count", "source")
+  plain = _examples(base_name, n=2)
+  twin = _examples(base_name + "_1_sentinel", n=2)
+  sentinel = pretraining.Tokenizer(str(assets.VOCAB_PATH)).sentinel_start
+  task = seqio.get_mixture_or_task(base_name + "_1_sentinel")
+  vocabulary = task.output_features["targets"].vocabulary
+  for a, b in zip(plain, twin):
+    assert list(b["inputs"]) == list(a["inputs"][:-1]) + [sentinel, 1]
+    assert list(b["targets"]) == [sentinel] + list(a["targets"])
+    text = vocabulary.decode([int(t) for t in b["targets"]])
+    assert task.postprocess_fn(text, example=b, is_target=False) == (
+        vocabulary.decode([int(t) for t in a["targets"]]))
