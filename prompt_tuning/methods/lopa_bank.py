@@ -170,8 +170,11 @@ class MixedPromptBank(nn.Module):
                       ("prompts", "prompt", "embed"))
       chosen = self._pad(jnp.take(prompts, prompt_index, axis=0).astype(jnp.float32))
     for row, entry in self.lopa:
+      # `features` is the pooled encoder output (computed when any entry needs it);
+      # an entry trained on pooled input embeddings pools its own from `x`.
       own = entry.module(self.combine, entry_scope(row)).vectors(
-          x, mask, features, deterministic)  # [B, P_row, H]
+          x, mask, features if entry.features == "encoder" else None,
+          deterministic)  # [B, P_row, H]
       chosen = jnp.where((prompt_index == row)[:, None, None],
                          self._pad(own.astype(jnp.float32)), chosen)
     visible = jnp.take(jnp.asarray(self.visible()), prompt_index, axis=0)
