@@ -25,7 +25,8 @@ real token in GPT-2's vocabulary ("!").
 `bos_id` is the token fed before the first input token: 0 by default (seqio's and
 T5's decoder start), the model's BOS for a pretrained checkpoint (GPT-2:
 <|endoftext|> = 50256; Llama: <s> = 1). The model config says which
-(`bos_id_of(config)`); `batches(..., decoder_only=...)` picks the converter.
+(`bos_token_id`, read by `training/model_io.of`); `batches(..., decoder_only=...)`
+picks the converter.
 No packing (prompt tuning does not support it).
 """
 from __future__ import annotations
@@ -46,21 +47,6 @@ TRAIN_FEATURES = ("decoder_input_tokens", "decoder_target_tokens",
 PROMPT_FEATURES = ("decoder_prompt_tokens", "decoder_prompt_mask",
                    "decoder_prompt_positions")
 MODEL_FEATURES = TRAIN_FEATURES + PROMPT_FEATURES
-
-
-def is_decoder_only(model_config: Any) -> bool:
-  """Whether a model config describes a decoder-only model.
-
-  A config declares it with a `decoder_only` attribute (True for the GPT-2 and
-  Llama-family configs); T5 configs have none and are encoder-decoder.
-  """
-  return bool(getattr(model_config, "decoder_only", False))
-
-
-def bos_id_of(model_config: Any) -> int:
-  """The id fed before the first token: the config's `bos_token_id`, else 0."""
-  bos = getattr(model_config, "bos_token_id", None)
-  return 0 if bos is None else int(bos)
 
 
 def model_feature_lengths(task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
@@ -197,9 +183,10 @@ def batches(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
   """Training batches for either model family: the one switch entry points call.
 
   Args:
-    decoder_only: `is_decoder_only(model_config)`; False gives `data.train_batches`
+    decoder_only: `families.is_decoder_only(model_config)`; False gives
+      `data.train_batches`
       (encoder-decoder features), True this module's features.
-    bos_id: `bos_id_of(model_config)` (decoder-only only).
+    bos_id: the model config's `bos_token_id` (decoder-only only).
     **kwargs: split, seed, shard_index, num_shards, start_batch, use_cached, shuffle.
   """
   if decoder_only:

@@ -94,16 +94,22 @@ def test_rejects_missing_lengths():
     data_decoder.convert(ds, {"targets": 3})
 
 
-def test_config_switches():
-  class Gpt2Like:
-    decoder_only = True
-    bos_token_id = 50256
-
-  class T5Like:
-    pass
-
-  assert data_decoder.is_decoder_only(Gpt2Like()) and data_decoder.bos_id_of(Gpt2Like()) == 50256
-  assert not data_decoder.is_decoder_only(T5Like()) and data_decoder.bos_id_of(T5Like()) == 0
+def test_the_family_switch_feeds_each_model_its_bos():
+  """model_io.of: decoder-only configs start rows with their `bos_token_id` (the
+  released models' presets carry the tokenizer's BOS; HF config.json sets it when
+  no gin config is given); T5 keeps its decoder start 0."""
+  from prompt_tuning.models import decoder_config  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models.config import preset  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import model_io  # pylint: disable=g-import-not-at-top
+  expected = {"small": 50256, "tiny": 0}
+  for name, bos in expected.items():
+    io = model_io.of(decoder_config.gpt2_preset(name))
+    assert io.decoder_only and io.bos_id == bos
+  for name, bos in {"llama2_7b": 1, "llama3_8b": 128000, "qwen2_7b": 151643,
+                    "mistral_7b": 1, "phi3_mini": 1}.items():
+    assert model_io.of(decoder_config.llama_preset(name)).bos_id == bos, name
+  t5 = model_io.of(preset("tiny"))
+  assert not t5.decoder_only and t5.bos_id == 0
 
 
 @pytest.fixture
@@ -225,3 +231,20 @@ def test_left_padded_prompts_generate_like_unpadded_ones():
           input_ids=torch.tensor(r["decoder_input_tokens"][None], dtype=torch.long),
           attention_mask=torch.tensor(r["decoder_segment_ids"][None])).logits
       assert int(logits[0, len(ex["inputs"])].argmax()) == int(single[0])
+
+
+def test_served_decoder_only_rows_start_with_the_models_bos():
+  """infer builds `[bos] + input` like training's `decoder_prompt_tokens`."""
+  import types  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.inference import serving  # pylint: disable=g-import-not-at-top
+  fake = types.SimpleNamespace(
+      model=types.SimpleNamespace(config=types.SimpleNamespace(bos_token_id=7),
+                                  prompt=None),
+      eos_id=2, _sharding=None)
+  tokens = np.array([[5, 6, 0], [9, 0, 0]], np.int32)
+  rows, kwargs = serving.PromptServer._causal_rows(  # pylint: disable=protected-access
+      fake, tokens, np.array([2, 1]), {"prompt_index": None})
+  np.testing.assert_array_equal(rows[:, 0], [7, 7])
+  np.testing.assert_array_equal(kwargs["attention_mask"],
+                                [[1, 1, 1, 0], [1, 1, 0, 0]])
+  assert kwargs["eos_id"] == 2 and "prompt_index" not in kwargs

@@ -143,6 +143,9 @@ def test_config_from_config_json(loaded):
     assert config.sliding_window == 5 and config.head_dim == 10
   if name == "phi3-fused":
     assert config.rotary_dim == 4
+  # The start token of training and serving rows: config.json's BOS.
+  bos = reference.config.bos_token_id
+  assert config.bos_token_id == (bos if isinstance(bos, int) else 0)
 
 
 def test_teacher_forced_logits_match(loaded):

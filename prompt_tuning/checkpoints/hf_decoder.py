@@ -70,7 +70,8 @@ def _gpt2_fields(hf, path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
       "scale_attn_by_inverse_layer_idx": bool(
           hf.get("scale_attn_by_inverse_layer_idx", False)),
   }
-  return found, {"dropout_rate": hf.get("resid_pdrop", 0.1)}
+  return found, {"dropout_rate": hf.get("resid_pdrop", 0.1),
+                 "bos_token_id": _bos(hf)}
 
 
 def _rope(hf, path) -> Tuple[float, Any, float]:
@@ -137,7 +138,14 @@ def _llama_fields(hf, path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
       "sliding_window": window,
       "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)),
   }
-  return found, {"dropout_rate": hf.get("attention_dropout", 0.0)}
+  return found, {"dropout_rate": hf.get("attention_dropout", 0.0),
+                 "bos_token_id": _bos(hf)}
+
+
+def _bos(hf: Dict[str, Any]) -> int:
+  """config.json's `bos_token_id` (an int; absent or a list: 0)."""
+  bos = hf.get("bos_token_id")
+  return bos if isinstance(bos, int) and not isinstance(bos, bool) else 0
 
 
 def config_fields(hf: Dict[str, Any], path) -> Tuple[type, Dict[str, Any],

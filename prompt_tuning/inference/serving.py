@@ -303,10 +303,11 @@ class PromptServer:
   def _causal_rows(self, tokens: np.ndarray, lengths: np.ndarray,
                    kwargs: Dict[str, Any]):
     """A decoder-only model's input: `[bos] + input` `[B, T + 1]` with its mask
-    (`data_decoder`'s `decoder_prompt_tokens`, BOS 0; id 0 may be a real token, so
-    the mask comes from the lengths), the vocabulary's EOS, and `prompt_index` only
-    for a prompt bank."""
-    full = np.concatenate([np.zeros((len(tokens), 1), np.int32), tokens], axis=1)
+    (`data_decoder`'s `decoder_prompt_tokens`, BOS = the model config's
+    `bos_token_id`, as in training; id 0 may be a real token, so the mask comes from
+    the lengths), the vocabulary's EOS, and `prompt_index` only for a prompt bank."""
+    bos = int(getattr(getattr(self.model, "config", None), "bos_token_id", 0) or 0)
+    full = np.concatenate([np.full((len(tokens), 1), bos, np.int32), tokens], axis=1)
     mask = np.arange(full.shape[1])[None, :] <= lengths[:, None]
     if getattr(getattr(self.model, "prompt", None), "num_prompts", None) is None:
       kwargs.pop("prompt_index")

@@ -69,6 +69,9 @@ class GPT2Config(_ConfigMixin):
     dtype: activation dtype; trained parameters stay float32.
     frozen_dtype: dtype the frozen parameters are loaded and kept in (e.g. bfloat16
       halves their memory; `prompt_tuning.building`).
+    bos_token_id: the token fed before the first input token (the start of the
+      shifted-right sequence and of every served row): the pretrained tokenizer's
+      BOS in the presets of released models, 0 for random test models.
   """
   vocab_size: int = 50257
   n_positions: int = 1024
@@ -81,6 +84,7 @@ class GPT2Config(_ConfigMixin):
   scale_attn_by_inverse_layer_idx: bool = False
   dtype: Any = jnp.float32
   frozen_dtype: Any = jnp.float32
+  bos_token_id: int = 0
 
   family = "gpt2"
 
@@ -140,6 +144,9 @@ class LlamaConfig(_ConfigMixin):
     dtype: activation dtype; trained parameters stay float32.
     frozen_dtype: dtype the frozen parameters are loaded and kept in (e.g. bfloat16
       halves their memory; `prompt_tuning.building`).
+    bos_token_id: the token fed before the first input token (the start of the
+      shifted-right sequence and of every served row): the pretrained tokenizer's
+      BOS in the presets of released models, 0 for random test models.
   """
   vocab_size: int = 32000
   hidden_size: int = 4096
@@ -159,6 +166,7 @@ class LlamaConfig(_ConfigMixin):
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   frozen_dtype: Any = jnp.float32
+  bos_token_id: int = 0
 
   family = "llama"
 
@@ -220,52 +228,52 @@ def _llama3_rope(factor: float, original: int) -> Tuple[Tuple[str, Any], ...]:
 GPT2_PRESETS: Dict[str, GPT2Config] = {
     # For tests: a few thousand parameters per layer, a small vocabulary.
     "tiny": GPT2Config(vocab_size=512, n_positions=128, n_embd=32, n_layer=2, n_head=4),
-    "small": GPT2Config(),
-    "medium": GPT2Config(n_embd=1024, n_layer=24, n_head=16),
-    "large": GPT2Config(n_embd=1280, n_layer=36, n_head=20),
-    "xl": GPT2Config(n_embd=1600, n_layer=48, n_head=25),
+    "small": GPT2Config(bos_token_id=50256),  # <|endoftext|>
+    "medium": GPT2Config(bos_token_id=50256, n_embd=1024, n_layer=24, n_head=16),
+    "large": GPT2Config(bos_token_id=50256, n_embd=1280, n_layer=36, n_head=20),
+    "xl": GPT2Config(bos_token_id=50256, n_embd=1600, n_layer=48, n_head=25),
 }
 
 LLAMA_PRESETS: Dict[str, LlamaConfig] = {
     "tiny": LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64,
                         num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, max_position_embeddings=256),
-    "llama2_7b": LlamaConfig(),
-    "llama2_13b": LlamaConfig(hidden_size=5120, intermediate_size=13824,
+    "llama2_7b": LlamaConfig(bos_token_id=1),
+    "llama2_13b": LlamaConfig(bos_token_id=1, hidden_size=5120, intermediate_size=13824,
                               num_hidden_layers=40, num_attention_heads=40,
                               num_key_value_heads=40),
-    "llama3_8b": LlamaConfig(vocab_size=128256, hidden_size=4096,
+    "llama3_8b": LlamaConfig(bos_token_id=128000, vocab_size=128256, hidden_size=4096,
                              intermediate_size=14336, num_key_value_heads=8,
                              max_position_embeddings=8192, rope_theta=500000.0),
-    "llama3_1_8b": LlamaConfig(vocab_size=128256, intermediate_size=14336,
+    "llama3_1_8b": LlamaConfig(bos_token_id=128000, vocab_size=128256, intermediate_size=14336,
                                num_key_value_heads=8, max_position_embeddings=131072,
                                rope_theta=500000.0,
                                rope_scaling=_llama3_rope(8.0, 8192)),
-    "llama3_2_1b": LlamaConfig(vocab_size=128256, hidden_size=2048,
+    "llama3_2_1b": LlamaConfig(bos_token_id=128000, vocab_size=128256, hidden_size=2048,
                                intermediate_size=8192, num_hidden_layers=16,
                                num_attention_heads=32, num_key_value_heads=8,
                                max_position_embeddings=131072, rope_theta=500000.0,
                                rope_scaling=_llama3_rope(32.0, 8192),
                                tie_word_embeddings=True),
-    "mistral_7b": LlamaConfig(hidden_size=4096, intermediate_size=14336,
+    "mistral_7b": LlamaConfig(bos_token_id=1, hidden_size=4096, intermediate_size=14336,
                               num_key_value_heads=8, max_position_embeddings=32768,
                               sliding_window=4096),
-    "mistral_7b_v0_3": LlamaConfig(vocab_size=32768, intermediate_size=14336,
+    "mistral_7b_v0_3": LlamaConfig(bos_token_id=1, vocab_size=32768, intermediate_size=14336,
                                    num_key_value_heads=8,
                                    max_position_embeddings=32768,
                                    rope_theta=1000000.0),
-    "qwen2_0_5b": LlamaConfig(vocab_size=151936, hidden_size=896,
+    "qwen2_0_5b": LlamaConfig(bos_token_id=151643, vocab_size=151936, hidden_size=896,
                               intermediate_size=4864, num_hidden_layers=24,
                               num_attention_heads=14, num_key_value_heads=2,
                               max_position_embeddings=131072, rms_norm_eps=1e-6,
                               rope_theta=1000000.0, attention_bias=True,
                               tie_word_embeddings=True),
-    "qwen2_7b": LlamaConfig(vocab_size=152064, hidden_size=3584,
+    "qwen2_7b": LlamaConfig(bos_token_id=151643, vocab_size=152064, hidden_size=3584,
                             intermediate_size=18944, num_hidden_layers=28,
                             num_attention_heads=28, num_key_value_heads=4,
                             max_position_embeddings=131072, rms_norm_eps=1e-6,
                             rope_theta=1000000.0, attention_bias=True),
-    "phi3_mini": LlamaConfig(vocab_size=32064, hidden_size=3072,
+    "phi3_mini": LlamaConfig(bos_token_id=1, vocab_size=32064, hidden_size=3072,
                              intermediate_size=8192, num_hidden_layers=32,
                              num_attention_heads=32, num_key_value_heads=32,
                              rms_norm_eps=1e-5, sliding_window=2047),

@@ -116,7 +116,9 @@ def check_decoder_only_decode_fn(decode_fn: Callable[..., Any]) -> None:
 
 def of(model_config: Any) -> ModelIO:
   """The `ModelIO` of a model config's family."""
-  return ModelIO(decoder_only=families.is_decoder_only(model_config))
+  decoder_only = families.is_decoder_only(model_config)
+  bos = int(getattr(model_config, "bos_token_id", 0) or 0) if decoder_only else 0
+  return ModelIO(decoder_only=decoder_only, bos_id=bos)
 
 
 def of_model(model: Any) -> ModelIO:
