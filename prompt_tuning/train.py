@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import logging as std_logging
 import pathlib
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -179,18 +179,27 @@ def rank_settings(config: trainer.TrainConfig) -> Optional[rank_eval.RankSetting
   """The label strings of every evaluated task when `rank_classification` is on."""
   if not config.rank_classification:
     return None
+  labels = {task.name: strings for task, strings in task_label_strings(
+      config.mixture_or_task_name, "TrainConfig.rank_classification",
+      "or set --gin.TrainConfig.rank_classification=False")}
+  return rank_eval.RankSettings(labels, config.rank_normalization)
+
+
+def task_label_strings(mixture_or_task_name: str, setting: str, fix: str
+                       ) -> List[Tuple[Any, Sequence[str]]]:
+  """(task, label strings) of every task of the mixture; a task without labels is
+  refused naming `setting` and the `fix`, before anything is loaded."""
   from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
   import tasks  # pylint: disable=g-import-not-at-top
-  labels = {}
-  for task in data.tasks_of(config.mixture_or_task_name):
+  out = []
+  for task in data.tasks_of(mixture_or_task_name):
     strings = tasks.get_label_strings(task.name)
     if not strings:
       raise errors.UserError(
-          f"TrainConfig.rank_classification: task {task.name!r} has no label "
-          "strings (a generation task?); register them with "
-          "tasks.register_labels, or set --gin.TrainConfig.rank_classification=False.")
-    labels[task.name] = strings
-  return rank_eval.RankSettings(labels, config.rank_normalization)
+          f"{setting}: task {task.name!r} has no label strings (a generation "
+          f"task?); register them with tasks.register_labels, {fix}.")
+    out.append((task, strings))
+  return out
 
 
 def objectives_record(objective: Optional[objectives.ObjectiveSpec],
@@ -216,17 +225,9 @@ def objective_labels(config: trainer.TrainConfig,
         "drop one of them.")
   if objective is None:
     return None
-  from prompt_tuning import data  # pylint: disable=g-import-not-at-top  # seqio, TF
-  import tasks  # pylint: disable=g-import-not-at-top
-  found = {}
-  for task in data.tasks_of(config.mixture_or_task_name):
-    strings = tasks.get_label_strings(task.name)
-    if not strings:
-      raise errors.UserError(
-          f"train.objective = {objective.objective}: task {task.name!r} has no label "
-          "strings (a generation task?); register them with tasks.register_labels, "
-          "or train with the token cross-entropy (drop train.objective).")
-    found[tuple(strings)] = task
+  found = {tuple(strings): task for task, strings in task_label_strings(
+      config.mixture_or_task_name, f"train.objective = {objective.objective}",
+      "or train with the token cross-entropy (drop train.objective)")}
   if len(found) > 1:
     raise errors.UserError(
         f"train.objective = {objective.objective} ranks one label set, but the tasks "

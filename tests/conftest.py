@@ -2,8 +2,10 @@
 import importlib.util
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+from typing import Any, Dict, Mapping
 
 import pytest
 
@@ -30,6 +32,28 @@ def run_entry_point(module: str, args, timeout: float = 900):
              PROMPT_TUNING_VOCAB=str(T5_VOCAB))
   return subprocess.run([sys.executable, "-m", module] + list(args), cwd=REPO_ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+  """A free TCP port on 127.0.0.1 (multi-process tests' coordinator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def wait_for(procs: Mapping[Any, subprocess.Popen], timeout: float = 900
+             ) -> Dict[Any, str]:
+  """Each worker's combined output once all have exited; any still running after
+  `timeout` (or when one wait fails) is killed, so no worker outlives its test."""
+  logs = {}
+  try:
+    for key, proc in procs.items():
+      logs[key] = proc.communicate(timeout=timeout)[0] or ""
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+  return logs
 
 
 def load_script(name: str):

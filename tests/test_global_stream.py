@@ -4,7 +4,6 @@ on another process count continues the same stream."""
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -12,20 +11,15 @@ import numpy as np
 import pytest
 
 import data_stream_worker
+from conftest import free_port, wait_for
 
 WORKER = pathlib.Path(data_stream_worker.__file__)
 REPO = WORKER.parents[1]
 STEPS = 10
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _run(tmp, name, processes, model_dir, steps):
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              PYTHONPATH=os.pathsep.join([str(REPO), str(WORKER.parent)]))
   env.pop("XLA_FLAGS", None)
@@ -34,14 +28,7 @@ def _run(tmp, name, processes, model_dir, steps):
       [sys.executable, str(WORKER), str(i), str(processes), str(port), str(outs[i]),
        str(model_dir), str(steps)], env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(processes)]
-  logs = []
-  try:
-    for proc in procs:
-      logs.append(proc.communicate(timeout=900)[0])
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
+  logs = wait_for(dict(enumerate(procs))).values()
   for proc, log in zip(procs, logs):
     assert proc.returncode == 0, log[-4000:]
   return [{int(k): v for k, v in json.loads(o.read_text())["losses"].items()}

@@ -2,7 +2,6 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 import partitioning_worker
+from conftest import free_port, wait_for
 from prompt_tuning import partitioning
 
 WORKER = pathlib.Path(partitioning_worker.__file__)
@@ -65,30 +65,17 @@ def _run_worker(args):
                           text=True)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Starts, at once: the 8-device worker (1-device and 2x4 runs) and two processes
   joined on loopback (a 2x2 mesh over 2 x 2 devices); returns their JSON results."""
   tmp = tmp_path_factory.mktemp("partitioning")
-  port = _free_port()
+  port = free_port()
   outs = {"mesh": tmp / "mesh.json", 0: tmp / "p0.json", 1: tmp / "p1.json"}
   procs = {"mesh": _run_worker(["mesh", outs["mesh"], tmp])}
   for i in range(2):
     procs[i] = _run_worker(["process", i, port, outs[i], tmp / "multi"])
-  logs = {}
-  try:
-    for key, proc in procs.items():
-      logs[key], _ = proc.communicate(timeout=900)
-  finally:
-    for proc in procs.values():
-      if proc.poll() is None:
-        proc.kill()
+  logs = wait_for(procs)
   results = {"dir": tmp}
   for key, proc in procs.items():
     results[key] = (json.loads(outs[key].read_text()) if proc.returncode == 0

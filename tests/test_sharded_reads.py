@@ -3,7 +3,6 @@ sharded over a `model` axis spanning both, and get exactly the checkpoint's valu
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import T5X_TINY_CHECKPOINT
+from conftest import T5X_TINY_CHECKPOINT, free_port, wait_for
 from test_checkpoints_t5x import FIXTURE_CONFIG
 
 import sharded_reads_worker
@@ -25,18 +24,12 @@ REPO = WORKER.parents[1]
 VOCAB_TENSORS = {"token_embedder/embedding", "decoder/logits_dense/kernel"}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("sharded_reads")
   _, params = checkpoints.load(T5X_TINY_CHECKPOINT, FIXTURE_CONFIG)
   hf_dir = checkpoints.save_huggingface(tmp / "hf", params, FIXTURE_CONFIG)
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              PYTHONPATH=os.pathsep.join([str(REPO), str(WORKER.parent)]))
   env.pop("XLA_FLAGS", None)
@@ -46,14 +39,7 @@ def runs(tmp_path_factory):
        str(T5X_TINY_CHECKPOINT), str(hf_dir), config_json],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
-  logs = []
-  try:
-    for proc in procs:
-      logs.append(proc.communicate(timeout=600)[0])
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
+  logs = wait_for(dict(enumerate(procs)), timeout=600).values()
   for proc, log in zip(procs, logs):
     assert proc.returncode == 0, log[-4000:]
   return [json.loads((tmp / f"p{i}.json").read_text()) for i in range(2)]
