@@ -69,19 +69,9 @@ def hf_checkpoint(tmp_path_factory):
 
 
 def _hf_model(directory):
-  model = transformers.T5ForConditionalGeneration.from_pretrained(directory)
-  model.eval()
+  model = peft_testlib.hf_model(directory)
   assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
   return model
-
-
-def _hf_loss(model, enc, tgt):
-  labels = np.where(np.asarray(tgt) > 0, np.asarray(tgt), -100).astype(np.int64)
-  with torch.no_grad():
-    out = model(input_ids=torch.tensor(np.asarray(enc).astype(np.int64)),
-                attention_mask=torch.tensor(np.asarray(enc) > 0).long(),
-                labels=torch.tensor(labels))
-  return float(out.loss)
 
 
 def _ours(directory, prompt=None):
@@ -98,7 +88,7 @@ def _ours(directory, prompt=None):
 
 def test_loaded_hf_model_gives_the_same_loss_without_prompt(hf_checkpoint):
   _, ours, (enc, tgt) = _ours(hf_checkpoint)
-  assert abs(ours - _hf_loss(_hf_model(hf_checkpoint), enc, tgt)) < 1e-4
+  assert abs(ours - peft_testlib.hf_loss(_hf_model(hf_checkpoint), enc, tgt)) < 1e-4
 
 
 def test_peft_adapter_gives_the_same_loss_in_pytorch(hf_checkpoint, tmp_path):
@@ -113,7 +103,7 @@ def test_peft_adapter_gives_the_same_loss_in_pytorch(hf_checkpoint, tmp_path):
   peft_model.eval()
   np.testing.assert_array_equal(
       peft_model.get_prompt_embedding_to_save("default").numpy(), prompt)
-  assert abs(ours - _hf_loss(peft_model, enc, tgt)) < 1e-4
+  assert abs(ours - peft_testlib.hf_loss(peft_model, enc, tgt)) < 1e-4
 
 
 def test_adapter_written_by_peft_imports_and_training_continues(hf_checkpoint, tmp_path):
@@ -129,7 +119,7 @@ def test_adapter_written_by_peft_imports_and_training_continues(hf_checkpoint, t
   np.testing.assert_array_equal(prompt, saved[:P])
   peft_model.eval()
   config, ours, (enc, tgt) = _ours(hf_checkpoint, prompt)
-  assert abs(ours - _hf_loss(peft_model, enc, tgt)) < 1e-4
+  assert abs(ours - peft_testlib.hf_loss(peft_model, enc, tgt)) < 1e-4
 
   # Continue training: the adapter directory is a valid PROMPT_FILE.
   method = prompt_tuning(length=P, initializer=prompt_files.from_file(tmp_path / "from_peft"))
