@@ -16,15 +16,20 @@ The demo takes one of those tasks with its task word removed (the paper's
   prompt tuning   a learned prompt, class-label init      (should recover it)
                   (and random / sampled-vocab inits)
 
+and then one multi-task result: a bank of two prompts (sentiment, topic) trained in
+one run on the mixture `taskless_tiny_sentiment_topic`, each example of the mixed
+batches routed to its task's prompt, scored per task against prompt design.
+
 Every run goes through the public entry points and gin files, exactly as a TPU job
 would: `prompt_tuning.train.train` / `prompt_tuning.eval.evaluate` configured by
 `configs/models/tiny_bundled.gin`, `configs/runs/*.gin`, `configs/methods/*.gin`,
 `configs/prompts/*.gin` and the demo's overrides in `configs/demo/*.gin`. The
 equivalent command line of each run is printed.
 
-Writes to `--output_dir`: `results.json` (the table and every run's metrics),
+Writes to `--output_dir`: `results.json` (the tables and every run's metrics),
 `prompt_<init>.npy` (the trained `[P, H]` prompts), `learning_curve.png`, and the
-MODEL_DIR of each run under `runs/`.
+MODEL_DIR of each run under `runs/` (`runs/multitask/best/` holds the `[K, P, H]` bank
+that `prompt_tuning.infer` serves mixed, docs/INFERENCE.md).
 """
 from __future__ import annotations
 
@@ -49,6 +54,9 @@ PROMPT_LENGTH = 10  # the toy inputs are short; a flag, as the method gin holds 
 INITS = ("class_labels", "random_uniform", "sampled_vocab")
 INIT_NAMES = {"class_labels": "class-label init", "random_uniform": "random init",
               "sampled_vocab": "sampled-vocab init"}
+# The multi-task part: the mixture's member tasks, in the bank's row order.
+MIXTURE = "taskless_tiny_sentiment_topic"
+MIXTURE_TASKS = ("sentiment", "topic")
 
 
 @dataclasses.dataclass
@@ -81,6 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="override TRAIN_STEPS of configs/demo/tiny_prompt_tuning.gin")
   p.add_argument("--eval_period", type=int, default=None)
   p.add_argument("--max_eval_examples", type=int, default=None)
+  p.add_argument("--multitask", action=argparse.BooleanOptionalAction, default=True,
+                 help=f"also train a 2-task prompt bank on {MIXTURE} (default: on)")
   p.add_argument("--gin", action="append", default=[],
                  help="extra gin binding for every run, e.g. --gin \"PROMPT_LENGTH = 5\"")
   return p.parse_args(argv)
@@ -197,21 +207,12 @@ def build_runs(args, out: pathlib.Path) -> List[Run]:
                      f"the bundled model, one of {sorted(corpus.LABELS)}.")
   task, taskless = f"tiny_{args.task}", f"taskless_tiny_{args.task}"
   common = [f"MIXTURE_OR_TASK_NAME = '{taskless}'"]
-  overrides = []
-  if args.train_steps is not None:
-    overrides.append(f"TRAIN_STEPS = {args.train_steps}")
-  if args.eval_period is not None:
-    overrides.append(f"EVAL_PERIOD = {args.eval_period}")
-  if args.max_eval_examples is not None:
-    overrides.append(f"MAX_EVAL_EXAMPLES = {args.max_eval_examples}")
-  overrides += list(args.gin)
-  model = "models/tiny_bundled.gin"
-  eval_files = [model, "runs/prompt_eval.gin", "methods/prompt_design.gin", EVAL_GIN]
+  overrides = _overrides(args)
   runs = [
-      Run("no_prompt", "frozen model, no prompt", "eval", eval_files,
+      Run("no_prompt", "frozen model, no prompt", "eval", EVAL_FILES,
           common + overrides),
       Run("prompt_design", f"prompt design (text '{args.task}:')", "eval",
-          eval_files, [f"MIXTURE_OR_TASK_NAME = '{task}'"] + overrides),
+          EVAL_FILES, [f"MIXTURE_OR_TASK_NAME = '{task}'"] + overrides),
   ]
   for init in [i for i in args.inits.split(",") if i]:
     if init not in INITS:
@@ -219,10 +220,45 @@ def build_runs(args, out: pathlib.Path) -> List[Run]:
     model_dir = out / "runs" / f"prompt_tuning_{init}"
     runs.append(Run(
         f"prompt_tuning_{init}", f"prompt tuning, {INIT_NAMES[init]}", "train",
-        [model, "methods/prompt_tuning.gin", f"prompts/{init}.gin",
+        [MODEL_GIN, "methods/prompt_tuning.gin", f"prompts/{init}.gin",
          "runs/prompt_finetune.gin", TRAIN_GIN],
         common + [f"MODEL_DIR = '{model_dir}'", f"PROMPT_LENGTH = {PROMPT_LENGTH}"]
         + overrides, str(model_dir)))
+  return runs
+
+
+MODEL_GIN = "models/tiny_bundled.gin"
+EVAL_FILES = [MODEL_GIN, "runs/prompt_eval.gin", "methods/prompt_design.gin", EVAL_GIN]
+
+
+def _overrides(args) -> List[str]:
+  """The demo's flags as gin bindings shared by every run."""
+  overrides = []
+  if args.train_steps is not None:
+    overrides.append(f"TRAIN_STEPS = {args.train_steps}")
+  if args.eval_period is not None:
+    overrides.append(f"EVAL_PERIOD = {args.eval_period}")
+  if args.max_eval_examples is not None:
+    overrides.append(f"MAX_EVAL_EXAMPLES = {args.max_eval_examples}")
+  return overrides + list(args.gin)
+
+
+def build_multitask_runs(args, out: pathlib.Path,
+                         measured: Sequence[str] = ()) -> List[Run]:
+  """Prompt design of each member task not `measured` yet, then one run training a
+  prompt per task on the mixture (methods/multitask_prompt_tuning.gin, as
+  docs/TRAINING.md shows)."""
+  overrides = _overrides(args)
+  runs = [Run(f"prompt_design_{t}", f"prompt design (text '{t}:')", "eval",
+              EVAL_FILES, [f"MIXTURE_OR_TASK_NAME = 'tiny_{t}'"] + overrides)
+          for t in MIXTURE_TASKS if t not in measured]
+  model_dir = out / "runs" / "multitask"
+  runs.append(Run(
+      "multitask", f"multi-task prompt bank ({' + '.join(MIXTURE_TASKS)})", "train",
+      [MODEL_GIN, "methods/multitask_prompt_tuning.gin", "prompts/sampled_vocab.gin",
+       "runs/prompt_finetune.gin", TRAIN_GIN],
+      [f"MIXTURE_OR_TASK_NAME = '{MIXTURE}'", f"MODEL_DIR = '{model_dir}'",
+       f"PROMPT_LENGTH = {PROMPT_LENGTH}"] + overrides, str(model_dir)))
   return runs
 
 
@@ -277,6 +313,8 @@ def main(argv=None) -> Dict:
                  "not_a_label": not_a_label, "trained_parameters": trained})
     runs_out[run.name] = dict(record, command=run.command())
 
+  multitask = run_multitask(args, out, start, {args.task: baselines[runs[1].label]}
+                            ) if args.multitask else None
   after = frozen_checksum()
   table = format_table(rows, chance)
   plot(curves, baselines, chance, out / "learning_curve.png",
@@ -290,17 +328,66 @@ def main(argv=None) -> Dict:
       "frozen_sha256_before": before, "frozen_sha256_after": after,
       "frozen_unchanged": before == after,
       "percent_of_prompt_design": relative,
+      "multitask": multitask,
       "seconds": round(time.time() - start, 1),
   }
   (out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
   print("\n" + table, flush=True)
   for name, value in relative.items():
     print(f"{name}: {value}% of prompt design's accuracy")
+  if multitask:
+    print("\n" + format_multitask_table(multitask), flush=True)
   print(f"\nFrozen weights sha256 after training: {after} "
         f"({'unchanged' if before == after else 'CHANGED'})")
   print(f"Wrote {out}/results.json, learning_curve.png and the prompts "
         f"(prompt_<init>.npy) in {time.time() - start:.0f}s.", flush=True)
   return summary
+
+
+def run_multitask(args, out: pathlib.Path, start: float,
+                  design: Dict[str, float]) -> Dict:
+  """Trains the 2-task bank; per task: prompt design (`design` holds those already
+  measured) and the bank's prompt (the task's accuracy at the last evaluation, as
+  the single-task rows)."""
+  from prompt_tuning import params  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.methods import multitask as multitask_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.tiny import corpus  # pylint: disable=g-import-not-at-top
+  design = {t: v for t, v in design.items() if t in MIXTURE_TASKS}
+  runs = build_multitask_runs(args, out, list(design))
+  for run in runs:
+    print(f"\n[multi-task] {run.label} ({time.time() - start:.0f}s elapsed)\n"
+          f"  {run.command()}", flush=True)
+    result = run_entry(run)
+    if run.entry == "eval":
+      design[run.name.split("_")[-1]] = _metrics(result)["accuracy"]
+  train = runs[-1]
+  bank = np.asarray(params.get_param(result.trainable, multitask_lib.TASKS_PATH))
+  tasks = []
+  for task in MIXTURE_TASKS:
+    points = _curve(pathlib.Path(train.model_dir), f"taskless_tiny_{task}")
+    tasks.append({"task": task, "prompt_design": design[task],
+                  "accuracy": points[-1]["accuracy"] if points else float("nan"),
+                  "not_a_label": points[-1]["not_a_label"] if points else float("nan"),
+                  "chance": 100.0 / len(corpus.LABELS[task]), "eval_curve": points})
+  return {"mixture": MIXTURE, "tasks": tasks, "bank_shape": list(bank.shape),
+          "trained_parameters": int(bank.size), "model_dir": train.model_dir,
+          "command": train.command()}
+
+
+def format_multitask_table(multitask: Dict) -> str:
+  """Per task: prompt design, the task's prompt of the jointly trained bank, chance."""
+  k, length, width = multitask["bank_shape"]
+  lines = [f"Multi-task: one run trains {k} prompts on {multitask['mixture']}, each "
+           f"example routed to its task's prompt",
+           f"{'task':12s} {'prompt design':>14s} {'multi-task prompt':>18s} "
+           f"{'not a label':>12s} {'chance':>7s}", "-" * 67]
+  for row in multitask["tasks"]:
+    lines.append(f"{row['task']:12s} {row['prompt_design']:13.1f}% "
+                 f"{row['accuracy']:17.1f}% {row['not_a_label']:11.1f}% "
+                 f"{row['chance']:6.1f}%")
+  lines.append(f"trained parameters: {multitask['trained_parameters']:,} "
+               f"({k} prompts x {length} x {width})")
+  return "\n".join(lines)
 
 
 class _OwnInfoFilter:

@@ -35,6 +35,34 @@ def test_writes_table_prompt_curve_and_metrics(short_demo, capsys):
       pytest.approx(100.0 * curve[-1]["accuracy"] / design, abs=0.05))
 
 
+def test_multitask_bank_is_trained_and_scored_per_task(short_demo, capsys):
+  out, summary = short_demo
+  multitask = json.loads((out / "results.json").read_text())["multitask"]
+  assert multitask == json.loads(json.dumps(summary["multitask"]))
+  assert multitask["mixture"] == "taskless_tiny_sentiment_topic"
+  assert multitask["bank_shape"] == [2, 10, 128]
+  assert multitask["trained_parameters"] == 2 * 10 * 128
+  bank = np.load(out / "runs" / "multitask" / "best" / "encoder.prompt.prompts.npy")
+  assert bank.shape == (2, 10, 128) and np.isfinite(bank).all()
+  rows = {row["task"]: row for row in multitask["tasks"]}
+  assert list(rows) == ["sentiment", "topic"]
+  assert rows["sentiment"]["chance"] == 50.0 and rows["topic"]["chance"] == 25.0
+  # Sentiment's prompt design is the single-task table's own row (same eval).
+  assert rows["sentiment"]["prompt_design"] == summary["table"][1]["accuracy"]
+  for row in rows.values():  # each task evaluated with its own prompt, every period
+    assert [p["step"] for p in row["eval_curve"]] == [3, 6]
+    assert row["accuracy"] == row["eval_curve"][-1]["accuracy"]
+  table = demo.format_multitask_table(multitask)
+  assert "2 prompts x 10 x 128" in table
+  assert table.count("\n") == 5  # title, header, rule, two tasks, parameters
+
+
+def test_multitask_can_be_left_out(tmp_path):
+  args = demo.parse_args(["--output_dir", str(tmp_path), "--no-multitask"])
+  assert not args.multitask
+  assert demo.parse_args(["--output_dir", str(tmp_path)]).multitask
+
+
 def test_leaves_no_gin_binding_behind(short_demo):
   import gin  # pylint: disable=g-import-not-at-top
   import tasks  # pylint: disable=g-import-not-at-top
@@ -65,7 +93,12 @@ def test_printed_commands_are_the_entry_points_flags(tmp_path):
   args = demo.parse_args(["--output_dir", str(tmp_path), "--train_steps", "7"])
   runs = demo.build_runs(args, tmp_path)
   assert [r.entry for r in runs] == ["eval", "eval", "train", "train", "train"]
-  for run in runs:
+  multitask = demo.build_multitask_runs(args, tmp_path)
+  assert [r.entry for r in multitask] == ["eval", "eval", "train"]
+  assert [r.name for r in demo.build_multitask_runs(args, tmp_path, ["sentiment"])] == [
+      "prompt_design_topic", "multitask"]
+  assert "methods/multitask_prompt_tuning.gin" in multitask[-1].gin_files
+  for run in runs + multitask:
     argv = shlex.split(run.command())
     assert argv[:3] == ["python", "-m", f"prompt_tuning.{run.entry}"]
     flags = cli.rewrite_gin_args(argv[3:])
