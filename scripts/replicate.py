@@ -575,9 +575,18 @@ def figures(summary: Dict[str, Any], directory: pathlib.Path) -> List[str]:
   return [str(m) for m in made]
 
 
-def write_docs(text: str, paths: Sequence[str]) -> List[str]:
-  """Replaces the text between the markers of each file; errors name a file
-  without them."""
+def figure_links(figure_paths: Sequence[str], doc: pathlib.Path) -> str:
+  """Markdown images of the figures, each path relative to `doc`'s folder."""
+  return "\n".join(
+      f"![{pathlib.Path(f).stem}]"
+      f"({os.path.relpath(pathlib.Path(f).resolve(), doc.resolve().parent)})"
+      for f in figure_paths)
+
+
+def write_docs(text: str, paths: Sequence[str],
+               figure_paths: Sequence[str] = ()) -> List[str]:
+  """Replaces the text between the markers of each file with `text` and the
+  figures (linked relative to that file); errors name a file without markers."""
   written = []
   for path in paths:
     path = pathlib.Path(path)
@@ -587,7 +596,10 @@ def write_docs(text: str, paths: Sequence[str]) -> List[str]:
                              "the replication tables belong.")
     head, rest = content.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    path.write_text(head + BEGIN + "\n" + text.strip() + "\n" + END + tail)
+    body = text.strip()
+    if figure_paths:
+      body += "\n\n" + figure_links(figure_paths, path)
+    path.write_text(head + BEGIN + "\n" + body + "\n" + END + tail)
     written.append(str(path))
   return written
 
@@ -675,7 +687,8 @@ def main(argv=None) -> Dict[str, Any]:
   (out / "results.md").write_text(text + "\n")
   (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
   if args.write_docs:
-    summary["docs"] = write_docs(text, [d for d in args.docs.split(",") if d])
+    summary["docs"] = write_docs(text, [d for d in args.docs.split(",") if d],
+                                 summary["figures"])
   print(text, flush=True)
   print(f"\nWrote {out}/summary.json, results.md, figures/.", flush=True)
   return summary

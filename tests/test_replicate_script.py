@@ -87,6 +87,15 @@ def test_write_docs_between_markers(replication, tmp_path):
   script.write_docs("| new | table |", [str(doc)])
   assert doc.read_text() == (f"intro\n{script.BEGIN}\n| new | table |\n{script.END}"
                              "\nrest\n")
+  (tmp_path / "docs").mkdir()
+  nested = tmp_path / "docs" / "nested.md"
+  nested.write_text(f"{script.BEGIN}\n{script.END}\n")
+  figure = tmp_path / "results" / "figures" / "scaling.png"
+  script.write_docs("| t |", [str(doc), str(nested)], [str(figure)])
+  assert "![scaling](results/figures/scaling.png)" in doc.read_text()
+  assert nested.read_text() == (f"{script.BEGIN}\n| t |\n\n"
+                                "![scaling](../results/figures/scaling.png)\n"
+                                f"{script.END}\n")
   bare = tmp_path / "bare.md"
   bare.write_text("no markers\n")
   with pytest.raises(errors.UserError, match="markers"):
