@@ -1,7 +1,7 @@
 r"""The paper's comparisons at tiny scale, with tuned baselines (issue 20).
 
-  python scripts/replicate.py --profile full --output_dir results/replicate_count
-  python scripts/replicate.py --profile full --output_dir results/replicate_count \
+  python scripts/replicate.py --profile full --output_dir results/replicate_tuned
+  python scripts/replicate.py --profile full --output_dir results/replicate_tuned \
       --write_docs                      # then the tables into README / RESEARCH.md
 
 One command, resumable: it pretrains the frozen models it lacks
@@ -132,7 +132,7 @@ BUDGET_METHODS = ("prompt_tuning", "lopa", "prefix_tuning", "lora")
 def parse_args(argv=None) -> argparse.Namespace:
   p = cli.script_parser("scripts/replicate.py", __doc__)
   p.add_argument("--profile", default="full", choices=sorted(PROFILES))
-  p.add_argument("--output_dir", default="results/replicate_count")
+  p.add_argument("--output_dir", default="results/replicate_tuned")
   p.add_argument("--cache_dir", default=None,
                  help="pretrained models (default: prompt_tuning/tiny/sizes.py's "
                  "cache for full; <output_dir>/pretrained for smoke)")
