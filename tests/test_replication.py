@@ -50,6 +50,26 @@ def test_widening_gives_up_after_max_and_says_so():
   assert out["best_lr"] == 27.0
 
 
+def test_a_flat_grid_widens_upwards_until_something_learns():
+  # LoPA under AdamW at small rates: 0 everywhere, the first learning at 0.081.
+  def score(grid):
+    return {lr: (0.0 if lr < 0.05 else 80.0 if lr < 0.2 else 30.0) for lr in grid}
+  out = rep.search_lr([3.3e-4, 1e-3, 3e-3, 9e-3], score)
+  assert out["grid"] == [3.3e-4, 1e-3, 3e-3, 9e-3, 0.027, 0.081, 0.24]
+  assert out["best_lr"] == 0.081 and out["interior"] and out["widenings"] == 3
+
+
+def test_a_plateau_of_equal_best_scores_picks_its_middle():
+  scores = {0.1: 90.0, 0.3: 100.0, 0.9: 100.0, 2.7: 100.0, 8.1: 50.0}
+  assert rep.best_lr(list(scores), scores) == 0.9
+  assert rep.widen(list(scores), scores) is None
+  # All equal: one rate above is tried; then the middle of the plateau is interior.
+  flat = {0.1: 100.0, 0.3: 100.0, 0.9: 100.0, 2.7: 100.0}
+  assert rep.widen(list(flat), flat) == 8.1
+  flat[8.1] = 40.0
+  assert rep.widen(list(flat), flat) is None and rep.best_lr(list(flat), flat) == 0.3
+
+
 def test_ties_prefer_the_smaller_rate_and_missing_scores_are_refused():
   assert rep.widen([0.1, 0.3, 0.9], {0.1: 5.0, 0.3: 5.0, 0.9: 1.0}) == pytest.approx(
       0.033)

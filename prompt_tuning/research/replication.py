@@ -1,7 +1,8 @@
 """The decisions of a fair replication, as pure functions (scripts/replicate.py).
 
 * Learning-rate search: a log-spaced grid, widened on the side where the best score
-  sits until the best is interior (never the smallest or largest value tried).
+  sits until the best is interior (never the smallest or largest value tried); a
+  grid that scores the same at every rate is widened upwards.
 * Step budget: a validation curve has flattened when its second half improves on
   its first half's best by less than a tolerance.
 * Budget matching: per method, the setting whose trained-parameter count is closest
@@ -26,18 +27,31 @@ def lr_grid(center: float, size: int = 4, factor: float = 3.0) -> List[float]:
   return [round_lr(center * factor ** k) for k in range(-1, size - 1)]
 
 
+def best_lr(grid: Sequence[float], scores: Mapping[float, float]) -> float:
+  """The rate with the highest score; when several tie, the middle one of them
+  (the smaller of the two middle ones for an even count)."""
+  grid = sorted(grid)
+  top = max(scores[lr] for lr in grid)
+  tied = [lr for lr in grid if scores[lr] == top]
+  return tied[(len(tied) - 1) // 2]
+
+
 def widen(grid: Sequence[float], scores: Mapping[float, float],
           factor: float = 3.0) -> Optional[float]:
   """The learning rate to add, or None when the best is interior.
 
-  The best (highest score; the smaller rate wins ties) at the smallest value of the
-  grid asks for a smaller rate, at the largest for a larger one.
+  The best (`best_lr`) at the smallest value of the grid asks for a smaller rate,
+  at the largest for a larger one. A grid that scores the same everywhere (e.g. 0
+  at every rate: the method has not started to learn at any of them) asks for a
+  larger rate.
   """
   grid = sorted(grid)
   missing = [lr for lr in grid if lr not in scores]
   if missing:
     raise ValueError(f"No score for learning rates {missing}.")
-  best = max(grid, key=lambda lr: (scores[lr], -lr))
+  if len(grid) > 1 and len({scores[lr] for lr in grid}) == 1:
+    return round_lr(grid[-1] * factor)
+  best = best_lr(grid, scores)
   if best == grid[0]:
     return round_lr(grid[0] / factor)
   if best == grid[-1]:
@@ -70,7 +84,7 @@ def search_lr(grid: Sequence[float], score: Callable[[List[float]], Mapping[floa
       break
     grid = sorted(grid + [extra])
     widenings += 1
-  best = max(grid, key=lambda lr: (scores[lr], -lr))
+  best = best_lr(grid, scores)
   return {"grid": grid, "scores": {lr: scores[lr] for lr in grid}, "best_lr": best,
           "interior": extra is None, "widenings": widenings}
 
