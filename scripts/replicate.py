@@ -12,9 +12,10 @@ runs, reused when finished, so an interrupted replication continues):
   (a) baselines   every method of configs/methods/ on the bundled 1.3M model: a
                   learning-rate grid (4 values a factor 3 apart around the method's
                   paper default), widened on the side of its best until the best is
-                  interior (a grid flat at one score: upwards); the step budget doubled (up to the profile's maximum)
-                  until the best rate's validation curve has flattened; then the
-                  seeds at that rate and budget. Curves are recorded.
+                  interior (a grid flat at one score: upwards); the step budget
+                  doubled (up to the profile's maximum) until the best rate's
+                  validation curve has flattened; then the seeds at that rate and
+                  budget. Curves are recorded.
   (b) budget      prompt length, LoPA rank and width, prefix length and MLP width,
                   LoRA rank chosen so trained parameters are closest to one target
                   (counted from shapes, as scripts/count_method_params.py does).
