@@ -24,7 +24,7 @@ pretrains the ones it needs this way):
   JAX_PLATFORMS=cpu python scripts/pretrain_tiny.py --size 5m --objective span_only \
       --vocab_file prompt_tuning/assets/tiny_t5/sentencepiece.model
 
-  --size       0.1m | 0.3m | 1.3m (the bundled one) | 5m | 20m: architectures
+  --size       0.03m | 0.1m | 0.3m | 1.3m (the bundled one) | 5m | 20m: architectures
                (explicit --emb_dim/--num_layers/... flags override a field).
   --objective  lm_adapted (default): span corruption, then LM adaptation.
                span_only: stage 1 only (span corruption + multitask), no stage 2.

@@ -27,9 +27,11 @@ import pathlib
 from typing import Dict, Optional
 
 # Architecture fields of T5Config per size name; every size has 512 vocabulary rows.
-# Parameter counts: 0.1m 107,136; 0.3m 361,472; 1.3m 1,312,512; 5m 4,984,064; 20m
-# 19,405,312 (tests/test_tiny_sizes.py checks each within 1.3x of its name).
+# Parameter counts: 0.03m 35,136; 0.1m 107,136; 0.3m 361,472; 1.3m 1,312,512; 5m
+# 4,984,064; 20m 19,405,312 (tests/test_tiny_sizes.py checks each within 1.3x of its
+# name).
 SIZES: Dict[str, Dict[str, int]] = {
+    "0.03m": dict(emb_dim=16, num_heads=2, head_dim=8, mlp_dim=64, num_layers=2),
     "0.1m": dict(emb_dim=32, num_heads=4, head_dim=8, mlp_dim=128, num_layers=2),
     "0.3m": dict(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=256, num_layers=2),
     "1.3m": dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512, num_layers=2),
@@ -37,7 +39,8 @@ SIZES: Dict[str, Dict[str, int]] = {
     "20m": dict(emb_dim=512, num_heads=8, head_dim=64, mlp_dim=2048, num_layers=2),
 }
 # Roughly the parameter count each name promises (checked within a factor of 1.3).
-NOMINAL_PARAMETERS = {"0.1m": 0.1e6, "0.3m": 0.3e6, "1.3m": 1.3e6, "5m": 5e6, "20m": 20e6}
+NOMINAL_PARAMETERS = {"0.03m": 0.03e6, "0.1m": 0.1e6, "0.3m": 0.3e6, "1.3m": 1.3e6,
+                      "5m": 5e6, "20m": 20e6}
 BUNDLED_SIZE = "1.3m"
 OBJECTIVES = ("span_only", "span_sentinel", "lm_adapted")
 BUNDLED_OBJECTIVE = "lm_adapted"
