@@ -38,6 +38,7 @@ docs/RESEARCH.md with the tables.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -143,6 +144,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seeds", type=int, default=None,
                  help="seeds per setting (default: the profile's)")
   p.add_argument("--experiments", default="baselines,budget,objectives,scaling")
+  p.add_argument("--tabulate_only", action="store_true",
+                 help="train and pretrain nothing: tabulate the finished runs and "
+                 "list what is missing (a row needing an unfinished run is left out)")
   p.add_argument("--write_docs", action="store_true",
                  help="also replace the tables between the markers in --docs")
   p.add_argument("--docs", default=",".join(DOCS))
@@ -154,12 +158,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------
 
 
+class Missing(Exception):
+  """--tabulate_only met a run or pretraining that has not finished."""
+
+
 @dataclasses.dataclass
 class Context:
   profile: Profile
   out: pathlib.Path
   cache: pathlib.Path
   failed: List[str] = dataclasses.field(default_factory=list)
+  tabulate_only: bool = False
+  missing: List[str] = dataclasses.field(default_factory=list)
 
   def timing(self) -> Dict[str, float]:
     path = self.out / "timing.jsonl"
@@ -174,6 +184,15 @@ class Context:
     with open(self.out / "timing.jsonl", "a") as f:
       f.write(json.dumps({"name": name, "seconds": round(seconds, 1),
                           "load": os.getloadavg()[0]}) + "\n")
+
+
+@contextlib.contextmanager
+def missing_noted(ctx: Context):
+  """Under --tabulate_only: an unfinished run leaves its row out and is listed."""
+  try:
+    yield
+  except Missing as e:
+    ctx.missing.append(str(e))
 
 
 def model_name(size: str, objective: str) -> str:
@@ -193,6 +212,8 @@ def pretrained(ctx: Context, size: str, objective: str) -> pathlib.Path:
     del extra[i:i + 2]
   flags = ["--size", size, "--objective", kind, "--output_dir", str(directory),
            "--vocab_file", str(assets.VOCAB_PATH)] + extra
+  if not manifest_path.exists() and ctx.tabulate_only:
+    raise Missing(f"pretraining {size} {kind}")
   if not manifest_path.exists():
     log = ctx.out / "logs" / f"pretrain_{size}_{kind}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -275,6 +296,8 @@ def run_all(ctx: Context, sweep) -> List[Dict[str, Any]]:
   for run in sweep.runs:
     if sweep.status(run) == "done" or run.name in ctx.failed:
       continue
+    if ctx.tabulate_only:
+      raise Missing(run.name)
     print(f"run {run.name}\n  {run.run.command()}", flush=True)
     start = time.time()
     try:
@@ -420,8 +443,12 @@ def budget(ctx: Context, baselines: Dict[str, Dict[str, Any]]) -> List[Dict[str,
     else:
       grid = method_grid(method, range(ctx.profile.seeds), base["steps"],
                          [base["best_lr"]], bindings)
-    results = run_all(ctx, make_sweep(ctx, sizes.BUNDLED_SIZE,
-                                      sizes.BUNDLED_OBJECTIVE, [grid]))
+    try:
+      results = run_all(ctx, make_sweep(ctx, sizes.BUNDLED_SIZE,
+                                        sizes.BUNDLED_OBJECTIVE, [grid]))
+    except Missing as e:
+      ctx.missing.append(str(e))
+      continue
     actual = trained_parameters(ctx, results[0]["name"])
     if actual is not None and actual != counts[choice]:  # shapes vs the run's state
       print(f"WARNING: {method} {choice}: counted {counts[choice]} trained "
@@ -442,8 +469,13 @@ def budget(ctx: Context, baselines: Dict[str, Dict[str, Any]]) -> List[Dict[str,
 def objectives(ctx: Context, base: Dict[str, Any]) -> List[Dict[str, Any]]:
   rows = []
   for objective in sizes.OBJECTIVES:
-    results = run_all(ctx, make_sweep(ctx, sizes.BUNDLED_SIZE, objective, [method_grid(
-        "prompt_tuning", range(ctx.profile.seeds), base["steps"], [base["best_lr"]])]))
+    try:
+      results = run_all(ctx, make_sweep(ctx, sizes.BUNDLED_SIZE, objective, [
+          method_grid("prompt_tuning", range(ctx.profile.seeds), base["steps"],
+                      [base["best_lr"]])]))
+    except Missing as e:
+      ctx.missing.append(str(e))
+      continue
     rows.append({"objective": objective, "label": OBJECTIVE_LABELS[objective],
                  "task": SENTINEL_TASK if objective == "span_sentinel" else TASK,
                  "lr": base["best_lr"], "steps": base["steps"],
@@ -456,17 +488,29 @@ def scaling(ctx: Context, baselines: Dict[str, Dict[str, Any]],
   rows = []
   for size in size_names:
     objective = sizes.BUNDLED_OBJECTIVE
-    parameters = collect.count_parameters(_config(ctx, size))
+    try:
+      parameters = collect.count_parameters(_config(ctx, size))
+    except Missing as e:
+      ctx.missing.append(str(e))
+      continue
     for method in ("prompt_tuning", "model_tuning"):
       if method not in baselines:
         continue
       base = baselines[method]
-      results = run_all(ctx, make_sweep(ctx, size, objective, [method_grid(
-          method, range(ctx.profile.seeds), base["steps"], [base["best_lr"]])]))
+      try:
+        results = run_all(ctx, make_sweep(ctx, size, objective, [method_grid(
+            method, range(ctx.profile.seeds), base["steps"], [base["best_lr"]])]))
+      except Missing as e:
+        ctx.missing.append(str(e))
+        continue
       rows.append({"size": size, "parameters": parameters, "method": method,
                    "lr": base["best_lr"], "steps": base["steps"],
                    **seeds_summary(results)})
-    design = prompt_design(ctx, size, objective)
+    try:
+      design = prompt_design(ctx, size, objective)
+    except Missing as e:
+      ctx.missing.append(str(e))
+      continue
     rows.append({"size": size, "parameters": parameters, "method": "prompt_design",
                  "seeds": [0], "values": [design["value"]], "mean": design["value"],
                  "std": 0.0, "seconds": design["seconds"]})
@@ -537,6 +581,10 @@ def markdown(summary: Dict[str, Any]) -> str:
           _ms(by[(s, m)]) if (s, m) in by else "" for s in size_names) + " |")
     sections.append("### Scaling (LM-adapted models, frozen parameters)\n\n" +
                     "\n".join(lines))
+  if summary.get("missing"):
+    sections.append(f"**Not finished** ({len(summary['missing'])}; rerun the command "
+                    "without --tabulate_only to train them, their rows are left out "
+                    "above): " + ", ".join(f"`{m}`" for m in summary["missing"]))
   w = summary["wall"]
   sections.append(f"Profile `{summary['profile_name']}`; wall time of every run and "
                   f"pretraining so far: {w['seconds'] / 3600:.2f} h "
@@ -654,7 +702,7 @@ def main(argv=None) -> Dict[str, Any]:
   jax.config.update("jax_compilation_cache_dir", str((out / "xla_cache").absolute()))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   runs_lib.quiet_console()
-  ctx = Context(profile, out, cache)
+  ctx = Context(profile, out, cache, tabulate_only=args.tabulate_only)
   start = time.time()
   summary: Dict[str, Any] = {"profile_name": args.profile,
                              "profile": dataclasses.asdict(profile), "task": TASK,
@@ -665,12 +713,14 @@ def main(argv=None) -> Dict[str, Any]:
   needed |= {"model_tuning"} & set(profile.methods) if "scaling" in experiments else set()
   needed |= set(BUDGET_METHODS) & set(profile.methods) if "budget" in experiments else set()
   for method in [m for m in LR_KEYS if m in needed]:
-    baselines[method] = baseline(ctx, method)
-    baselines[method]["trained_parameters"] = trained_parameters(
-        ctx, baselines[method]["runs"][0])
+    with missing_noted(ctx):
+      baselines[method] = baseline(ctx, method)
+      baselines[method]["trained_parameters"] = trained_parameters(
+          ctx, baselines[method]["runs"][0])
   summary["baselines"] = list(baselines.values())
-  summary["prompt_design"] = prompt_design(ctx, sizes.BUNDLED_SIZE,
-                                           sizes.BUNDLED_OBJECTIVE)
+  with missing_noted(ctx):
+    summary["prompt_design"] = prompt_design(ctx, sizes.BUNDLED_SIZE,
+                                             sizes.BUNDLED_OBJECTIVE)
   if "budget" in experiments:
     summary["budget"] = budget(ctx, baselines)
   if "objectives" in experiments and "prompt_tuning" in baselines:
@@ -683,6 +733,7 @@ def main(argv=None) -> Dict[str, Any]:
                      "cpus": os.cpu_count(), "platform": platform.platform(),
                      "load_average": os.getloadavg()}
   summary["failed"] = ctx.failed
+  summary["missing"] = ctx.missing
   summary["figures"] = figures(summary, out / "figures")
   text = markdown(summary)
   (out / "results.md").write_text(text + "\n")
