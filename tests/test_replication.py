@@ -66,14 +66,17 @@ def test_a_plateau_of_equal_best_scores_picks_its_middle():
   # All equal: one rate above is tried; then the middle of the plateau is interior.
   flat = {0.1: 100.0, 0.3: 100.0, 0.9: 100.0, 2.7: 100.0}
   assert rep.widen(list(flat), flat) == 8.1
-  flat[8.1] = 40.0
+  flat[8.1] = 40.0  # the plateau still runs into the smallest rate: widen down
+  assert rep.widen(list(flat), flat) == 0.033 and rep.best_lr(list(flat), flat) == 0.3
+  flat[0.033] = 60.0
   assert rep.widen(list(flat), flat) is None and rep.best_lr(list(flat), flat) == 0.3
 
 
 def test_ties_prefer_the_smaller_rate_and_missing_scores_are_refused():
   assert rep.widen([0.1, 0.3, 0.9], {0.1: 5.0, 0.3: 5.0, 0.9: 1.0}) == pytest.approx(
       0.033)
-  assert rep.widen([0.1, 0.3, 0.9], {0.1: 1.0, 0.3: 5.0, 0.9: 5.0}) is None
+  # A best shared with the largest rate is not bracketed (BitFit: 46.6 at 3e-3 and 9e-3).
+  assert rep.widen([0.1, 0.3, 0.9], {0.1: 1.0, 0.3: 5.0, 0.9: 5.0}) == 2.7
   with pytest.raises(ValueError, match="No score"):
     rep.widen([0.1, 0.3], {0.1: 1.0})
 

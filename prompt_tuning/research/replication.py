@@ -1,8 +1,9 @@
 """The decisions of a fair replication, as pure functions (scripts/replicate.py).
 
 * Learning-rate search: a log-spaced grid, widened on the side where the best score
-  sits until the best is interior (never the smallest or largest value tried); a
-  grid that scores the same at every rate is widened upwards.
+  sits until the best is interior (neither the smallest nor the largest value tried
+  reaches the best score); a grid that scores the same at every rate is widened
+  upwards.
 * Step budget: a validation curve has flattened when its second half improves on
   its first half's best by less than a tolerance.
 * Budget matching: per method, the setting whose trained-parameter count is closest
@@ -40,22 +41,21 @@ def widen(grid: Sequence[float], scores: Mapping[float, float],
           factor: float = 3.0) -> Optional[float]:
   """The learning rate to add, or None when the best is interior.
 
-  The best (`best_lr`) at the smallest value of the grid asks for a smaller rate,
-  at the largest for a larger one. A grid that scores the same everywhere (e.g. 0
-  at every rate: the method has not started to learn at any of them) asks for a
-  larger rate.
+  The best score reached at the largest value of the grid asks for a larger rate,
+  at the smallest for a smaller one, also when other rates tie with it: a best
+  that is a plateau running into an edge is not bracketed. A grid that scores the
+  same everywhere (e.g. 0 at every rate: the method has not started to learn at
+  any of them) therefore asks for a larger rate.
   """
   grid = sorted(grid)
   missing = [lr for lr in grid if lr not in scores]
   if missing:
     raise ValueError(f"No score for learning rates {missing}.")
-  if len(grid) > 1 and len({scores[lr] for lr in grid}) == 1:
+  top = max(scores[lr] for lr in grid)
+  if scores[grid[-1]] == top:
     return round_lr(grid[-1] * factor)
-  best = best_lr(grid, scores)
-  if best == grid[0]:
+  if scores[grid[0]] == top:
     return round_lr(grid[0] / factor)
-  if best == grid[-1]:
-    return round_lr(grid[-1] * factor)
   return None
 
 
