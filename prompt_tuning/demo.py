@@ -54,7 +54,9 @@ PROMPT_LENGTH = 10  # the toy inputs are short; a flag, as the method gin holds 
 INITS = ("class_labels", "random_uniform", "sampled_vocab")
 INIT_NAMES = {"class_labels": "class-label init", "random_uniform": "random init",
               "sampled_vocab": "sampled-vocab init"}
-# The multi-task part: the mixture's member tasks, in the bank's row order.
+MODEL_GIN = "models/tiny_bundled.gin"
+EVAL_FILES = [MODEL_GIN, "runs/prompt_eval.gin", "methods/prompt_design.gin", EVAL_GIN]
+# The multi-task part: the mixture and its member tasks (scored per task by name).
 MIXTURE = "taskless_tiny_sentiment_topic"
 MIXTURE_TASKS = ("sentiment", "topic")
 
@@ -225,10 +227,6 @@ def build_runs(args, out: pathlib.Path) -> List[Run]:
         common + [f"MODEL_DIR = '{model_dir}'", f"PROMPT_LENGTH = {PROMPT_LENGTH}"]
         + overrides, str(model_dir)))
   return runs
-
-
-MODEL_GIN = "models/tiny_bundled.gin"
-EVAL_FILES = [MODEL_GIN, "runs/prompt_eval.gin", "methods/prompt_design.gin", EVAL_GIN]
 
 
 def _overrides(args) -> List[str]:

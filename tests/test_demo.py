@@ -111,6 +111,23 @@ def test_printed_commands_are_the_entry_points_flags(tmp_path):
       assert (cli.REPO_CONFIGS / name).is_file(), name
 
 
+def test_multitask_run_is_the_documented_walkthrough_command(tmp_path):
+  from test_gin_structure import documented_commands  # pylint: disable=g-import-not-at-top
+  (documented,) = [argv for doc, entry, argv in documented_commands()
+                   if doc == "TRAINING.md" and entry == "train"
+                   and "--gin_file=methods/multitask_prompt_tuning.gin" in argv]
+  args = demo.parse_args(["--output_dir", str(tmp_path)])
+  run = demo.build_multitask_runs(args, tmp_path)[-1]
+  flags = cli.rewrite_gin_args(shlex.split(run.command())[3:])
+  files = [f.split("=", 1)[1] for f in flags if f.startswith("--gin_file=")]
+  assert files == [a.split("=", 1)[1] for a in documented
+                   if a.startswith("--gin_file=")]  # same files, same order
+  documented_bindings = " ".join(documented)
+  assert "PROMPT_LENGTH=10" in documented_bindings
+  assert f"MIXTURE_OR_TASK_NAME='{demo.MIXTURE}'" in documented_bindings
+  assert f"PROMPT_LENGTH = {demo.PROMPT_LENGTH}" in run.bindings
+
+
 def test_rejects_a_task_without_labels(tmp_path):
   args = demo.parse_args(["--output_dir", str(tmp_path), "--task", "count"])
   with pytest.raises(ValueError, match="classification task"):
