@@ -115,8 +115,8 @@ class Profile:
 
 PROFILES = {
     "full": Profile(methods=tuple(LR_KEYS), grid_size=4, max_widenings=4, steps=600,
-                    max_steps=2400, eval_period=100, seeds=3,
-                    sizes=("0.03m", "0.1m", "0.3m", "1.3m"),  # + 5m, 20m: --sizes
+                    max_steps=9600, eval_period=100, seeds=3,
+                    sizes=("0.03m", "0.1m", "0.3m", "1.3m", "5m"),  # + 20m: --sizes
                     pretrain_args=("--span_steps", "1500", "--lm_steps", "1500"),
                     budget_target=6144),
     # Seconds per run: the whole pipeline on 2-value grids, a few steps.
@@ -653,15 +653,17 @@ def write_docs(text: str, paths: Sequence[str],
   return written
 
 
-# Profile fields that only choose which runs exist (their names say the rest).
-SUBSET_FIELDS = ("methods", "sizes", "seeds")
+# Profile fields that only choose which runs exist (their names say the rest): a
+# larger max_steps adds longer runs for curves not flat at the old cap, and reuses
+# every run made before.
+SUBSET_FIELDS = ("methods", "sizes", "seeds", "max_steps")
 
 
 def check_profile(out: pathlib.Path, name: str, profile: Profile) -> None:
   """One output directory holds one profile: run names carry the method, size, rate,
   steps and seed, not the evaluation period, batch or pretraining steps. Subsets of
-  methods, sizes and seeds (--methods, --sizes, --seeds) may differ between
-  invocations."""
+  methods, sizes and seeds (--methods, --sizes, --seeds) and the step cap may differ
+  between invocations."""
   path = out / "profile.json"
   value = {"name": name, **dataclasses.asdict(profile)}
   value = json.loads(json.dumps(value))

@@ -83,6 +83,33 @@ def test_rerun_reuses_every_run_and_refuses_another_profile(replication):
     script.main(["--output_dir", str(out), "--profile", "full"])
 
 
+def test_a_raised_step_cap_reuses_every_run(replication, monkeypatch, tmp_path):
+  """max_steps only chooses which runs exist: raising it on the same output directory
+  keeps every run and asks only for longer ones where a curve was not flat; another
+  evaluation period is still refused."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  script, out, summary = replication
+  copy = tmp_path / "raised"
+  shutil.copytree(out, copy)
+  smoke = script.PROFILES["smoke"]
+  monkeypatch.setitem(script.PROFILES, "smoke",
+                      dataclasses.replace(smoke, max_steps=smoke.max_steps * 2))
+  before = (copy / "timing.jsonl").read_text()
+  table = script.main(["--output_dir", str(copy), "--tabulate_only"] + ARGS)
+  assert (copy / "timing.jsonl").read_text() == before
+  (base,) = summary["baselines"]
+  longer = f"TRAIN_STEPS{smoke.max_steps * 2}"
+  if base["flattened"]:
+    assert table["missing"] == [] and table["baselines"][0]["mean"] == base["mean"]
+  else:  # the budget doubles once more: that run is all that is missing
+    assert table["missing"] and all(longer in m for m in table["missing"])
+  monkeypatch.setitem(script.PROFILES, "smoke",
+                      dataclasses.replace(smoke, eval_period=smoke.eval_period + 1))
+  with pytest.raises(errors.UserError, match="another profile"):
+    script.main(["--output_dir", str(copy), "--tabulate_only"] + ARGS)
+
+
 def test_tabulate_only_trains_nothing_and_lists_what_is_missing(replication):
   import shutil  # pylint: disable=g-import-not-at-top
   script, out, summary = replication
