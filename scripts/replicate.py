@@ -180,6 +180,16 @@ class Context:
         out[entry["name"]] = out.get(entry["name"], 0.0) + entry["seconds"]
     return out
 
+  def mean_load(self) -> Optional[float]:
+    """The 1-minute load average at the end of each timed step, weighted by its time."""
+    path = self.out / "timing.jsonl"
+    entries = [json.loads(l) for l in path.read_text().splitlines()] if (
+        path.exists()) else []
+    total = sum(e["seconds"] for e in entries if "load" in e)
+    if not total:
+      return None
+    return sum(e["seconds"] * e["load"] for e in entries if "load" in e) / total
+
   def record(self, name: str, seconds: float) -> None:
     with open(self.out / "timing.jsonl", "a") as f:
       f.write(json.dumps({"name": name, "seconds": round(seconds, 1),
@@ -586,9 +596,13 @@ def markdown(summary: Dict[str, Any]) -> str:
                     "without --tabulate_only to train them, their rows are left out "
                     "above): " + ", ".join(f"`{m}`" for m in summary["missing"]))
   w = summary["wall"]
-  sections.append(f"Profile `{summary['profile_name']}`; wall time of every run and "
-                  f"pretraining so far: {w['seconds'] / 3600:.2f} h "
-                  f"({w['runs']} timed steps).")
+  load = (f" (1-minute load average {w['mean_load']:.1f} on {w['cpus']} cores, "
+          "weighted by time)" if w.get("mean_load") is not None else "")
+  sections.append(f"Profile `{summary['profile_name']}`; compute time "
+                  f"{w['seconds'] / 3600:.2f} h: the sum of the wall times of every run "
+                  f"and pretraining ({w['runs']} timed steps), what the command takes "
+                  f"in one process at the load it ran under{load}. Several processes "
+                  "on disjoint --methods/--sizes finish sooner.")
   return "\n\n".join(sections)
 
 
@@ -732,6 +746,7 @@ def main(argv=None) -> Dict[str, Any]:
   timing = ctx.timing()
   summary["wall"] = {"seconds": round(sum(timing.values()), 1), "runs": len(timing),
                      "this_invocation_seconds": round(time.time() - start, 1),
+                     "mean_load": ctx.mean_load(),
                      "cpus": os.cpu_count(), "platform": platform.platform(),
                      "load_average": os.getloadavg()}
   summary["failed"] = ctx.failed

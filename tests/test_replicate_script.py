@@ -50,7 +50,7 @@ def test_summary_has_every_number_of_the_tables(replication):
   assert objectives["span_only"]["runs"][0].startswith("1.3m_span_only/")
   scaling = {(r["size"], r["method"]) for r in summary["scaling"]}
   assert scaling == {("1.3m", "prompt_tuning"), ("1.3m", "prompt_design")}
-  assert summary["wall"]["seconds"] > 0
+  assert summary["wall"]["seconds"] > 0 and summary["wall"]["mean_load"] >= 0
 
 
 def test_pretrains_the_missing_model_into_the_cache(replication):
@@ -68,6 +68,7 @@ def test_tables_and_figures(replication):
                 "Scaling"):
     assert title in md
   assert "span corruption + sentinel" in md
+  assert f"compute time {summary['wall']['seconds'] / 3600:.2f} h" in md
   for path in summary["figures"]:
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
