@@ -198,7 +198,8 @@ class Context:
 
 @contextlib.contextmanager
 def missing_noted(ctx: Context):
-  """Under --tabulate_only: an unfinished run leaves its row out and is listed."""
+  """Under --tabulate_only: an unfinished run leaves out the row built in the block
+  (nothing else) and is listed in summary["missing"]."""
   try:
     yield
   except Missing as e:
@@ -453,21 +454,18 @@ def budget(ctx: Context, baselines: Dict[str, Dict[str, Any]]) -> List[Dict[str,
     else:
       grid = method_grid(method, range(ctx.profile.seeds), base["steps"],
                          [base["best_lr"]], bindings)
-    try:
+    with missing_noted(ctx):
       results = run_all(ctx, make_sweep(ctx, sizes.BUNDLED_SIZE,
                                         sizes.BUNDLED_OBJECTIVE, [grid]))
-    except Missing as e:
-      ctx.missing.append(str(e))
-      continue
-    actual = trained_parameters(ctx, results[0]["name"])
-    if actual is not None and actual != counts[choice]:  # shapes vs the run's state
-      print(f"WARNING: {method} {choice}: counted {counts[choice]} trained "
-            f"parameters from shapes, the run trained {actual}.", flush=True)
-    rows.append({"method": method, "setting": " ".join(str(x) for x in choice),
-                 "trained_parameters": counts[choice],
-                 "trained_parameters_in_run": actual,
-                 "target": ctx.profile.budget_target, "lr": base["best_lr"],
-                 "steps": base["steps"], **seeds_summary(results)})
+      actual = trained_parameters(ctx, results[0]["name"])
+      if actual is not None and actual != counts[choice]:  # shapes vs the run's state
+        print(f"WARNING: {method} {choice}: counted {counts[choice]} trained "
+              f"parameters from shapes, the run trained {actual}.", flush=True)
+      rows.append({"method": method, "setting": " ".join(str(x) for x in choice),
+                   "trained_parameters": counts[choice],
+                   "trained_parameters_in_run": actual,
+                   "target": ctx.profile.budget_target, "lr": base["best_lr"],
+                   "steps": base["steps"], **seeds_summary(results)})
   return rows
 
 
@@ -479,17 +477,14 @@ def budget(ctx: Context, baselines: Dict[str, Dict[str, Any]]) -> List[Dict[str,
 def objectives(ctx: Context, base: Dict[str, Any]) -> List[Dict[str, Any]]:
   rows = []
   for objective in sizes.OBJECTIVES:
-    try:
+    with missing_noted(ctx):
       results = run_all(ctx, make_sweep(ctx, sizes.BUNDLED_SIZE, objective, [
           method_grid("prompt_tuning", range(ctx.profile.seeds), base["steps"],
                       [base["best_lr"]])]))
-    except Missing as e:
-      ctx.missing.append(str(e))
-      continue
-    rows.append({"objective": objective, "label": OBJECTIVE_LABELS[objective],
-                 "task": SENTINEL_TASK if objective == "span_sentinel" else TASK,
-                 "lr": base["best_lr"], "steps": base["steps"],
-                 **seeds_summary(results)})
+      rows.append({"objective": objective, "label": OBJECTIVE_LABELS[objective],
+                   "task": SENTINEL_TASK if objective == "span_sentinel" else TASK,
+                   "lr": base["best_lr"], "steps": base["steps"],
+                   **seeds_summary(results)})
   return rows
 
 
@@ -497,33 +492,26 @@ def scaling(ctx: Context, baselines: Dict[str, Dict[str, Any]],
             size_names: Sequence[str]) -> List[Dict[str, Any]]:
   rows = []
   for size in size_names:
-    objective = sizes.BUNDLED_OBJECTIVE
-    try:
+    objective, parameters = sizes.BUNDLED_OBJECTIVE, None
+    with missing_noted(ctx):
       parameters = collect.count_parameters(_config(ctx, size))
-    except Missing as e:
-      ctx.missing.append(str(e))
+    if parameters is None:
       continue
     for method in ("prompt_tuning", "model_tuning"):
       if method not in baselines:
         continue
       base = baselines[method]
-      try:
+      with missing_noted(ctx):
         results = run_all(ctx, make_sweep(ctx, size, objective, [method_grid(
             method, range(ctx.profile.seeds), base["steps"], [base["best_lr"]])]))
-      except Missing as e:
-        ctx.missing.append(str(e))
-        continue
-      rows.append({"size": size, "parameters": parameters, "method": method,
-                   "lr": base["best_lr"], "steps": base["steps"],
-                   **seeds_summary(results)})
-    try:
+        rows.append({"size": size, "parameters": parameters, "method": method,
+                     "lr": base["best_lr"], "steps": base["steps"],
+                     **seeds_summary(results)})
+    with missing_noted(ctx):
       design = prompt_design(ctx, size, objective)
-    except Missing as e:
-      ctx.missing.append(str(e))
-      continue
-    rows.append({"size": size, "parameters": parameters, "method": "prompt_design",
-                 "seeds": [0], "values": [design["value"]], "mean": design["value"],
-                 "std": 0.0, "seconds": design["seconds"]})
+      rows.append({"size": size, "parameters": parameters, "method": "prompt_design",
+                   "seeds": [0], "values": [design["value"]], "mean": design["value"],
+                   "std": 0.0, "seconds": design["seconds"]})
   return rows
 
 
