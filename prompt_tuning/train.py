@@ -347,16 +347,23 @@ def _bound_learning_rate() -> Optional[Callable[[int], float]]:
   return None
 
 
-def main(argv: Sequence[str]) -> Any:
-  if len(argv) > 1:
-    raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.setup(required_macros=cli.TRAIN_MACROS)
-  result = train(gin_config=gin.config_str())
-  if result.preempted:  # a non-zero status, so that schedulers do not read success
+def raise_if_preempted(result: Any) -> Any:
+  """`result` unless training stopped on SIGTERM: then `errors.Preempted`, so that the
+  command exits non-zero (schedulers do not read success) and a caller training in
+  process (research/runs.py) stops instead of reading a partial run as finished."""
+  if result.preempted:
     raise errors.Preempted(
         f"Stopped at step {result.step} on SIGTERM after writing its checkpoint; "
         "rerun the same command to resume (exit status "
         f"{errors.EXIT_PREEMPTED}).")
+  return result
+
+
+def main(argv: Sequence[str]) -> Any:
+  if len(argv) > 1:
+    raise cli.app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.setup(required_macros=cli.TRAIN_MACROS)
+  result = raise_if_preempted(train(gin_config=gin.config_str()))
   # The root logger (as the trainer's lines): absl's own logger is set to WARNING.
   std_logging.info("Done at step %d.", result.step)
 

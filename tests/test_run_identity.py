@@ -143,3 +143,20 @@ def test_resuming_with_a_different_local_data_file_is_refused(trained, tmp_path)
                      match=r"data identity_sentiment/train: .*other/train.jsonl"):
     run.run_in_process()
   assert _snapshot(model_dir) == before
+
+
+def test_an_in_process_run_stopped_by_sigterm_raises_and_resumes(tmp_path, monkeypatch):
+  """A training run stopped by SIGTERM (the preemption flag set after step 1) raises
+  errors.Preempted from run_in_process, as the command exits non-zero, so a sweep or
+  replication stops instead of reading the partial run as finished; rerun, it resumes."""
+  from prompt_tuning import errors  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.training import trainer  # pylint: disable=g-import-not-at-top
+  _write_data(tmp_path)
+  model_dir = tmp_path / "run"
+  with monkeypatch.context() as m:
+    m.setattr(trainer._Preemption, "reached",  # pylint: disable=protected-access
+              lambda self, step: step >= 1)
+    with pytest.raises(errors.Preempted, match="at step 1"):
+      _train_run(tmp_path, model_dir).run_in_process()
+  assert (model_dir / "numpy_checkpoints" / "checkpoint_1").is_dir()
+  assert _train_run(tmp_path, model_dir).run_in_process().step == 2

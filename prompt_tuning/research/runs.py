@@ -122,7 +122,8 @@ class GinRun:
     """Parses the gin and calls the entry point's function in this process.
 
     Returns what it returns: `TrainResult` (train), `{task: TaskResult}` (eval),
-    `InferSummary` (infer).
+    `InferSummary` (infer). A training run stopped by SIGTERM raises
+    `errors.Preempted` (its checkpoint written), as the command exits non-zero.
     """
     import gin  # pylint: disable=g-import-not-at-top
     from prompt_tuning import cli  # pylint: disable=g-import-not-at-top
@@ -131,7 +132,7 @@ class GinRun:
     if self.entry == "train":
       from prompt_tuning import train as train_lib  # pylint: disable=g-import-not-at-top
       cli.check_required_macros(cli.TRAIN_MACROS)
-      return train_lib.train(gin_config=gin.config_str())
+      return train_lib.raise_if_preempted(train_lib.train(gin_config=gin.config_str()))
     if self.entry == "eval":
       from prompt_tuning import eval as eval_lib  # pylint: disable=g-import-not-at-top
       cli.check_required_macros(eval_lib.EVAL_MACROS)
