@@ -171,20 +171,21 @@ class Context:
   tabulate_only: bool = False
   missing: List[str] = dataclasses.field(default_factory=list)
 
-  def timing(self) -> Dict[str, float]:
+  def _timed(self) -> List[Dict[str, Any]]:
+    """timing.jsonl's entries: {"name", "seconds", "load"} per timed step."""
     path = self.out / "timing.jsonl"
+    return ([json.loads(line) for line in path.read_text().splitlines()]
+            if path.exists() else [])
+
+  def timing(self) -> Dict[str, float]:
     out: Dict[str, float] = {}
-    if path.exists():
-      for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        out[entry["name"]] = out.get(entry["name"], 0.0) + entry["seconds"]
+    for entry in self._timed():
+      out[entry["name"]] = out.get(entry["name"], 0.0) + entry["seconds"]
     return out
 
   def mean_load(self) -> Optional[float]:
     """The 1-minute load average at the end of each timed step, weighted by its time."""
-    path = self.out / "timing.jsonl"
-    entries = [json.loads(l) for l in path.read_text().splitlines()] if (
-        path.exists()) else []
+    entries = self._timed()
     total = sum(e["seconds"] for e in entries if "load" in e)
     if not total:
       return None
