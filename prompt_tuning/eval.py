@@ -29,6 +29,7 @@ from absl import logging
 from prompt_tuning.run_dir import layout
 from prompt_tuning import params as params_lib
 from prompt_tuning import cli, configurables, building, fingerprint, gin_specs, prompt_files
+from prompt_tuning.tiny import assets
 from prompt_tuning.methods import multitask
 from prompt_tuning.training import evaluation
 from prompt_tuning.run_dir import identity as run_identity
@@ -77,7 +78,7 @@ def load_trained(method: Method, model_config: Optional[T5Config],
                        f"but METHOD is {method.name!r}; include the same method gin "
                        "file as for training.")
     if initial_checkpoint_path is None:
-      initial_checkpoint_path = record.get("initial_checkpoint_path")
+      initial_checkpoint_path = assets.locate(record.get("initial_checkpoint_path"))
     if model_config is None:
       model_config = families.config_from_dict(record["model_config"])
     export = layout.export_dir(model_dir, checkpoint)

@@ -47,6 +47,7 @@ from absl import flags
 
 from prompt_tuning import cli, configurables, building, fingerprint, gin_specs
 from prompt_tuning import prompt_files
+from prompt_tuning.tiny import assets
 from prompt_tuning.checkpoints import peft_adapters
 from prompt_tuning.errors import UserError
 from prompt_tuning.run_dir import layout, summaries
@@ -108,12 +109,13 @@ def frozen_model_source(records: Mapping[str, Dict[str, Any]],
   """The frozen checkpoint and config: given ones win, else the MODEL_DIRs' own."""
   for model_dir, record in records.items():
     trained_on = record.get("initial_checkpoint_path")
-    if initial_checkpoint_path is not None and trained_on != initial_checkpoint_path:
+    if initial_checkpoint_path is not None and not assets.same_model_path(
+        trained_on, initial_checkpoint_path):
       logging.warning("%s was trained on the frozen model %s, but "
                       "INITIAL_CHECKPOINT_PATH is %s.", model_dir, trained_on,
                       initial_checkpoint_path)
   if initial_checkpoint_path is None and records:
-    paths = {r.get("initial_checkpoint_path") for r in records.values()}
+    paths = {assets.locate(r.get("initial_checkpoint_path")) for r in records.values()}
     if len(paths) > 1:
       raise InferError(f"The MODEL_DIRs {list(records)} were trained on different "
                        f"frozen checkpoints {sorted(map(str, paths))}; one run serves "

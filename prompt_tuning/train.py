@@ -141,9 +141,6 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
     record = dict(trainer.run_record(config, method, model_config,
                                      initial_checkpoint_path), **(identity or {}))
     train_state.check_or_write_run_config(config.model_dir, record, write=host0)
-    if host0 and gin_config:
-      train_state.write_text(pathlib.Path(config.model_dir) / layout.CONFIG_GIN,
-                             gin_config)
 
     init_rng, _ = trainer.seed_keys(config.seed)
     model_config, params, shardings = building.build_params(
@@ -151,7 +148,10 @@ def build_and_train(config: trainer.TrainConfig, *, method: Method,
         axis_rules=axis_rules)
     if batches_fn is None:  # the configured task feeds the run: its vocabulary
       write_fingerprint(config, method, model_config, initial_checkpoint_path,
-                        params, write=host0)
+                        params, write=host0)  # refuses another frozen model
+    if host0 and gin_config:
+      train_state.write_text(pathlib.Path(config.model_dir) / layout.CONFIG_GIN,
+                             gin_config)
     model = method.build(model_config)
     io = model_io.of(model_config)  # the family's batches, loss and decoder
     loss_fn = io.loss_fn(model, config.z_loss, config.loss_normalizing_factor,
@@ -309,6 +309,16 @@ def write_fingerprint(config: trainer.TrainConfig, method: Method,
       table, tasks.task_vocabulary(config.mixture_or_task_name),
       fingerprint.placement(method),
       name=initial_checkpoint_path or "a randomly initialized model")
+  stored = fingerprint.read_run(config.model_dir)
+  differ = stored and layout.has_checkpoints(config.model_dir) and (
+      fingerprint.differences(stored, record))
+  if differ:  # e.g. the bundled model was rebuilt since the run started
+    raise train_state.RunIdentityError(
+        f"MODEL_DIR {config.model_dir} was trained on frozen model "
+        f"{stored.get('model')} but {record['model']} differs from it in "
+        f"{', '.join(differ)} ({fingerprint.RUN_FILE}). Nothing was written. Resume "
+        "with the original frozen model, or pass a new --gin.MODEL_DIR=... to start "
+        "fresh.")
   if write:
     train_state.write_model_fingerprint(config.model_dir, record)
   return record

@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from prompt_tuning.run_dir import identity as run_identity
+from prompt_tuning.run_dir import layout
 from prompt_tuning.run_dir import train_state as ckpt
 from prompt_tuning.research.runs import GinRun, binding
 
@@ -160,3 +161,57 @@ def test_an_in_process_run_stopped_by_sigterm_raises_and_resumes(tmp_path, monke
       _train_run(tmp_path, model_dir).run_in_process()
   assert (model_dir / "numpy_checkpoints" / "checkpoint_1").is_dir()
   assert _train_run(tmp_path, model_dir).run_in_process().step == 2
+
+
+def test_bundled_model_paths_name_the_asset_not_the_checkout():
+  from prompt_tuning.tiny import assets  # pylint: disable=g-import-not-at-top
+  moved = "/old/clone/prompt_tuning/assets/tiny_t5/checkpoint"
+  assert assets.bundled_name(moved) == "tiny_t5/checkpoint"
+  assert assets.bundled_name(str(assets.CHECKPOINT_PATH)) == "tiny_t5/checkpoint"
+  assert assets.bundled_name("/models/t5_small/checkpoint_100") is None
+  assert assets.bundled_name("gs://b/prompt_tuning/assets/tiny_t5/checkpoint") is None
+  assert assets.same_model_path(moved, str(assets.CHECKPOINT_PATH))
+  assert not assets.same_model_path(moved, "/old/clone/prompt_tuning/assets/other")
+  assert not assets.same_model_path("/a/checkpoint_1", "/b/checkpoint_1")
+  # A moved (gone) checkout's asset is read from this installation; other paths and
+  # paths that still exist are left alone.
+  assert assets.locate(moved) == str(assets.CHECKPOINT_PATH)
+  assert assets.locate("/models/missing") == "/models/missing"
+  assert assets.locate(None) is None
+  record = {"initial_checkpoint_path": moved, "seed": 0}
+  here = dict(record, initial_checkpoint_path=str(assets.CHECKPOINT_PATH))
+  assert run_identity.differences(record, here) == []
+  other = dict(record, initial_checkpoint_path="/models/t5_small/checkpoint_100")
+  assert run_identity.differences(record, other)[0].startswith(
+      "initial_checkpoint_path: ")
+
+
+def test_a_run_of_a_moved_checkout_resumes_and_finds_its_model_unless_it_changed(
+    tmp_path, monkeypatch):
+  """config.json records the bundled model by the absolute path of the checkout
+  that started the run; the same asset elsewhere is the same model (resume and
+  reading its frozen model go on), while a changed model fingerprint is refused."""
+  from prompt_tuning.research import model_dirs  # pylint: disable=g-import-not-at-top
+  _write_data(tmp_path)
+  model_dir = tmp_path / "run"
+  assert _train_run(tmp_path, model_dir).run_in_process().step == 2
+  path = model_dir / "config.json"
+  record = json.loads(path.read_text())
+  moved = "/gone/clone/prompt_tuning/assets/tiny_t5/checkpoint"
+  path.write_text(json.dumps(dict(record, initial_checkpoint_path=moved)))
+  _, frozen = model_dirs.frozen_params(moved)  # read from this installation
+  assert "token_embedder/embedding" in frozen
+  assert _train_run(tmp_path, model_dir, "TRAIN_STEPS = 3").run_in_process().step == 3
+  # The bundled model rebuilt since the run started: its embedding differs.
+  fp = model_dir / "model_fingerprint.json"
+  stored = json.loads(fp.read_text())
+  fp.write_text(json.dumps(dict(stored, embedding=dict(stored["embedding"],
+                                                       sha256="0" * 64))))
+  before = _snapshot(model_dir)
+  with pytest.raises(ckpt.RunIdentityError, match=r"differs from it in embedding"):
+    _train_run(tmp_path, model_dir, "TRAIN_STEPS = 4").run_in_process()
+  after = _snapshot(model_dir)  # the run's lock was taken (and released) …
+  assert {k: after[k] for k in ("config.gin", "config.json")} == {
+      k: before[k] for k in ("config.gin", "config.json")}  # … nothing else written
+  assert layout.latest_step(model_dir) == 3  # no step trained on the other model
+  assert json.loads(fp.read_text())["embedding"]["sha256"] == "0" * 64  # kept

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 
 from prompt_tuning import checkpoints
+from prompt_tuning.tiny import assets
 from prompt_tuning.models.config import T5Config
 from prompt_tuning.params import flatten, unflatten
 from prompt_tuning.run_dir import layout, train_state
@@ -39,8 +40,8 @@ def frozen_params(initial_checkpoint_path: Optional[str], what: str = "the run"
     raise ValueError(f"{what} started from a randomly initialized model "
                      "(INITIAL_CHECKPOINT_PATH = None), which was never saved: the "
                      "frozen parameters cannot be reconstructed.")
-  config, tree = checkpoints.load(local_absolute(initial_checkpoint_path),
-                                  weights_only=True)
+  path = local_absolute(assets.locate(initial_checkpoint_path))
+  config, tree = checkpoints.load(path, weights_only=True)
   return config, flatten(tree)
 
 

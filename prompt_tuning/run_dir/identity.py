@@ -7,7 +7,9 @@ in MODEL_DIR is written:
   method         {"factory": "methods.lopa", "arguments": {"length": 10, …,
                   "initializer": {"factory": "prompt_init.class_labels", …}}}
   optimizer      {"factory": "optim.adamw_lopa", "arguments": {…}}
-  model_config, initial_checkpoint_path, task, task_feature_lengths, batch_size,
+  model_config, initial_checkpoint_path (the bundled model's compares by its name
+                  inside prompt_tuning/assets/, so a moved checkout resumes),
+                  task, task_feature_lengths, batch_size,
   seed, trainable, prompt_combine (where the prompt goes),
   data_fingerprints {task: {split: {"path", "sha256", "bytes"}}} for local files,
   process_count  (informational: the data stream is a function of the global step
@@ -25,6 +27,7 @@ import pathlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from prompt_tuning.errors import UserError
+from prompt_tuning.tiny import assets
 
 # Fields that must be equal to resume in the same MODEL_DIR; the others (e.g.
 # train_steps, eval_period) may change between restarts.
@@ -132,6 +135,9 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any],
   for field in fields:
     if field not in old or field not in new or old[field] == new[field]:
       continue
+    if field == "initial_checkpoint_path" and assets.same_model_path(old[field],
+                                                                      new[field]):
+      continue  # the bundled model, recorded in a checkout that has moved
     if field == "data_fingerprints":
       out += _data_diffs(old[field], new[field])
     elif field in ("method_spec", "optimizer_spec"):
