@@ -58,7 +58,7 @@ from prompt_tuning.research import collect, plots  # pylint: disable=g-import-no
 from prompt_tuning.research import replication as rep  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import runs as runs_lib  # pylint: disable=g-import-not-at-top
 from prompt_tuning.research import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-from prompt_tuning.run_dir import layout  # pylint: disable=g-import-not-at-top
+from prompt_tuning.run_dir import layout, train_state  # pylint: disable=g-import-not-at-top
 from prompt_tuning.tiny import assets, corpus, sizes  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -303,6 +303,28 @@ def method_grid(method: str, seeds: Sequence[int], steps: int,
   return grid
 
 
+def shorter_twin(sweep, run) -> Optional[pathlib.Path]:
+  """The finished run with the most steps below `run`'s TRAIN_STEPS that is
+  otherwise `run` (a budget doubling's previous run, or the same seed at the old
+  cap), for a run not started yet. The learning rates here never depend on the
+  run's length (no `total_steps` is bound), so `run` continues it rather than
+  training its first steps again (`train_state.continue_finished`)."""
+  extra = dict(run.extra)
+  steps = extra.get("TRAIN_STEPS")
+  if steps is None or sweep.status(run) != "missing":
+    return None
+  fewer = steps // 2
+  while fewer >= 1:
+    name = sweep_lib.run_name(run.model, run.method, run.prompt_length, run.init,
+                              run.seed, tuple((k, fewer if k == "TRAIN_STEPS" else v)
+                                              for k, v in run.extra))
+    twin = sweep.output_dir / "runs" / name
+    if layout.is_complete(twin, fewer):
+      return twin
+    fewer //= 2
+  return None
+
+
 def run_all(ctx: Context, sweep) -> List[Dict[str, Any]]:
   """Runs what is not finished; one result dict per run (curve, best, seconds)."""
   for run in sweep.runs:
@@ -310,8 +332,16 @@ def run_all(ctx: Context, sweep) -> List[Dict[str, Any]]:
       continue
     if ctx.tabulate_only:
       raise Missing(run.name)
-    print(f"run {run.name}\n  {run.run.command()}", flush=True)
+    shorter = shorter_twin(sweep, run)
+    print(f"run {run.name}" + (f" (continuing {shorter.parent.name})"
+                               if shorter else "") + f"\n  {run.run.command()}",
+          flush=True)
     start = time.time()
+    if shorter:
+      try:
+        train_state.continue_finished(str(shorter), str(run.model_dir))
+      except ValueError as e:  # e.g. a schedule bound to its length: from step 0
+        print(f"  training from step 0: {e}", flush=True)
     try:
       run.run.run_in_process()
     except errors.Preempted:  # SIGTERM: the run saved its checkpoint; stop here

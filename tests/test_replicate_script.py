@@ -1,5 +1,7 @@
 """scripts/replicate.py end to end on its smoke profile (2-value grids, a few steps):
 every experiment writes its numbers to summary.json, and a rerun reuses every run."""
+import contextlib
+import io
 import json
 import os
 
@@ -18,7 +20,10 @@ ARGS = ["--profile", "smoke", "--methods", "prompt_tuning", "--sizes", "1.3m",
 def replication(tmp_path_factory):
   out = tmp_path_factory.mktemp("replicate") / "out"
   script = load_script("replicate")
-  summary = script.main(["--output_dir", str(out)] + ARGS)
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    summary = script.main(["--output_dir", str(out)] + ARGS)
+  (out.parent / "stdout.txt").write_text(printed.getvalue())
   return script, out, summary
 
 
@@ -51,6 +56,20 @@ def test_summary_has_every_number_of_the_tables(replication):
   scaling = {(r["size"], r["method"]) for r in summary["scaling"]}
   assert scaling == {("1.3m", "prompt_tuning"), ("1.3m", "prompt_design")}
   assert summary["wall"]["seconds"] > 0 and summary["wall"]["mean_load"] >= 0
+
+
+def test_a_doubled_budget_continues_the_shorter_run(replication):
+  """The 4-step run starts from the finished 2-step run's state (its first steps
+  are not trained again) and keeps its evaluations."""
+  _, out, summary = replication
+  (base,) = summary["baselines"]
+  assert base["steps"] == 4  # a 2-point curve is never flat
+  (longer,) = base["runs"]
+  shorter = longer.replace("TRAIN_STEPS4", "TRAIN_STEPS2")
+  printed = (out.parent / "stdout.txt").read_text()
+  assert f"run {longer} (continuing {shorter.split('/')[1]})" in printed
+  assert base["curves"]["4"][:2] == base["curves"]["2"]
+  assert (out / "runs" / longer / "complete.json").exists()
 
 
 def test_pretrains_the_missing_model_into_the_cache(replication):

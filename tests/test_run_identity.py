@@ -215,3 +215,48 @@ def test_a_run_of_a_moved_checkout_resumes_and_finds_its_model_unless_it_changed
       k: before[k] for k in ("config.gin", "config.json")}  # … nothing else written
   assert layout.latest_step(model_dir) == 3  # no step trained on the other model
   assert json.loads(fp.read_text())["embedding"]["sha256"] == "0" * 64  # kept
+
+
+def test_a_longer_run_continuing_a_finished_one_equals_training_it_from_scratch(
+    trained, tmp_path):
+  """`train_state.continue_finished` (replicate.py's budget doubling): the data
+  stream and the dropout keys depend on the global step only and the optimizer
+  state is restored, so 2 steps continued to 4 give the parameters of 4 steps."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  root, short = trained
+  continued, fresh = tmp_path / "continued", tmp_path / "fresh"
+  ckpt.continue_finished(str(short), str(continued))
+  assert not (continued / "complete.json").exists()
+  assert layout.latest_step(continued) == 2  # the resume starts at the short end
+  assert _train_run(root, continued, "TRAIN_STEPS = 4").run_in_process().step == 4
+  assert _train_run(root, fresh, "TRAIN_STEPS = 4").run_in_process().step == 4
+  a, b = ckpt.read_trainable(continued), ckpt.read_trainable(fresh)
+  assert sorted(a) == sorted(b) == ["encoder/prompt/prompt"]
+  assert not np.array_equal(a["encoder/prompt/prompt"],
+                            ckpt.read_trainable(short)["encoder/prompt/prompt"])
+  np.testing.assert_allclose(a["encoder/prompt/prompt"], b["encoder/prompt/prompt"],
+                             rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="is not empty"):
+    ckpt.continue_finished(str(short), str(fresh))
+
+
+def test_continuing_is_refused_for_unfinished_runs_and_length_bound_schedules(
+    trained, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, short = trained
+  bound = tmp_path / "bound"
+  shutil.copytree(short, bound)
+  path = bound / "config.json"
+  record = json.loads(path.read_text())
+  spec = record["optimizer_spec"]
+  spec["arguments"]["total_steps"] = 2
+  path.write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=r"depends on its length \(total_steps = 2\)"):
+    ckpt.continue_finished(str(bound), str(tmp_path / "a"))
+  (bound / "complete.json").write_text(json.dumps({"step": 1, "early_stopped": True}))
+  with pytest.raises(ValueError, match="early stopping"):
+    ckpt.continue_finished(str(bound), str(tmp_path / "b"))
+  (bound / "complete.json").unlink()
+  with pytest.raises(ValueError, match="did not finish"):
+    ckpt.continue_finished(str(bound), str(tmp_path / "c"))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

@@ -405,6 +405,49 @@ class RunIdentityError(UserError, ValueError):
   """MODEL_DIR holds a run with a different identity (config.json)."""
 
 
+# Optimizer arguments that make the learning rate depend on the run's length.
+LENGTH_DEPENDENT_SCHEDULE = ("total_steps",)
+
+
+def continue_finished(finished_dir: str, model_dir: str) -> None:
+  """Starts an empty `model_dir` as a copy of a finished run, so that training it
+  with a larger TRAIN_STEPS resumes where that run ended instead of from step 0.
+
+  Continuing equals training the longer run from scratch (the data stream and the
+  dropout keys depend on the global step only, the optimizer state is restored),
+  as long as the learning rate does not depend on the run's length: a run whose
+  optimizer binds `total_steps` is refused. Everything else is checked by the
+  resume itself (config.json must match the longer run's identity).
+
+  Raises:
+    ValueError: `model_dir` is not empty, `finished_dir` did not finish, or its
+      schedule depends on its length.
+  """
+  source, target = pathlib.Path(finished_dir), pathlib.Path(model_dir)
+  if target.exists() and any(target.iterdir()):
+    raise ValueError(f"{target} is not empty; only a new run can continue "
+                     f"{source}.")
+  if not (source / COMPLETE_JSON).is_file():
+    raise ValueError(f"{source} did not finish; rerun it to finish it first.")
+  if json.loads((source / COMPLETE_JSON).read_text()).get("early_stopped"):
+    raise ValueError(f"{source} was ended by early stopping, not by its TRAIN_STEPS: "
+                     "a longer run cannot continue it.")
+  record = json.loads((source / CONFIG_JSON).read_text())
+  arguments = (record.get("optimizer_spec") or {}).get("arguments") or {}
+  bound = [k for k in LENGTH_DEPENDENT_SCHEDULE if arguments.get(k) is not None]
+  if bound:
+    raise ValueError(f"{source}'s learning rate depends on its length ({bound[0]} = "
+                     f"{arguments[bound[0]]}): a longer run cannot continue it; "
+                     "train the longer run from scratch.")
+  staging = target.with_name(f".{target.name}.continuing")
+  shutil.rmtree(staging, ignore_errors=True)
+  shutil.copytree(source, staging, ignore=shutil.ignore_patterns(
+      COMPLETE_JSON, layout.LOCK_FILE, "*.orbax-checkpoint-tmp*"))
+  if target.exists():
+    target.rmdir()
+  staging.rename(target)
+
+
 # ------------------------------------------------------------------------------------
 # Single arrays and the trained parameters of a finished run.
 # ------------------------------------------------------------------------------------
