@@ -340,8 +340,8 @@ def run_all(ctx: Context, sweep) -> List[Dict[str, Any]]:
     if shorter:
       try:
         train_state.continue_finished(str(shorter), str(run.model_dir))
-      except ValueError as e:  # e.g. a schedule bound to its length: from step 0
-        print(f"  training from step 0: {e}", flush=True)
+      except ValueError as e:  # e.g. a schedule bound to its length
+        print(f"  not continuing: {e}", flush=True)
     try:
       run.run.run_in_process()
     except errors.Preempted:  # SIGTERM: the run saved its checkpoint; stop here

@@ -260,3 +260,24 @@ def test_continuing_is_refused_for_unfinished_runs_and_length_bound_schedules(
   with pytest.raises(ValueError, match="did not finish"):
     ckpt.continue_finished(str(bound), str(tmp_path / "c"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_continuing_a_run_another_process_just_started_is_refused(trained, tmp_path,
+                                                                  monkeypatch):
+  import shutil  # pylint: disable=g-import-not-at-top
+  _, short = trained
+  target = tmp_path / "longer"
+  copy = shutil.copytree
+
+  def racing_copytree(src, dst, *args, **kwargs):
+    out = copy(src, dst, *args, **kwargs)
+    if pathlib.Path(dst).parent == tmp_path:  # the top call, not its recursion
+      target.mkdir()  # the other process's run appears while this one copies
+      (target / "config.json").write_text("{}")
+    return out
+
+  monkeypatch.setattr(ckpt.shutil, "copytree", racing_copytree)
+  with pytest.raises(ValueError, match="started by another process"):
+    ckpt.continue_finished(str(short), str(target))
+  assert [p.name for p in tmp_path.iterdir()] == ["longer"]  # no staging left
+  assert (target / "config.json").read_text() == "{}"

@@ -439,13 +439,17 @@ def continue_finished(finished_dir: str, model_dir: str) -> None:
     raise ValueError(f"{source}'s learning rate depends on its length ({bound[0]} = "
                      f"{arguments[bound[0]]}): a longer run cannot continue it; "
                      "train the longer run from scratch.")
-  staging = target.with_name(f".{target.name}.continuing")
+  staging = target.with_name(f".{target.name}.continuing{os.getpid()}")
   shutil.rmtree(staging, ignore_errors=True)
   shutil.copytree(source, staging, ignore=shutil.ignore_patterns(
       COMPLETE_JSON, layout.LOCK_FILE, "*.orbax-checkpoint-tmp*"))
-  if target.exists():
-    target.rmdir()
-  staging.rename(target)
+  try:
+    if target.exists():
+      target.rmdir()
+    staging.rename(target)
+  except OSError as e:  # another process started the run meanwhile
+    shutil.rmtree(staging, ignore_errors=True)
+    raise ValueError(f"{target} was started by another process meanwhile.") from e
 
 
 # ------------------------------------------------------------------------------------
