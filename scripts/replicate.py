@@ -115,7 +115,7 @@ class Profile:
 
 PROFILES = {
     "full": Profile(methods=tuple(LR_KEYS), grid_size=4, max_widenings=4, steps=600,
-                    max_steps=9600, eval_period=100, seeds=3,
+                    max_steps=38400, eval_period=100, seeds=3,
                     sizes=("0.03m", "0.1m", "0.3m", "1.3m", "5m"),  # + 20m: --sizes
                     pretrain_args=("--span_steps", "1500", "--lm_steps", "1500"),
                     budget_target=6144),
